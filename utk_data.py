@@ -1,0 +1,712 @@
+"""The UTKFace data module: find the images, read their labels, build `tf.data` pipelines.
+
+UTKFace's aligned&cropped faces are 200x200 RGB JPEGs whose name carries the labels:
+`[age]_[gender]_[race]_[date&time].jpg.chip.jpg` (gender 0 male, 1 female; race 0 White,
+1 Black, 2 Asian, 3 Indian, 4 Others). A few real names are malformed; `parse_name` reads them.
+
+    python utk_data.py summary                      # the archive next to the repository
+    python utk_data.py summary --data ~/UTKFace --plot summary.png
+
+Typical use:
+
+    folder = locate()                               # a folder, an archive or a URL
+    records, skipped = load_records(folder)
+    train, val, test = split_records(records)
+    train_dataset = make_dataset(train, image_size=96, batch_size=64, training=True)
+"""
+
+import argparse
+import collections
+import hashlib
+import os
+import re
+import shutil
+import sys
+import tarfile
+import tempfile
+import warnings
+import zipfile
+from pathlib import Path
+from typing import NamedTuple, Optional
+
+import numpy as np
+
+# TensorFlow is imported lazily (see `_tf`) so that name parsing, record loading and the
+# summary command start in a fraction of a second.
+
+REPOSITORY_ROOT = Path(__file__).resolve().parent
+# Where tests, benchmarks and CI find the archive: `shared/` beside the repository.
+SHARED_ARCHIVE = REPOSITORY_ROOT.parent / "shared" / "data" / "UTKFace.tar.gz"
+# The full aligned&cropped set (23,708 images, folder `UTKFace/` inside) re-uploaded to the
+# Hugging Face hub; the authors' Google Drive link is dead. Not reachable from our machines,
+# so neither its content nor a hash was verified here: see README.md.
+DEFAULT_URL = (
+    "https://huggingface.co/datasets/py97/UTKFace-Cropped/resolve/main/UTKFace.tar.gz"
+)
+MAX_AGE = 116
+GENDERS = ("male", "female")
+RACES = ("White", "Black", "Asian", "Indian", "Others")
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
+
+# How much memory of decoded images `make_dataset` keeps between calls (a few splits).
+_DECODED_CACHE_SIZE = 4
+
+
+class Label(NamedTuple):
+    """The labels in a UTKFace file name; gender and race are None when missing."""
+
+    age: int
+    gender: Optional[int]
+    race: Optional[int]
+
+
+class Record(NamedTuple):
+    """One usable image: its path and labels."""
+
+    path: Path
+    age: int
+    gender: Optional[int]
+    race: Optional[int]
+
+
+# ---------------------------------------------------------------------------------------
+# File names
+# ---------------------------------------------------------------------------------------
+
+
+def _parse(file_name):
+    """Return (Label, None) or (None, reason) for a file name."""
+    name = Path(file_name).name
+    # The labels stand before the first dot or space: this also reads
+    # `..._20170116220224657 .jpg.chip.jpg` and `..._20170116232725357jpg.chip.jpg`.
+    stem = re.split(r"[.\s]", name, maxsplit=1)[0]
+    fields = stem.split("_")
+    if not re.fullmatch(r"\d{1,3}", fields[0]):
+        return None, "no age in file name"
+    age = int(fields[0])
+    if age > MAX_AGE:
+        return None, f"age {age} out of range 0..{MAX_AGE}"
+    # Gender and race are the short numeric fields after the age; the timestamp (16 to 18
+    # digits in the real set) ends them. A missing race field leaves one short field.
+    short = []
+    for field in fields[1:3]:
+        if not re.fullmatch(r"\d{1,2}", field):
+            break
+        short.append(int(field))
+    gender = short[0] if len(short) > 0 and short[0] in (0, 1) else None
+    race = short[1] if len(short) > 1 and 0 <= short[1] < len(RACES) else None
+    return Label(age, gender, race), None
+
+
+def parse_name(file_name):
+    """Read (age, gender, race) from a UTKFace file name; None when it has no valid age."""
+    return _parse(file_name)[0]
+
+
+# ---------------------------------------------------------------------------------------
+# Finding the data
+# ---------------------------------------------------------------------------------------
+
+
+def _is_url(source):
+    return isinstance(source, str) and re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", source)
+
+
+def _default_cache_dir():
+    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "datasets"
+
+
+def _is_archive(path):
+    return path.name.lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def _check_member(archive, name, link_target=None):
+    """Refuse a member that would land outside the extraction folder."""
+    for label, value in (("path", name), ("link target", link_target)):
+        if value is None:
+            continue
+        parts = Path(value.replace("\\", "/")).parts
+        if value.startswith(("/", "\\")) or re.match(r"^[a-zA-Z]:", value):
+            raise ValueError(f"{archive}: refusing member {name!r}: absolute {label}")
+        if ".." in parts:
+            raise ValueError(
+                f"{archive}: refusing member {name!r}: '..' in its {label}"
+            )
+
+
+def _extract(archive, target):
+    """Extract a .tar(.gz) or .zip archive into the new folder `target`, refusing unsafe members."""
+    if archive.name.lower().endswith(".zip"):
+        with zipfile.ZipFile(archive) as zip_file:
+            for info in zip_file.infolist():
+                _check_member(archive, info.filename)
+                if (info.external_attr >> 16) & 0o170000 == 0o120000:
+                    raise ValueError(
+                        f"{archive}: refusing member {info.filename!r}: a link"
+                    )
+            zip_file.extractall(target)
+        return
+    with tarfile.open(archive) as tar_file:
+        for member in tar_file.getmembers():
+            link = member.linkname if member.issym() or member.islnk() else None
+            _check_member(archive, member.name, link)
+        try:
+            # The "data" filter also refuses links that leave the target and device files.
+            tar_file.extractall(target, filter="data")
+        except tarfile.FilterError as error:
+            raise ValueError(f"{archive}: refusing member: {error}") from error
+
+
+def _extract_once(archive, cache_dir):
+    """Extract `archive` into the cache (atomically) unless done before; return the folder."""
+    stat = archive.stat()
+    stem = re.sub(r"(\.tar\.gz|\.tgz|\.tar|\.zip)$", "", archive.name, flags=re.I)
+    final = Path(cache_dir) / f"{stem}-{stat.st_size}-extracted"
+    if final.is_dir():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    # Extract beside the final folder, then rename: another process sees either nothing or
+    # the complete folder, never half of it.
+    temporary = Path(tempfile.mkdtemp(prefix=f".{stem}-", dir=final.parent))
+    try:
+        print(f"Extracting {archive} into {final} ...", flush=True)
+        _extract(archive, temporary)
+        try:
+            os.rename(temporary, final)
+        except OSError:
+            if not final.is_dir():
+                raise
+            # Another process finished first: use its folder.
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+    return final
+
+
+def _has_images(folder):
+    return any(
+        entry.is_file() and entry.name.lower().endswith((".jpg", ".jpeg", ".png"))
+        for entry in os.scandir(folder)
+    )
+
+
+def _image_folder(folder):
+    """Return the folder holding the images: `folder` itself or its UTKFace subfolder."""
+    folder = Path(folder)
+    if _has_images(folder):
+        return folder
+    subfolders = sorted(path for path in folder.iterdir() if path.is_dir())
+    # Kaggle's copy also holds `crop_part1/` and `utkface_aligned_cropped/` (the same faces
+    # again): take `UTKFace/` only, so that no face is read twice.
+    for subfolder in subfolders:
+        if subfolder.name.lower() == "utkface":
+            return _image_folder(subfolder)
+    with_images = [path for path in subfolders if _has_images(path)]
+    if len(with_images) == 1:
+        return with_images[0]
+    raise FileNotFoundError(
+        f"{folder}: no images here, and no single image subfolder to use "
+        f"(subfolders: {[path.name for path in subfolders] or 'none'}); "
+        "point at the folder that holds the .jpg files"
+    )
+
+
+def locate(source=None, file_hash=None, cache_dir=None):
+    """Return the folder of UTKFace images from a folder, an archive or a URL (see README)."""
+    if source is None:
+        if os.environ.get("UTKFACE_DATA"):
+            source = os.environ["UTKFACE_DATA"]
+        elif SHARED_ARCHIVE.is_file():
+            source = SHARED_ARCHIVE
+        else:
+            source = DEFAULT_URL
+    cache_dir = Path(cache_dir) if cache_dir else _default_cache_dir()
+    if _is_url(source):
+        import keras
+
+        file_name = Path(str(source).split("?")[0]).name or "UTKFace.tar.gz"
+        # `get_file` downloads once into the cache and checks the hash when one is known;
+        # extraction is ours, since `get_file` only skips unsafe members.
+        source = keras.utils.get_file(
+            fname=file_name,
+            origin=str(source),
+            file_hash=file_hash,
+            cache_dir=str(cache_dir.parent),
+            cache_subdir=cache_dir.name,
+        )
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"UTKFace data not found: {path} does not exist")
+    if path.is_dir():
+        return _image_folder(path)
+    if _is_archive(path):
+        return _image_folder(_extract_once(path, cache_dir))
+    raise ValueError(
+        f"{path}: expected a folder, a .tar.gz/.tgz/.tar/.zip archive or a URL"
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Records
+# ---------------------------------------------------------------------------------------
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_END = b"IEND\xaeB`\x82"
+
+
+def _content_problem(path, size):
+    """Cheap check of an image file's framing; return a reason, or None when it looks whole."""
+    if size == 0:
+        return "empty file"
+    with open(path, "rb") as file:
+        head = file.read(8)
+        file.seek(max(0, size - 1024))
+        tail = file.read()
+    if head.startswith(b"\xff\xd8\xff"):
+        # A whole JPEG ends with the end-of-image marker (some writers pad after it); 0xFFD9
+        # cannot occur inside the entropy-coded data, so this costs no decode.
+        return None if b"\xff\xd9" in tail else "truncated JPEG (no end marker)"
+    if head == _PNG_SIGNATURE:
+        return None if _PNG_END in tail[-64:] else "truncated PNG (no IEND chunk)"
+    return "not a JPEG or PNG file"
+
+
+def load_records(folder, verbose=True):
+    """Read every file of `folder`: (records of usable images, [(path, reason)] of the rest)."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise FileNotFoundError(f"UTKFace folder not found: {folder}")
+    if not folder.is_dir():
+        raise NotADirectoryError(f"not a folder: {folder}")
+    records, skipped = [], []
+    for entry in sorted(os.scandir(folder), key=lambda entry: entry.name):
+        if not entry.is_file():
+            continue
+        path = Path(entry.path)
+        label, reason = _parse(entry.name)
+        if reason is None:
+            reason = _content_problem(path, entry.stat().st_size)
+        if reason is None:
+            records.append(Record(path, *label))
+        else:
+            skipped.append((path, reason))
+    if not records:
+        raise ValueError(
+            f"{folder}: no usable images ({len(skipped)} file(s) skipped"
+            + (f", e.g. {skipped[0][0].name}: {skipped[0][1]}" if skipped else "")
+            + ")"
+        )
+    if verbose:
+        print(_summary_line(folder, records, skipped))
+    return records, skipped
+
+
+def _summary_line(folder, records, skipped):
+    reasons = collections.Counter(reason for _, reason in skipped)
+    details = ", ".join(f"{count} {reason}" for reason, count in reasons.most_common())
+    line = f"{folder}: {len(records):,} images used, {len(skipped):,} skipped"
+    return line + (f" ({details})" if details else "")
+
+
+def split_records(records, val_fraction=0.1, test_fraction=0.1, seed=0):
+    """Split records into (train, val, test) by a hash of each file name."""
+    if not (
+        0 <= val_fraction and 0 <= test_fraction and val_fraction + test_fraction < 1
+    ):
+        raise ValueError(
+            "val_fraction and test_fraction must be >= 0 with a sum below 1"
+        )
+    train, val, test = [], [], []
+    for record in records:
+        # A hash of the name alone: a file keeps its split whatever else is added or removed.
+        digest = hashlib.sha256(f"{seed}:{Path(record.path).name}".encode()).digest()
+        position = int.from_bytes(digest[:8], "big") / 2**64
+        if position < test_fraction:
+            test.append(record)
+        elif position < test_fraction + val_fraction:
+            val.append(record)
+        else:
+            train.append(record)
+    return train, val, test
+
+
+# ---------------------------------------------------------------------------------------
+# Decoding
+# ---------------------------------------------------------------------------------------
+
+
+def _tf():
+    import tensorflow as tf
+
+    return tf
+
+
+def decode_and_resize(contents, image_size):
+    """Decode JPEG/PNG bytes to an RGB uint8 (image_size, image_size, 3) tensor."""
+    tf = _tf()
+
+    def decode_jpeg(ratio):
+        # Decoding at 1/ratio of the size (done in the DCT) is much cheaper than decoding
+        # in full and shrinking afterwards.
+        return lambda: tf.io.decode_jpeg(
+            contents, channels=3, ratio=ratio, dct_method="INTEGER_FAST"
+        )
+
+    def decode_jpeg_scaled():
+        shape = tf.io.extract_jpeg_shape(contents)
+        smaller_side = tf.minimum(shape[0], shape[1])
+        branches = [(smaller_side >= image_size * r, decode_jpeg(r)) for r in (8, 4, 2)]
+        return tf.case(branches, default=decode_jpeg(1), exclusive=False)
+
+    def decode_other():
+        # Grayscale becomes RGB and an alpha channel is dropped (channels=3).
+        return tf.io.decode_image(contents, channels=3, expand_animations=False)
+
+    image = tf.cond(tf.io.is_jpeg(contents), decode_jpeg_scaled, decode_other)
+    image.set_shape([None, None, 3])
+    return resize_square(image, image_size)
+
+
+def resize_square(image, image_size):
+    """Centre-crop an RGB image to a square and resize it to uint8 (image_size, image_size, 3)."""
+    tf = _tf()
+    shape = tf.shape(image)
+    side = tf.minimum(shape[0], shape[1])
+    image = tf.image.resize_with_crop_or_pad(image, side, side)
+    image = tf.image.resize(image, (image_size, image_size), antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
+
+def _exif_rotation(path):
+    """Return the EXIF orientation tag of an image file (1 when absent)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return int(image.getexif().get(0x0112, 1))
+    except Exception as error:
+        raise ValueError(
+            f"{path}: not a readable JPEG or PNG image ({error})"
+        ) from error
+
+
+def _apply_orientation(image, orientation):
+    """Turn an image as its EXIF orientation tag says (what PIL's `exif_transpose` does)."""
+    tf = _tf()
+    transforms = {
+        2: tf.image.flip_left_right,
+        3: lambda image: tf.image.rot90(image, 2),
+        4: tf.image.flip_up_down,
+        5: tf.image.transpose,
+        6: lambda image: tf.image.rot90(image, 3),  # rot90 turns counter-clockwise.
+        7: lambda image: tf.image.rot90(tf.image.transpose(image), 2),
+        8: lambda image: tf.image.rot90(image, 1),
+    }
+    return transforms[orientation](image) if orientation in transforms else image
+
+
+def load_images(paths, image_size):
+    """Decode image files for prediction as in training, EXIF rotation applied: float32 [0, 1]."""
+    tf = _tf()
+    images = []
+    for path in paths:
+        orientation = _exif_rotation(path)
+        try:
+            image = decode_and_resize(tf.io.read_file(str(path)), image_size)
+        except tf.errors.InvalidArgumentError as error:
+            raise ValueError(
+                f"{path}: could not decode the image ({error.message})"
+            ) from error
+        # Cropping and resizing to a square commute with these turns and flips.
+        images.append(_apply_orientation(image, orientation))
+    return tf.cast(tf.stack(images), tf.float32) / 255.0
+
+
+# ---------------------------------------------------------------------------------------
+# Datasets
+# ---------------------------------------------------------------------------------------
+
+
+class _Decoded(NamedTuple):
+    images: object  # tf.Tensor (n, size, size, 3) uint8
+    records: list  # the records whose images decoded, aligned with `images`
+
+
+_decoded_cache = collections.OrderedDict()
+
+
+def _decode_file(path, image_size):
+    return decode_and_resize(_tf().io.read_file(path), image_size)
+
+
+def _decode_all(records, image_size):
+    """Decode and resize every image once, in parallel; report the files that fail."""
+    tf = _tf()
+    key = (image_size, tuple(str(record.path) for record in records))
+    if key in _decoded_cache:
+        _decoded_cache.move_to_end(key)
+        return _decoded_cache[key]
+    paths = list(key[1])
+    dataset = tf.data.Dataset.from_tensor_slices((tf.range(len(paths)), paths))
+    dataset = dataset.map(
+        lambda index, path: (index, _decode_file(path, image_size)),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=False,
+    )
+    # A file that passed the cheap check in `load_records` may still be corrupt inside:
+    # it is dropped here, then named below from the indices that did not arrive.
+    dataset = dataset.ignore_errors().batch(256).prefetch(tf.data.AUTOTUNE)
+    images = np.empty((len(paths), image_size, image_size, 3), np.uint8)
+    decoded = np.zeros(len(paths), bool)
+    for indices, batch in dataset:
+        images[indices.numpy()] = batch.numpy()
+        decoded[indices.numpy()] = True
+    failed = [paths[index] for index in np.flatnonzero(~decoded)]
+    if failed:
+        message = f"{len(failed)} image(s) could not be decoded and are left out: " + (
+            ", ".join(f"{path} (corrupt image data)" for path in failed[:10])
+        )
+        warnings.warn(message + (" ..." if len(failed) > 10 else ""), stacklevel=3)
+        if len(failed) == len(paths):
+            raise ValueError("no image could be decoded: " + message)
+        images = images[decoded]
+    kept = [record for record, ok in zip(records, decoded) if ok]
+    entry = _Decoded(tf.convert_to_tensor(images), kept)
+    _decoded_cache[key] = entry
+    while len(_decoded_cache) > _DECODED_CACHE_SIZE:
+        _decoded_cache.popitem(last=False)
+    return entry
+
+
+def _labels(records, with_attributes):
+    """Label arrays for records: ages (n, 1) float32, and gender/race int32 with -1 = missing."""
+    ages = np.array([[record.age] for record in records], np.float32).reshape(-1, 1)
+    if not with_attributes:
+        return ages
+    missing = lambda value: -1 if value is None else value  # noqa: E731
+    return {
+        "age": ages,
+        "gender": np.array([missing(record.gender) for record in records], np.int32),
+        "race": np.array([missing(record.race) for record in records], np.int32),
+    }
+
+
+def _batch_seed(seed, epoch, batch_number):
+    """A stateless seed that depends only on (seed, epoch, batch number)."""
+    tf = _tf()
+    base = tf.constant([seed, 0x5EED], tf.int64)
+    return tf.random.experimental.stateless_fold_in(
+        tf.random.experimental.stateless_fold_in(base, epoch), batch_number
+    )
+
+
+def augment_batch(images, seed):
+    """Randomly flip, crop/shift, brighten and contrast a float batch in [0, 1]."""
+    tf = _tf()
+    batch, height, width = tf.shape(images)[0], tf.shape(images)[1], tf.shape(images)[2]
+    seeds = tf.random.experimental.stateless_split(seed, 6)
+    uniform = lambda index, low, high: tf.random.stateless_uniform(  # noqa: E731
+        [batch], seeds[index], low, high
+    )
+    flip = uniform(0, 0.0, 1.0) < 0.5
+    images = tf.where(flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
+    # A crop of 88-100 % of the side anywhere inside the image: a small zoom and shift of
+    # the aligned face, without black borders.
+    side = uniform(1, 0.88, 1.0)
+    top = uniform(2, 0.0, 1.0) * (1.0 - side)
+    left = uniform(3, 0.0, 1.0) * (1.0 - side)
+    boxes = tf.stack([top, left, top + side, left + side], axis=1)
+    images = tf.image.crop_and_resize(
+        images, boxes, tf.range(batch), tf.stack([height, width])
+    )
+    brightness = uniform(4, -0.1, 0.1)[:, None, None, None]
+    contrast = uniform(5, 0.8, 1.2)[:, None, None, None]
+    mean = tf.reduce_mean(images, axis=[1, 2, 3], keepdims=True)
+    images = (images - mean) * contrast + mean + brightness
+    return tf.clip_by_value(images, 0.0, 1.0)
+
+
+def steps_per_epoch(num_images, batch_size):
+    """Training batches per epoch: the last partial batch is dropped when there is a full one."""
+    return max(1, num_images // batch_size)
+
+
+def make_dataset(
+    records,
+    image_size,
+    batch_size,
+    training,
+    augment=None,
+    cache=True,
+    with_attributes=False,
+    seed=0,
+    start_epoch=0,
+    epochs=None,
+):
+    """A `tf.data.Dataset` of (images float32 [0, 1], ages (batch, 1)) batches.
+
+    With `training`, the dataset runs from `start_epoch` up to `epochs` (for ever when None),
+    each epoch a permutation of the images and an augmentation that depend only on (`seed`,
+    epoch): a run resumed at epoch k sees what an uninterrupted one sees. `cache` keeps the
+    decoded uint8 images in memory, also across calls, so a resume decodes nothing again.
+    """
+    tf = _tf()
+    augment = training if augment is None else augment
+    if augment and not training:
+        raise ValueError("augmentation is for the training set only (training=False)")
+    if not records:
+        raise ValueError("make_dataset: no records")
+    if cache:
+        decoded = _decode_all(records, image_size)
+        records, images = decoded.records, decoded.images
+    labels = _labels(records, with_attributes)
+    count = len(records)
+
+    if training:
+        drop_remainder = count >= batch_size
+
+        def epoch_batches(epoch):
+            order = tf.argsort(
+                tf.random.stateless_uniform([count], _batch_seed(seed, epoch, -1))
+            )
+            batches = tf.data.Dataset.from_tensor_slices(order)
+            batches = batches.batch(batch_size, drop_remainder=drop_remainder)
+            return batches.enumerate().map(
+                lambda number, indices: (epoch, number, indices)
+            )
+
+        epoch_numbers = (
+            tf.data.Dataset.range(start_epoch, epochs)
+            if epochs is not None
+            else tf.data.Dataset.counter(start_epoch)
+        )
+        batches = epoch_numbers.flat_map(epoch_batches)
+    else:
+        batches = tf.data.Dataset.range(count).batch(batch_size)
+        batches = batches.map(lambda indices: (tf.constant(0, tf.int64), 0, indices))
+
+    if cache:
+        batches = batches.map(
+            lambda epoch, number, indices: (
+                epoch,
+                number,
+                indices,
+                tf.gather(images, indices),
+            )
+        )
+    else:
+        batches = _decode_streaming(batches, records, image_size, batch_size)
+
+    def to_example(epoch, number, indices, images):
+        images = tf.cast(images, tf.float32) / 255.0  # (batch, size, size, 3)
+        if augment:
+            images = augment_batch(images, _batch_seed(seed, epoch, number))
+        targets = tf.nest.map_structure(lambda array: tf.gather(array, indices), labels)
+        return images, targets
+
+    dataset = batches.map(to_example, num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _decode_streaming(batches, records, image_size, batch_size):
+    """Decode the images of each batch from their files (`cache=False`), image by image."""
+    tf = _tf()
+    paths = tf.constant([str(record.path) for record in records])
+
+    def spread(epoch, number, indices):
+        count = tf.shape(indices)[0]
+        return tf.data.Dataset.from_tensor_slices(
+            (tf.fill([count], epoch), tf.fill([count], number), indices)
+        )
+
+    def decode(epoch, number, index):
+        return epoch, number, index, _decode_file(paths[index], image_size)
+
+    images = batches.flat_map(spread).map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+    # Without the cache no pass has checked that every file decodes: a corrupt one is
+    # dropped with a logged warning that says why, and its batch is one image short.
+    images = images.ignore_errors(log_warning=True).batch(batch_size)
+    return images.map(
+        lambda epoch, number, indices, batch: (epoch[0], number[0], indices, batch)
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------
+
+
+def describe(records, skipped):
+    """A text report: counts, age, gender and race distributions, skipped files."""
+    ages = np.array([record.age for record in records])
+    lines = [
+        f"images used: {len(records):,}   skipped: {len(skipped):,}",
+        f"age: min {ages.min()}, median {np.median(ages):g}, mean {ages.mean():.1f}, "
+        f"max {ages.max()}",
+        "age bins: "
+        + ", ".join(
+            f"{low}-{low + 9}: {np.sum((ages >= low) & (ages < low + 10)):,}"
+            for low in range(0, 80, 10)
+        )
+        + f", 80+: {np.sum(ages >= 80):,}",
+    ]
+    for field, names in (("gender", GENDERS), ("race", RACES)):
+        counts = collections.Counter(getattr(record, field) for record in records)
+        parts = [f"{name}: {counts[index]:,}" for index, name in enumerate(names)]
+        lines.append(f"{field}: " + ", ".join(parts) + f", missing: {counts[None]:,}")
+    train, val, test = split_records(records)
+    lines.append(f"split: train {len(train):,}, val {len(val):,}, test {len(test):,}")
+    for path, reason in skipped:
+        lines.append(f"skipped {path}: {reason}")
+    return "\n".join(lines)
+
+
+def plot_summary(records, file_name=None, samples=16, seed=0):
+    """An age histogram and a grid of sample faces labelled with their ages."""
+    import matplotlib.pyplot as plt
+
+    rng = np.random.default_rng(seed)
+    chosen = [
+        records[i] for i in rng.choice(len(records), min(samples, len(records)), False)
+    ]
+    images = load_images([record.path for record in chosen], 100).numpy()
+    columns = 8
+    rows = -(-len(chosen) // columns)
+    figure = plt.figure(figsize=(columns * 1.3, 2.6 + rows * 1.5))
+    grid = figure.add_gridspec(rows + 2, columns)
+    histogram = figure.add_subplot(grid[:2, :])
+    histogram.hist([record.age for record in records], bins=range(0, MAX_AGE + 2))
+    histogram.set_xlabel("age (years)")
+    histogram.set_ylabel("images")
+    for index, (record, image) in enumerate(zip(chosen, images)):
+        axes = figure.add_subplot(grid[2 + index // columns, index % columns])
+        axes.imshow(image)
+        axes.set_title(f"{record.age}", fontsize=9)
+        axes.axis("off")
+    figure.tight_layout()
+    if file_name:
+        figure.savefig(file_name, dpi=100)
+    return figure
+
+
+def main(argv=None):
+    """The `summary` command line."""
+    parser = argparse.ArgumentParser(description="UTKFace data summary.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    summary = commands.add_parser(
+        "summary", help="counts, distributions, skipped files"
+    )
+    summary.add_argument("--data", help="folder, archive or URL (default: see README)")
+    summary.add_argument("--plot", help="save an age histogram and sample faces here")
+    arguments = parser.parse_args(argv)
+    records, skipped = load_records(locate(arguments.data))
+    print(describe(records, skipped))
+    if arguments.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        plot_summary(records, arguments.plot)
+        print(f"saved {arguments.plot}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
