@@ -1,0 +1,562 @@
+"""Age-regression networks for UTKFace: course CNN, our AgeCNN, losses, Task 1 table.
+
+Usage:
+
+    from model import build_model, feature_map_table, format_feature_map_table
+
+    course = build_model("course_cnn", initial_age=33.3)  # the course skeleton, built
+    ours = build_model("age_cnn", preset="cpu", initial_age=33.3, head="ordinal")
+    print(format_feature_map_table(feature_map_table(course)))  # Task 1
+
+Inputs: float RGB images (batch, image_size, image_size, 3) in whatever range the data
+module produces; the models do not rescale (AgeCNN's batch norm after the stem makes it
+insensitive to the scale). With `attribute_inputs=True` the input is a dict
+{"image": images, "gender": (batch,) 0/1, "race": (batch,) 0..4}, -1 meaning unknown.
+
+Output contract:
+- `head="regression"` without `gender_head`: a (batch, 1) float32 tensor, the age, so
+  `model.predict(images)` gives ages as in the course code.
+- Any other configuration: a dict with "age" (batch, 1) float32, the age estimate,
+  plus "logits" ((batch, 117) for "classification", (batch, 116) for "ordinal") and
+  "gender_logit" (batch, 1) when `gender_head=True`.
+`loss_terms(model, outputs, labels)` turns any of these into a training loss, and
+`ages_from_outputs(model, outputs, method)` into ages by expected value or median.
+
+Every layer that produces an output is float32, so everything works under the
+"mixed_float16" policy and a model saved there loads and predicts under "float32".
+"""
+
+from typing import NamedTuple
+
+import keras
+import numpy as np
+from keras import layers, ops
+
+MAX_AGE = 116  # The oldest age in UTKFace.
+NUM_AGE_CLASSES = MAX_AGE + 1  # Ages 0..116 for the classification head.
+HUBER_DELTA = 5.0  # Years: errors below this are squared, larger ones count linearly.
+HEADS = ("regression", "classification", "ordinal")
+OUTPUT_ACTIVATIONS = ("relu", "linear")
+
+PRESETS = {
+    # About 58 MFLOPs per 80-pixel image, cheap enough to train on 2 CPU cores.
+    "cpu": {
+        "image_size": 80,
+        "widths": (32, 64, 128, 256),
+        "blocks_per_stage": (1, 1, 1, 1),
+        "stem_stride": 2,
+        "head_units": 128,
+        "dropout": 0.3,
+    },
+    # A ResNet-18-sized body at 128 pixels (about 1.1 GFLOPs per image) for a GPU.
+    "gpu": {
+        "image_size": 128,
+        "widths": (64, 128, 256, 512),
+        "blocks_per_stage": (2, 2, 2, 2),
+        "stem_stride": 2,
+        "head_units": 256,
+        "dropout": 0.3,
+    },
+}
+
+
+def _check_choice(name, value, choices):
+    """Raise ValueError unless value is one of choices."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
+def _apply(layer, inputs, trace, training=False):
+    """Call one layer and, when tracing, note its output and the layer in trace."""
+    outputs = layer(inputs, training=training)
+    _note(trace, layer.name, outputs, layer)
+    return outputs
+
+
+def _note(trace, name, outputs, layer=None):
+    """Append (name, output shape without batch, layer) to trace unless it is None."""
+    if trace is not None:
+        trace.append((name, tuple(outputs.shape[1:]), layer))
+
+
+@keras.saving.register_keras_serializable(package="age_regression")
+class CourseCNN(keras.Model):
+    """The course skeleton's CNN: two strided 5×5 convolutions, three dense layers."""
+
+    def __init__(
+        self, image_size=200, initial_age=None, output_activation="relu", **kwargs
+    ):
+        super().__init__(**kwargs)
+        _check_choice("output_activation", output_activation, OUTPUT_ACTIVATIONS)
+        self.image_size = image_size
+        self.initial_age = initial_age
+        self.output_activation = output_activation
+        self.conv1 = layers.Conv2D(8, 5, strides=4, activation="relu", name="conv1")
+        self.conv2 = layers.Conv2D(16, 5, strides=4, activation="relu", name="conv2")
+        self.flatten = layers.Flatten(name="flatten")
+        self.dropout = layers.Dropout(0.2, name="dropout")
+        self.dense1 = layers.Dense(128, activation="relu", name="dense1")
+        self.dense2 = layers.Dense(64, activation="relu", name="dense2")
+        # The course code left this bias at 0. A ReLU output that starts near 0 gets no
+        # gradient for every image where it is negative, so it can die before it learns;
+        # starting at the mean training age keeps it on the linear side of the kink and
+        # makes the first prediction the best constant one.
+        self.age_layer = layers.Dense(
+            1,
+            activation=output_activation,
+            bias_initializer=keras.initializers.Constant(initial_age or 0.0),
+            dtype="float32",  # Ages stay float32 under mixed precision.
+            name="output",
+        )
+
+    def forward(self, images, training=False, trace=None):
+        """Run the network; when trace is a list, note every layer's output in it."""
+        features = _apply(self.conv1, images, trace)  # (batch, 49, 49, 8)
+        features = _apply(self.conv2, features, trace)  # (batch, 12, 12, 16)
+        features = _apply(self.flatten, features, trace)  # (batch, 2304)
+        features = _apply(self.dropout, features, trace, training)
+        features = _apply(self.dense1, features, trace)  # (batch, 128)
+        features = _apply(self.dense2, features, trace)  # (batch, 64)
+        return _apply(self.age_layer, features, trace)  # (batch, 1)
+
+    def call(self, inputs, training=False):
+        """Predict ages (batch, 1) from images (batch, image_size, image_size, 3)."""
+        return self.forward(inputs, training)
+
+    def get_config(self):
+        """Return the constructor arguments so that .keras files round-trip."""
+        return _model_config(
+            self,
+            image_size=self.image_size,
+            initial_age=self.initial_age,
+            output_activation=self.output_activation,
+        )
+
+
+def _model_config(model, **arguments):
+    """Merge a model's base config with its constructor arguments."""
+    config = keras.Model.get_config(model)
+    # Sublayers follow the policy in force when the model is rebuilt, so the model's own
+    # policy must too: a mixed_float16 model reloaded on a CPU is float32 throughout.
+    config.pop("dtype", None)
+    return {**config, **arguments}
+
+
+@keras.saving.register_keras_serializable(package="age_regression")
+class ResidualBlock(keras.layers.Layer):
+    """Two 3×3 convolutions with batch norm and a skip connection (He et al., 2016)."""
+
+    def __init__(self, filters, strides=1, projection=False, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = filters
+        self.strides = strides
+        self.projection = projection
+        self.conv1 = layers.Conv2D(
+            filters, 3, strides=strides, padding="same", use_bias=False
+        )
+        self.norm1 = layers.BatchNormalization()
+        self.conv2 = layers.Conv2D(filters, 3, padding="same", use_bias=False)
+        # Zero gamma makes each block start as the identity, which steadies early
+        # training of residual networks (Goyal et al., 2017).
+        self.norm2 = layers.BatchNormalization(gamma_initializer="zeros")
+        if projection:
+            # A 1×1 convolution matches the shortcut to a new width or resolution.
+            self.shortcut_conv = layers.Conv2D(
+                filters, 1, strides=strides, use_bias=False
+            )
+            self.shortcut_norm = layers.BatchNormalization()
+
+    def call(self, inputs, training=False):
+        """Return relu(F(inputs) + shortcut(inputs))."""
+        shortcut = inputs
+        if self.projection:
+            shortcut = self.shortcut_norm(self.shortcut_conv(inputs), training=training)
+        features = ops.relu(self.norm1(self.conv1(inputs), training=training))
+        features = self.norm2(self.conv2(features), training=training)
+        return ops.relu(features + shortcut)
+
+    def compute_output_shape(self, input_shape):
+        """Return the output shape, so that model.summary() can show it."""
+        batch, height, width, _ = input_shape
+        # "same" padding rounds up: ceil(size / strides).
+        height, width = [
+            None if size is None else -(-size // self.strides)
+            for size in (height, width)
+        ]
+        return (batch, height, width, self.filters)
+
+    def get_config(self):
+        """Return the constructor arguments."""
+        return {
+            **super().get_config(),
+            "filters": self.filters,
+            "strides": self.strides,
+            "projection": self.projection,
+        }
+
+
+@keras.saving.register_keras_serializable(package="age_regression")
+class OrdinalThresholds(keras.layers.Layer):
+    """CORAL's K−1 learned biases added to one shared score (Cao et al., 2020)."""
+
+    def __init__(self, initial_age=None, **kwargs):
+        super().__init__(**kwargs)
+        self.initial_age = initial_age
+
+    def build(self, input_shape):
+        """Create the biases so that the first predicted age is initial_age."""
+        # Bias k is the logit of P(age > k). Making it positive below the starting age
+        # and negative above it, 0.1 per year, puts the first estimate there.
+        center = MAX_AGE / 2 if self.initial_age is None else self.initial_age
+        biases = 0.1 * (center - 0.5 - np.arange(MAX_AGE, dtype="float32"))
+        self.thresholds = self.add_weight(
+            shape=(MAX_AGE,),
+            initializer=keras.initializers.Constant(biases),
+            name="thresholds",
+        )
+
+    def call(self, score):
+        """Turn the score (batch, 1) into K−1 logits (batch, 116)."""
+        return score + self.thresholds
+
+    def compute_output_shape(self, input_shape):
+        """Return (batch, 116)."""
+        return (input_shape[0], MAX_AGE)
+
+    def get_config(self):
+        """Return the constructor arguments."""
+        return {**super().get_config(), "initial_age": self.initial_age}
+
+
+@keras.saving.register_keras_serializable(package="age_regression")
+class AgeCNN(keras.Model):
+    """A residual CNN from scratch with a regression, classification or ordinal head."""
+
+    def __init__(
+        self,
+        image_size=80,
+        widths=(32, 64, 128, 256),
+        blocks_per_stage=(1, 1, 1, 1),
+        stem_stride=2,
+        head_units=128,
+        dropout=0.3,
+        head="regression",
+        output_activation="relu",
+        initial_age=None,
+        gender_head=False,
+        attribute_inputs=False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        _check_choice("head", head, HEADS)
+        _check_choice("output_activation", output_activation, OUTPUT_ACTIVATIONS)
+        if len(widths) != len(blocks_per_stage):
+            raise ValueError("widths and blocks_per_stage need one entry per stage")
+        if gender_head and attribute_inputs:
+            raise ValueError("gender_head would just copy the gender input")
+        self.image_size = image_size
+        self.widths = tuple(widths)
+        self.blocks_per_stage = tuple(blocks_per_stage)
+        self.stem_stride = stem_stride
+        self.head_units = head_units
+        self.dropout_rate = dropout
+        self.head = head
+        self.output_activation = output_activation
+        self.initial_age = initial_age
+        self.gender_head = gender_head
+        self.attribute_inputs = attribute_inputs
+
+        # Plain convolutions only: depthwise ones are slow in TensorFlow on a CPU.
+        self.body = [
+            layers.Conv2D(
+                widths[0],
+                3,
+                strides=stem_stride,
+                padding="same",
+                use_bias=False,
+                name="stem_conv",
+            ),
+            layers.BatchNormalization(name="stem_norm"),
+            layers.ReLU(name="stem_relu"),
+        ]
+        for stage, (width, blocks) in enumerate(zip(widths, blocks_per_stage)):
+            for block in range(blocks):
+                # Each stage halves the resolution in its first block.
+                self.body.append(
+                    ResidualBlock(
+                        width,
+                        strides=2 if block == 0 else 1,
+                        projection=block == 0,
+                        name=f"stage{stage + 1}_block{block + 1}",
+                    )
+                )
+        self.body.append(layers.GlobalAveragePooling2D(name="pool"))
+
+        if attribute_inputs:
+            # Index 0 is "unknown" (label -1), so missing labels get a learned vector.
+            self.gender_embedding = layers.Embedding(3, 4, name="gender_embedding")
+            self.race_embedding = layers.Embedding(6, 4, name="race_embedding")
+        self.hidden = (
+            layers.Dense(head_units, activation="relu", name="hidden")
+            if head_units
+            else None
+        )
+        self.dropout_layer = layers.Dropout(dropout, name="dropout")
+        self.head_layers = self._make_head_layers()
+        if gender_head:
+            self.gender_layer = layers.Dense(1, dtype="float32", name="gender_logit")
+
+    def _make_head_layers(self):
+        """Create the float32 output layers of the chosen head."""
+        if self.head == "regression":
+            # Start at the mean age, for the reason given in CourseCNN.
+            start = keras.initializers.Constant(self.initial_age or 0.0)
+            return [
+                layers.Dense(
+                    1,
+                    activation=self.output_activation,
+                    bias_initializer=start,
+                    dtype="float32",
+                    name="age",
+                )
+            ]
+        if self.head == "classification":
+            # A Gaussian log-prior around initial_age makes the first expected age
+            # about initial_age, as with the other heads.
+            ages = np.arange(NUM_AGE_CLASSES, dtype="float32")
+            center = MAX_AGE / 2 if self.initial_age is None else self.initial_age
+            prior = -0.5 * ((ages - center) / 15.0) ** 2  # A 15-year spread.
+            return [
+                layers.Dense(
+                    NUM_AGE_CLASSES,
+                    bias_initializer=keras.initializers.Constant(prior),
+                    dtype="float32",
+                    name="age_logits",
+                )
+            ]
+        # CORAL shares one weight vector across thresholds, so they cannot cross.
+        return [
+            layers.Dense(1, use_bias=False, dtype="float32", name="age_score"),
+            OrdinalThresholds(self.initial_age, dtype="float32", name="age_thresholds"),
+        ]
+
+    def forward(self, inputs, training=False, trace=None):
+        """Run the network; when trace is a list, note every stage's output in it."""
+        images = inputs["image"] if self.attribute_inputs else inputs
+        features = images  # (batch, size, size, 3)
+        for layer in self.body:
+            # The stem divides the size by stem_stride and every stage by 2.
+            features = _apply(layer, features, trace, training)
+        # features: (batch, widths[-1]) after global average pooling.
+        if self.attribute_inputs:
+            gender = ops.cast(ops.reshape(inputs["gender"], (-1,)), "int32") + 1
+            race = ops.cast(ops.reshape(inputs["race"], (-1,)), "int32") + 1
+            gender = _apply(self.gender_embedding, gender, trace)  # (batch, 4)
+            race = _apply(self.race_embedding, race, trace)  # (batch, 4)
+            features = ops.concatenate([features, gender, race], axis=-1)
+            _note(trace, "with_attributes", features)  # (batch, widths[-1] + 8)
+        if self.hidden is not None:
+            features = _apply(self.hidden, features, trace)  # (batch, head_units)
+        features = _apply(self.dropout_layer, features, trace, training)
+
+        head_outputs = features
+        for layer in self.head_layers:
+            head_outputs = _apply(layer, head_outputs, trace)
+        if self.head == "regression":
+            outputs = {"age": head_outputs}  # (batch, 1)
+        else:
+            # head_outputs: (batch, 117) or (batch, 116) float32 logits.
+            ages = ages_from_outputs(self.head, head_outputs)  # (batch, 1)
+            _note(trace, "age", ages)
+            outputs = {"age": ages, "logits": head_outputs}
+        if self.gender_head:
+            outputs["gender_logit"] = _apply(self.gender_layer, features, trace)
+        if len(outputs) == 1:
+            return outputs["age"]  # Plain regression: a (batch, 1) tensor.
+        return outputs
+
+    def call(self, inputs, training=False):
+        """Return ages (batch, 1), or a dict with "age" (see the module docstring)."""
+        return self.forward(inputs, training)
+
+    def get_config(self):
+        """Return the constructor arguments so that .keras files round-trip."""
+        return _model_config(
+            self,
+            image_size=self.image_size,
+            widths=self.widths,
+            blocks_per_stage=self.blocks_per_stage,
+            stem_stride=self.stem_stride,
+            head_units=self.head_units,
+            dropout=self.dropout_rate,
+            head=self.head,
+            output_activation=self.output_activation,
+            initial_age=self.initial_age,
+            gender_head=self.gender_head,
+            attribute_inputs=self.attribute_inputs,
+        )
+
+
+def example_inputs(model, batch_size=1, input_shape=None):
+    """Return zero inputs of the structure the model expects."""
+    input_shape = input_shape or (model.image_size, model.image_size, 3)
+    images = ops.zeros((batch_size, *input_shape))  # (batch, size, size, 3)
+    if not getattr(model, "attribute_inputs", False):
+        return images
+    unknown = -ops.ones((batch_size,), dtype="int32")
+    return {"image": images, "gender": unknown, "race": unknown}
+
+
+def build_model(arch, preset=None, **kwargs):
+    """Create a built "course_cnn" or "age_cnn"; kwargs override an age_cnn preset."""
+    if arch == "course_cnn":
+        if preset is not None:
+            raise ValueError("presets exist only for age_cnn")
+        model = CourseCNN(**kwargs)
+    elif arch == "age_cnn":
+        preset = preset or "cpu"
+        _check_choice("preset", preset, tuple(PRESETS))
+        model = AgeCNN(**{**PRESETS[preset], **kwargs})
+    else:
+        raise ValueError(f'arch must be "course_cnn" or "age_cnn", got {arch!r}')
+    # Subclassed models create their weights on the first call.
+    model(example_inputs(model))
+    return model
+
+
+def ordinal_targets(ages):
+    """Encode ages (batch, 1) as CORAL's targets age > k: (batch, 116) float32."""
+    thresholds = ops.arange(MAX_AGE, dtype="float32")  # (116,)
+    return ops.cast(ops.cast(ages, "float32") > thresholds, "float32")
+
+
+def ages_from_outputs(head, outputs, method="mean"):
+    """Turn model outputs (or logits) into ages (batch, 1): expected value or median."""
+    head = getattr(head, "head", head)
+    _check_choice("head", head, HEADS)
+    _check_choice("method", method, ("mean", "median"))
+    if isinstance(outputs, dict):
+        if head == "regression":
+            return outputs["age"]
+        outputs = outputs["logits"]
+    if head == "regression":
+        return outputs
+    logits = ops.cast(outputs, "float32")
+    if head == "classification":
+        probabilities = ops.softmax(logits, axis=-1)  # (batch, 117)
+        if method == "mean":
+            ages = ops.arange(NUM_AGE_CLASSES, dtype="float32")
+            return ops.sum(probabilities * ages, axis=-1, keepdims=True)
+        # The median is the first age whose cumulative probability reaches 1/2.
+        below_half = ops.cumsum(probabilities, axis=-1) < 0.5
+        return ops.sum(ops.cast(below_half, "float32"), axis=-1, keepdims=True)
+    # Ordinal: sigmoid(logit k) is P(age > k), so E[age] = sum over k of P(age > k),
+    # and the median is the number of thresholds with P(age > k) > 1/2.
+    exceed = ops.sigmoid(logits)  # (batch, 116)
+    if method == "median":
+        exceed = ops.cast(exceed > 0.5, "float32")
+    return ops.sum(exceed, axis=-1, keepdims=True)
+
+
+def loss_terms(head, outputs, labels, loss="l1", gender_weight=1.0):
+    """Return scalar float32 losses {"age", "gender" (if given), "total"} for any head.
+
+    `loss` ("l1", "huber" or "l2") applies to the regression head; the classification
+    head uses cross-entropy and the ordinal head CORAL's summed binary cross-entropies.
+    """
+    head = getattr(head, "head", head)
+    _check_choice("head", head, HEADS)
+    _check_choice("loss", loss, ("l1", "huber", "l2"))
+    if not isinstance(outputs, dict):
+        outputs = {"age": outputs}
+    if not isinstance(labels, dict):
+        labels = {"age": labels}
+    ages = ops.reshape(ops.cast(labels["age"], "float32"), (-1, 1))  # (batch, 1)
+
+    if head == "regression":
+        predicted = ops.cast(outputs["age"], "float32")  # (batch, 1)
+        if loss == "l1":
+            errors = keras.losses.mean_absolute_error(ages, predicted)
+        elif loss == "l2":
+            errors = keras.losses.mean_squared_error(ages, predicted)
+        else:
+            errors = keras.losses.huber(ages, predicted, delta=HUBER_DELTA)
+        age_loss = ops.mean(errors)
+    elif head == "classification":
+        classes = ops.cast(ops.round(ops.clip(ages[:, 0], 0, MAX_AGE)), "int32")
+        age_loss = ops.mean(
+            keras.losses.sparse_categorical_crossentropy(
+                classes, ops.cast(outputs["logits"], "float32"), from_logits=True
+            )
+        )
+    else:
+        # CORAL sums the binary cross-entropies of the 116 thresholds.
+        per_threshold = ops.binary_crossentropy(
+            ordinal_targets(ages),
+            ops.cast(outputs["logits"], "float32"),
+            from_logits=True,
+        )  # (batch, 116)
+        age_loss = ops.mean(ops.sum(per_threshold, axis=-1))
+
+    terms = {"age": age_loss, "total": age_loss}
+    if "gender_logit" in outputs and "gender" in labels:
+        gender = ops.reshape(labels["gender"], (-1,))  # (batch,), -1 = missing
+        known = ops.cast(gender >= 0, "float32")
+        per_image = ops.binary_crossentropy(
+            ops.cast(ops.maximum(gender, 0), "float32"),
+            ops.reshape(ops.cast(outputs["gender_logit"], "float32"), (-1,)),
+            from_logits=True,
+        )
+        # Average over the images whose gender is known; 0 when none is.
+        terms["gender"] = ops.sum(per_image * known) / ops.maximum(ops.sum(known), 1.0)
+        terms["total"] = age_loss + gender_weight * terms["gender"]
+    return terms
+
+
+class FeatureMap(NamedTuple):
+    """One row of the Task 1 table: a layer, its output shape, its parameter count."""
+
+    name: str
+    shape: tuple
+    parameters: int
+
+
+def _trace(model, input_shape=None):
+    """Run zero inputs through the model and return [(name, shape, layer or None)]."""
+    inputs = example_inputs(model, input_shape=input_shape)
+    images = inputs["image"] if isinstance(inputs, dict) else inputs
+    trace = [("input", tuple(images.shape[1:]), None)]
+    model.forward(inputs, training=False, trace=trace)
+    return trace
+
+
+def feature_map_table(model, input_shape=None):
+    """List FeatureMap rows for the input and every layer's output, up to the age."""
+    return [
+        FeatureMap(name, shape, layer.count_params() if layer else 0)
+        for name, shape, layer in _trace(model, input_shape)
+    ]
+
+
+def format_feature_map_table(rows):
+    """Format feature-map rows as a Markdown table with a total parameter count."""
+    lines = ["| layer | output shape | parameters |", "|---|---|---:|"]
+    for name, shape, parameters in rows:
+        lines.append(f"| {name} | {' × '.join(map(str, shape))} | {parameters:,} |")
+    total = sum(row.parameters for row in rows)
+    lines.append(f"| **total** | | **{total:,}** |")
+    return "\n".join(lines)
+
+
+def forward_flops(model, input_shape=None):
+    """Count forward FLOPs per image of conv and dense layers (a multiply-add is 2)."""
+    flops = 0
+    for _, shape, layer in _trace(model, input_shape):
+        for weight in layer.trainable_weights if layer else []:
+            if weight.name != "kernel":
+                continue
+            # Every convolution in a traced stage (including those inside a residual
+            # block) produces that stage's output resolution.
+            positions = shape[0] * shape[1] if len(weight.shape) == 4 else 1
+            flops += 2 * int(np.prod(weight.shape)) * positions
+    return flops

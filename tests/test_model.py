@@ -1,0 +1,272 @@
+"""Fast checks of model.py: shapes, parameters, heads, losses, .keras round trips.
+
+Run from the repository root: /work/venv/bin/pytest tests/test_model.py -q
+"""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from keras import ops
+
+from model import (
+    HEADS,
+    MAX_AGE,
+    PRESETS,
+    AgeCNN,
+    CourseCNN,
+    ages_from_outputs,
+    build_model,
+    example_inputs,
+    feature_map_table,
+    format_feature_map_table,
+    forward_flops,
+    loss_terms,
+    ordinal_targets,
+)
+
+# A small AgeCNN keeps every test well under a second on two CPU cores.
+SMALL = {"image_size": 32, "widths": (8, 16), "blocks_per_stage": (1, 1)}
+
+
+@pytest.fixture(autouse=True)
+def seed():
+    """Make weights and random inputs the same on every run."""
+    keras.utils.set_random_seed(0)
+
+
+@pytest.fixture
+def mixed_precision():
+    """Switch to the mixed_float16 policy for one test and always switch back."""
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def random_images(batch_size, image_size):
+    """Return random float32 images in [0, 1]."""
+    return np.random.rand(batch_size, image_size, image_size, 3).astype("float32")
+
+
+def test_course_cnn_matches_the_skeleton():
+    model = build_model("course_cnn")
+    assert model.count_params() == 307_185
+    rows = feature_map_table(model)
+    assert feature_map_table(model, (200, 200, 3)) == rows
+    assert [(row.shape, row.parameters) for row in rows] == [
+        ((200, 200, 3), 0),
+        ((49, 49, 8), 608),
+        ((12, 12, 16), 3_216),
+        ((2304,), 0),
+        ((2304,), 0),
+        ((128,), 295_040),
+        ((64,), 8_256),
+        ((1,), 65),
+    ]
+    assert rows[0].name == "input" and rows[-1].name == "output"
+    table = format_feature_map_table(rows)
+    assert "| conv1 | 49 × 49 × 8 | 608 |" in table
+    assert "**307,185**" in table
+    ages = model.predict_on_batch(random_images(3, 200))
+    assert ages.shape == (3, 1) and ages.dtype == np.float32
+    assert np.all(ages >= 0)
+
+
+def test_initial_age_sets_the_output_bias():
+    model = build_model("course_cnn", initial_age=33.0)
+    np.testing.assert_allclose(ops.convert_to_numpy(model.age_layer.bias), [33.0])
+    # Zero images give zero hidden features (all hidden biases start at 0).
+    zeros = np.zeros((2, 200, 200, 3), "float32")
+    np.testing.assert_allclose(model.predict_on_batch(zeros), 33.0, rtol=1e-6)
+
+    linear = build_model("course_cnn", initial_age=-5.0, output_activation="linear")
+    np.testing.assert_allclose(linear.predict_on_batch(zeros), -5.0, rtol=1e-6)
+    relu = build_model("course_cnn", initial_age=-5.0)
+    np.testing.assert_allclose(relu.predict_on_batch(zeros), 0.0)
+
+    ours = build_model("age_cnn", initial_age=40.0, **SMALL)
+    np.testing.assert_allclose(ops.convert_to_numpy(ours.head_layers[0].bias), [40.0])
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_age_cnn_heads(head):
+    model = build_model("age_cnn", head=head, initial_age=30.0, **SMALL)
+    outputs = model(random_images(4, 32))
+    ages = ages_from_outputs(model, outputs)
+    assert ages.shape == (4, 1) and ages.dtype == "float32"
+    if head == "regression":
+        assert not isinstance(outputs, dict)
+    else:
+        assert outputs["logits"].shape == (4, {"classification": 117}.get(head, 116))
+        for method in ("mean", "median"):
+            ages = ops.convert_to_numpy(ages_from_outputs(head, outputs, method))
+            assert ages.shape == (4, 1)
+            assert np.all((ages >= 0) & (ages <= MAX_AGE))
+        # Every head starts near initial_age, so no head starts far from the data.
+        np.testing.assert_allclose(ops.convert_to_numpy(outputs["age"]), 30.0, atol=3)
+    labels = np.array([[1.0], [25.0], [60.0], [116.0]], "float32")
+    for loss in ("l1", "huber", "l2"):
+        terms = loss_terms(model, outputs, labels, loss=loss)
+        assert np.isfinite(ops.convert_to_numpy(terms["total"]))
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_every_head_gets_gradients(head):
+    model = build_model("age_cnn", head=head, gender_head=True, **SMALL)
+    labels = {
+        "age": np.array([[3.0], [70.0]], "float32"),
+        "gender": np.array([1, -1], "int32"),
+    }
+    with tf.GradientTape() as tape:
+        outputs = model(random_images(2, 32), training=True)
+        total = loss_terms(model, outputs, labels, loss="huber")["total"]
+    gradients = tape.gradient(total, model.trainable_weights)
+    assert all(gradient is not None for gradient in gradients)
+
+
+def test_gender_loss_ignores_missing_labels():
+    outputs = {
+        "age": np.zeros((3, 1), "float32"),
+        "gender_logit": np.array([[2.0], [-1.0], [50.0]], "float32"),
+    }
+    labels = {"age": np.zeros((3, 1), "float32"), "gender": np.array([1, 0, -1])}
+    terms = loss_terms("regression", outputs, labels)
+    # Only the first two images count: log(1 + e^-2) and log(1 + e^-1).
+    expected = (np.log1p(np.exp(-2.0)) + np.log1p(np.exp(-1.0))) / 2
+    np.testing.assert_allclose(ops.convert_to_numpy(terms["gender"]), expected, 1e-5)
+    np.testing.assert_allclose(ops.convert_to_numpy(terms["total"]), expected, 1e-5)
+    labels["gender"] = np.array([-1, -1, -1])
+    assert (
+        float(ops.convert_to_numpy(loss_terms("regression", outputs, labels)["gender"]))
+        == 0.0
+    )
+
+
+def test_ordinal_targets_and_ages():
+    targets = ops.convert_to_numpy(ordinal_targets(np.array([[0.0], [3.0], [116.0]])))
+    assert targets.shape == (3, 116)
+    assert targets.sum(axis=1).tolist() == [0, 3, 116]
+    assert targets[1, :4].tolist() == [1, 1, 1, 0]
+    # Confident logits that follow the targets decode back to the ages.
+    ages = ages_from_outputs("ordinal", 20.0 * (targets - 0.5), "median")
+    assert ops.convert_to_numpy(ages)[:, 0].tolist() == [0, 3, 116]
+
+
+@pytest.mark.parametrize(
+    "arch, options",
+    [
+        ("course_cnn", {"initial_age": 33.0}),
+        ("age_cnn", {"initial_age": 33.0, **SMALL}),
+        ("age_cnn", {"head": "ordinal", "gender_head": True, **SMALL}),
+        (
+            "age_cnn",
+            {
+                "head": "classification",
+                "attribute_inputs": True,
+                "head_units": 0,
+                **SMALL,
+            },
+        ),
+    ],
+)
+def test_keras_file_round_trip(tmp_path, arch, options):
+    model = build_model(arch, **options)
+    inputs = example_inputs(model, batch_size=3)
+    images = random_images(3, model.image_size)
+    if isinstance(inputs, dict):
+        inputs = {
+            "image": images,
+            "gender": np.array([0, 1, -1]),
+            "race": np.array([4, -1, 0]),
+        }
+    else:
+        inputs = images
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert type(loaded) is type(model)
+    assert loaded.get_config() == model.get_config()
+    expected = keras.tree.map_structure(ops.convert_to_numpy, model(inputs))
+    actual = keras.tree.map_structure(ops.convert_to_numpy, loaded(inputs))
+    keras.tree.map_structure(np.testing.assert_array_equal, actual, expected)
+
+
+def test_mixed_precision_model_loads_in_float32(tmp_path, mixed_precision):
+    images = random_images(3, 32)
+    model = build_model("age_cnn", head="classification", gender_head=True, **SMALL)
+    assert model.body[0].compute_dtype == "float16"
+    outputs = model(images)
+    assert all(value.dtype == "float32" for value in outputs.values())
+    model.save(tmp_path / "mixed.keras")
+    keras.mixed_precision.set_global_policy("float32")
+    loaded = keras.models.load_model(tmp_path / "mixed.keras")
+    assert loaded.body[0].compute_dtype == "float32"
+    reloaded = loaded(images)
+    for key, value in outputs.items():
+        assert reloaded[key].dtype == "float32"
+        np.testing.assert_allclose(
+            ops.convert_to_numpy(reloaded[key]),
+            ops.convert_to_numpy(value),
+            rtol=1e-2,
+            atol=0.05,
+        )
+
+
+def test_presets_build_and_cost():
+    # The constructor's defaults are the cpu preset.
+    defaults = AgeCNN().get_config()
+    assert defaults | PRESETS["cpu"] == defaults
+    for preset in PRESETS:
+        model = build_model("age_cnn", preset=preset)
+        flops = forward_flops(model)
+        print(
+            f"{preset}: {model.image_size} px, {model.count_params():,} parameters, "
+            f"{flops / 1e6:.1f} MFLOPs forward per image"
+        )
+        assert sum(row.parameters for row in feature_map_table(model)) == (
+            model.count_params()
+        )
+    cpu = build_model("age_cnn", preset="cpu")
+    assert 20e6 < forward_flops(cpu) <= 60e6
+    assert forward_flops(model) > 10 * forward_flops(cpu)  # The gpu preset is bigger.
+    # Course CNN: 2 × (608 − 8) × 49² + 2 × (3,216 − 16) × 12² + the dense layers.
+    assert forward_flops(build_model("course_cnn")) == 4_409_136
+
+
+def test_feature_map_table_lists_every_block():
+    model = build_model("age_cnn", head="ordinal", attribute_inputs=True, **SMALL)
+    names = [row.name for row in feature_map_table(model)]
+    assert names[:4] == ["input", "stem_conv", "stem_norm", "stem_relu"]
+    assert "stage1_block1" in names and "stage2_block1" in names
+    assert names[-3:] == ["age_score", "age_thresholds", "age"]
+    shapes = dict((row.name, row.shape) for row in feature_map_table(model))
+    assert shapes["stage2_block1"] == (4, 4, 16)
+    assert shapes["with_attributes"] == (16 + 8,)
+
+
+def test_attribute_inputs_accept_a_dict():
+    model = build_model("age_cnn", attribute_inputs=True, initial_age=30.0, **SMALL)
+    images = random_images(3, 32)
+    known = model(
+        {"image": images, "gender": np.array([0, 1, 1]), "race": np.array([0, 2, 4])}
+    )
+    unknown = model(
+        {"image": images, "gender": -np.ones(3, "int32"), "race": -np.ones(3, "int32")}
+    )
+    assert known.shape == (3, 1)
+    assert not np.allclose(ops.convert_to_numpy(known), ops.convert_to_numpy(unknown))
+
+
+def test_bad_arguments_raise_value_error():
+    with pytest.raises(ValueError):
+        build_model("resnet")
+    with pytest.raises(ValueError):
+        build_model("course_cnn", preset="cpu")
+    with pytest.raises(ValueError):
+        AgeCNN(head="softmax")
+    with pytest.raises(ValueError):
+        CourseCNN(output_activation="sigmoid")
+    with pytest.raises(ValueError):
+        AgeCNN(gender_head=True, attribute_inputs=True)
