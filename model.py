@@ -83,6 +83,11 @@ def _note(trace, name, outputs, layer=None):
 class CourseCNN(keras.Model):
     """The course skeleton's CNN: two strided 5×5 convolutions, three dense layers."""
 
+    # It has a plain regression head only; the training code asks every model these.
+    head = "regression"
+    gender_head = False
+    attribute_inputs = False
+
     def __init__(
         self, image_size=200, initial_age=None, output_activation="relu", **kwargs
     ):

@@ -1,0 +1,309 @@
+"""Tests of train_loop: the GradientTape loop, resume, determinism, the command line."""
+
+import csv
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import train_loop
+from conftest import make_folder, write_image
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """Sixty-four small synthetic images named like UTKFace."""
+    return make_folder(tmp_path_factory.mktemp("tiny") / "UTKFace", 64, seed=7)
+
+
+def tiny_config(data, out, **changes):
+    """A configuration that trains in a second or two on the CPU."""
+    settings = dict(
+        data=str(data), out=str(out), preset="cpu", image_size=32, batch_size=8,
+        epochs=2, mixed_precision=False, jit_compile=False,
+    )  # fmt: skip
+    return train_loop.TrainConfig(**{**settings, **changes})
+
+
+def test_tiny_overfit(tiny_data, tmp_path):
+    # One full batch of 32 images a step, no augmentation: the loop must memorise them.
+    config = tiny_config(
+        tiny_data, tmp_path, limit=32, batch_size=32, epochs=80, augment=False,
+        warmup_epochs=0.0, learning_rate=1e-2, weight_decay=0.0, patience=1000,
+    )  # fmt: skip
+    losses = [row["loss"] for row in train_loop.train(config, verbose=0).history]
+    assert len(losses) == 80
+    assert np.mean(losses[-5:]) <= 0.2 * losses[0]
+
+
+def test_same_seed_gives_same_metrics(tiny_data, tmp_path):
+    first = train_loop.train(tiny_config(tiny_data, tmp_path / "a"), verbose=0)
+    second = train_loop.train(tiny_config(tiny_data, tmp_path / "b"), verbose=0)
+    other = train_loop.train(tiny_config(tiny_data, tmp_path / "c", seed=1), verbose=0)
+    assert first.history == [
+        dict(row, seconds=r["seconds"]) for row, r in zip(second.history, first.history)
+    ]
+    assert first.metrics["test_mae"] == second.metrics["test_mae"]
+    assert other.metrics["test_mae"] != first.metrics["test_mae"]
+
+
+def _interrupt_after_first_checkpoint(monkeypatch):
+    save = train_loop.save_checkpoint
+
+    def save_then_stop(*args, **kwargs):
+        save(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_loop, "save_checkpoint", save_then_stop)
+
+
+def test_resume_ends_where_an_uninterrupted_run_ends(tiny_data, tmp_path, monkeypatch):
+    whole = train_loop.train(tiny_config(tiny_data, tmp_path / "whole"), verbose=0)
+    config = tiny_config(tiny_data, tmp_path / "resumed")
+    with monkeypatch.context() as patch:
+        _interrupt_after_first_checkpoint(patch)
+        with pytest.raises(KeyboardInterrupt):
+            train_loop.train(config, verbose=0)
+    resumed = train_loop.train(config, verbose=0)
+    assert resumed.metrics["epochs_run"] == 2
+    assert resumed.metrics["test_mae"] == pytest.approx(
+        whole.metrics["test_mae"], abs=1e-3
+    )
+    assert [row["val_mae"] for row in resumed.history] == [
+        row["val_mae"] for row in whole.history
+    ]
+    assert resumed.metrics["train_seconds"] == pytest.approx(
+        sum(row["seconds"] for row in resumed.history)
+    )
+
+
+def test_resume_refuses_other_settings(tiny_data, tmp_path):
+    train_loop.train(tiny_config(tiny_data, tmp_path, epochs=1), verbose=0)
+    with pytest.raises(ValueError, match="learning_rate"):
+        train_loop.train(
+            tiny_config(tiny_data, tmp_path, epochs=1, learning_rate=0.5), verbose=0
+        )
+
+
+def _run_command(*arguments, **options):
+    command = [sys.executable, str(REPOSITORY / "train_loop.py"), *map(str, arguments)]
+    return subprocess.Popen(
+        command,
+        cwd=REPOSITORY,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        **options
+    )
+
+
+def test_kill_9_then_rerun_equals_uninterrupted(tiny_data, tmp_path):
+    arguments = [
+        "train", "--data", tiny_data, "--preset", "cpu", "--image-size", 32, "--batch-size", 8,
+        "--epochs", 12, "--no-mixed-precision", "--no-jit-compile",
+    ]  # fmt: skip
+    whole = _run_command(*arguments, "--out", tmp_path / "whole")
+    assert whole.wait(timeout=300) == 0, whole.stdout.read().decode()
+    killed = _run_command(*arguments, "--out", tmp_path / "killed")
+    checkpoint = tmp_path / "killed" / train_loop.CHECKPOINT
+    deadline = time.time() + 120
+    while not checkpoint.exists() and time.time() < deadline and killed.poll() is None:
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    state = json.loads(str(np.load(checkpoint)["state"]))
+    assert state["epoch"] < 12  # the kill landed before the end
+    rerun = _run_command(*arguments, "--out", tmp_path / "killed")
+    output = rerun.communicate(timeout=300)[0].decode()
+    assert rerun.returncode == 0 and "resuming" in output, output
+    metrics = [
+        json.loads((tmp_path / name / "metrics.json").read_text())
+        for name in ("whole", "killed")
+    ]
+    assert metrics[1]["test_mae"] == pytest.approx(metrics[0]["test_mae"], abs=1e-3)
+    assert metrics[1]["epochs_run"] == metrics[0]["epochs_run"]
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
+    tiny_data, tmp_path, monkeypatch
+):
+    config = tiny_config(tiny_data, tmp_path)
+    with monkeypatch.context() as patch:
+        _interrupt_after_first_checkpoint(patch)
+        with pytest.raises(KeyboardInterrupt):
+            train_loop.train(config, verbose=0)
+    good = (tmp_path / train_loop.CHECKPOINT).read_bytes()
+    terms = train_loop.loss_terms
+    poisoned = lambda *args, **kwargs: {
+        "total": terms(*args, **kwargs)["total"] * float("nan")
+    }  # noqa: E731
+    monkeypatch.setattr(train_loop, "loss_terms", poisoned)
+    with pytest.raises(train_loop.TrainingDiverged, match="nan at epoch 2"):
+        train_loop.train(config, verbose=0)
+    assert (tmp_path / train_loop.CHECKPOINT).read_bytes() == good
+
+
+def test_gpu_paths_mixed_precision_and_xla_run_on_the_cpu(tiny_data, tmp_path):
+    config = tiny_config(
+        tiny_data, tmp_path, mixed_precision=True, jit_compile=True, epochs=1
+    )
+    run = train_loop.train(config, verbose=0)
+    assert isinstance(
+        run.model.optimizer if hasattr(run.model, "optimizer") else None,
+        (type(None), object),
+    )
+    assert keras.config.dtype_policy().name == "float32"  # restored after building
+    assert np.isfinite(run.metrics["test_mae"])
+    loaded = keras.models.load_model(tmp_path / "model.keras")
+    images = tf.random.stateless_uniform((4, 32, 32, 3), seed=(1, 2))
+    assert loaded(images).dtype == tf.float32
+    assert loaded.layers[0].dtype_policy.name == "float32"
+
+
+def test_mixed_precision_uses_a_loss_scale_optimizer():
+    config = train_loop.TrainConfig(out="unused", mixed_precision=True, epochs=1)
+    optimizer = train_loop.make_optimizer(train_loop.resolve_config(config), 10)
+    assert isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+
+
+def test_time_budget_fixes_epochs_and_a_resume_keeps_them(
+    tiny_data, tmp_path, monkeypatch
+):
+    config = tiny_config(tiny_data, tmp_path, time_budget=0.6, epochs=None)
+    with monkeypatch.context() as patch:
+        _interrupt_after_first_checkpoint(patch)
+        with pytest.raises(KeyboardInterrupt):
+            train_loop.train(config, verbose=0)
+    state = json.loads(str(np.load(tmp_path / train_loop.CHECKPOINT)["state"]))
+    planned = state["config"]["epochs"]
+    assert planned >= 1
+
+    def must_not_measure(*args):
+        raise AssertionError("a resumed run must keep the epochs fitted at its start")
+
+    monkeypatch.setattr(train_loop, "fit_to_time_budget", must_not_measure)
+    run = train_loop.train(config, verbose=0)
+    assert run.config.epochs == planned == run.metrics["epochs_planned"]
+
+
+def test_presets_and_explicit_flags():
+    resolved = train_loop.resolve_config(
+        train_loop.TrainConfig(out="x", preset="cpu", batch_size=7)
+    )
+    assert resolved.batch_size == 7 and resolved.arch == "age_cnn" and resolved.epochs
+    assert not resolved.mixed_precision  # no GPU here
+    course = train_loop.resolve_config(
+        train_loop.TrainConfig(out="x", arch="course_cnn")
+    )
+    assert (
+        course.image_size,
+        course.optimizer,
+        course.learning_rate,
+        course.epochs,
+    ) == (200, "rmsprop", 1e-3, 20)
+    gpu = train_loop.resolve_config(train_loop.TrainConfig(out="x", preset="gpu"))
+    assert gpu.image_size > resolved.image_size
+
+
+def test_the_three_commands(tiny_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train_loop.main([
+        "train", "--data", str(tiny_data), "--preset", "cpu", "--image-size", "32", "--epochs", "1",
+        "--batch-size", "8", "--seed", "3", "--out", str(out),
+    ]) == 0  # fmt: skip
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("test_mae", "val_mae", "test_rmse", "train_seconds", "epochs_run"):
+        assert key in metrics
+    assert json.loads((out / "history.json").read_text())[0]["epoch"] == 1
+    capsys.readouterr()
+    assert (
+        train_loop.main(
+            ["evaluate", "--model", str(out / "model.keras"), "--data", str(tiny_data)]
+        )
+        == 0
+    )
+    evaluated = json.loads(capsys.readouterr().out.split("\n", 1)[1])
+    assert evaluated["mae"] == pytest.approx(metrics["test_mae"], abs=1e-4)
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    write_image(photos / "anyname.jpg", size=(90, 120))
+    write_image(photos / "with_alpha.png", mode="RGBA")
+    write_image(photos / "gray.jpg", mode="L")
+    (photos / "broken.jpg").write_text("not an image")
+    (photos / "notes.txt").write_text("x")
+    assert (
+        train_loop.main(
+            [
+                "predict",
+                "--model",
+                str(out / "model.keras"),
+                "--out",
+                str(tmp_path / "p.csv"),
+                str(photos),
+            ]
+        )
+        == 0
+    )
+    rows = list(csv.reader(open(tmp_path / "p.csv")))
+    assert rows[0] == ["path", "predicted_age"]
+    assert sorted(Path(row[0]).name for row in rows[1:]) == [
+        "anyname.jpg",
+        "gray.jpg",
+        "with_alpha.png",
+    ]
+    assert all(0 <= float(row[1]) <= 200 for row in rows[1:])
+    errors = capsys.readouterr().err
+    assert "broken.jpg" in errors and "notes.txt" in errors and "skipped 2" in errors
+
+
+def test_course_cnn_command_with_course_settings(tiny_data, tmp_path):
+    out = tmp_path / "course"
+    assert (
+        train_loop.main(
+            [
+                "train",
+                "--data",
+                str(tiny_data),
+                "--arch",
+                "course_cnn",
+                "--epochs",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    config = json.loads((out / "metrics.json").read_text())["config"]
+    assert (config["image_size"], config["optimizer"], config["batch_size"]) == (
+        200,
+        "rmsprop",
+        64,
+    )
+
+
+def test_evaluate_gives_mae_by_age_bin():
+    model = keras.Sequential(
+        [keras.layers.Input((4, 4, 3)), keras.layers.Flatten(), keras.layers.Dense(1)]
+    )
+    images = tf.zeros((6, 4, 4, 3))
+    ages = tf.constant([[5.0], [15.0], [25.0], [85.0], [90.0], [100.0]])
+    model.layers[-1].bias.assign([10.0])
+    result = train_loop.evaluate(
+        model, tf.data.Dataset.from_tensor_slices((images, ages)).batch(4)
+    )
+    assert result["mae_by_age"]["0-9"] == {"mae": 5.0, "count": 1}
+    assert result["mae_by_age"]["80+"]["count"] == 3
+    assert result["mae_by_age"]["80+"]["mae"] == pytest.approx(245 / 3)
+    assert result["mae"] == pytest.approx(np.mean([5, 5, 15, 75, 80, 90]))
