@@ -735,6 +735,46 @@ def plot_history(history, file_name=None):
     return figure
 
 
+def plot_evaluation(true, predicted, file_name=None):
+    """Predicted against true age, and the MAE of each age bin."""
+    import matplotlib.pyplot as plt
+
+    figure, (scatter, bars) = plt.subplots(1, 2, figsize=(11, 4.2))
+    scatter.scatter(true, predicted, s=4, alpha=0.3)
+    scatter.plot([0, utk_data.MAX_AGE], [0, utk_data.MAX_AGE], color="black", lw=1)
+    scatter.set_xlabel("true age")
+    scatter.set_ylabel("predicted age")
+    bins = mae_by_age(true, predicted)
+    names = [name for name, row in bins.items() if row["count"]]
+    bars.bar(names, [bins[name]["mae"] for name in names])
+    bars.set_xlabel("true age")
+    bars.set_ylabel("MAE (years)")
+    for index, name in enumerate(names):
+        bars.annotate(
+            f"n={bins[name]['count']}", (index, 0), ha="center", va="bottom", fontsize=7
+        )
+    figure.tight_layout()
+    if file_name:
+        figure.savefig(file_name, dpi=120, bbox_inches="tight")
+    return figure
+
+
+def plot_worst(records, true, predicted, count=8, image_size=100):
+    """The faces with the largest errors, titled true -> predicted (shown, never saved)."""
+    import matplotlib.pyplot as plt
+
+    worst = np.argsort(-np.abs(predicted - true))[:count]
+    images = utk_data.load_images([records[i].path for i in worst], image_size).numpy()
+    figure, axes = plt.subplots(
+        1, len(worst), figsize=(1.6 * len(worst), 2.0), squeeze=False
+    )
+    for axis, index, image in zip(axes[0], worst, images):
+        axis.imshow(image)
+        axis.set_title(f"{true[index]:.0f} → {predicted[index]:.0f}", fontsize=9)
+        axis.axis("off")
+    return figure
+
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
@@ -862,7 +902,11 @@ def main(argv=None):
 
     if arguments.command == "train":
         try:
-            train(config_from_arguments(arguments))
+            # A live progress bar on a terminal; one line per epoch in a log file.
+            train(
+                config_from_arguments(arguments),
+                verbose=1 if sys.stdout.isatty() else 2,
+            )
         except (TrainingDiverged, ValueError, FileNotFoundError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 1

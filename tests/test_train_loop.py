@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 
 import train_loop
-from conftest import make_folder, write_image
+from synthetic import make_folder, write_image
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 

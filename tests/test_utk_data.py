@@ -13,7 +13,7 @@ import tensorflow as tf
 from PIL import Image, ImageOps
 
 import utk_data
-from conftest import make_folder, write_image
+from synthetic import make_folder, write_image
 
 # --- file names --------------------------------------------------------------------------
 
