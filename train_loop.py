@@ -704,6 +704,21 @@ def evaluate(model, dataset):
         "rmse": float(np.sqrt((errors**2).mean())),
         "mae_by_age": mae_by_age(true, predicted),
         "count": int(true.size),
+        # Task 2: a linear output can predict negative ages; a ReLU output clips them to 0.
+        "negative_predictions": int(np.sum(predicted < 0)),
+        "zero_predictions": int(np.sum(predicted == 0)),
+    }
+
+
+def median_baseline(train_records, test_records):
+    """Test MAE and RMSE of predicting the median training age for every face."""
+    median = float(np.median([record.age for record in train_records]))
+    errors = np.array([record.age for record in test_records], np.float64) - median
+    return {
+        "median_age": median,
+        "mae": float(np.abs(errors).mean()),
+        "rmse": float(np.sqrt((errors**2).mean())),
+        "count": int(errors.size),
     }
 
 
@@ -891,6 +906,10 @@ def main(argv=None):
     evaluate_parser.add_argument("--model", required=True, help="a model.keras file")
     evaluate_parser.add_argument("--data", help="folder, archive or URL of UTKFace")
     evaluate_parser.add_argument("--limit", type=int, help="as given to train")
+    baseline_parser = commands.add_parser(
+        "baseline", help="test metrics of predicting the median training age"
+    )
+    baseline_parser.add_argument("--data", help="folder, archive or URL of UTKFace")
     predict_parser = commands.add_parser(
         "predict",
         help="ages of aligned, tightly cropped face images (no face detector)",
@@ -919,6 +938,9 @@ def main(argv=None):
             test, model.image_size, 64, False, with_attributes=True
         )
         print(json.dumps(evaluate(model, dataset), indent=2))
+    elif arguments.command == "baseline":
+        train_records, _, test = prepare_data(TrainConfig(data=arguments.data))
+        print(json.dumps(median_baseline(train_records, test), indent=2))
     else:
         rows, _ = predict_files(arguments.model, arguments.sources, arguments.out)
         return 0 if rows else 1

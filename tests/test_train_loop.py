@@ -307,3 +307,13 @@ def test_evaluate_gives_mae_by_age_bin():
     assert result["mae_by_age"]["80+"]["count"] == 3
     assert result["mae_by_age"]["80+"]["mae"] == pytest.approx(245 / 3)
     assert result["mae"] == pytest.approx(np.mean([5, 5, 15, 75, 80, 90]))
+
+
+def test_median_baseline_command(tiny_data, capsys):
+    assert train_loop.main(["baseline", "--data", str(tiny_data)]) == 0
+    result = json.loads(capsys.readouterr().out.split("\n", 1)[1])
+    train, _, test = train_loop.prepare_data(train_loop.TrainConfig(data=str(tiny_data)))
+    ages = np.array([record.age for record in test])
+    median = np.median([record.age for record in train])
+    assert result["median_age"] == median
+    assert result["mae"] == pytest.approx(np.abs(ages - median).mean())
