@@ -695,11 +695,20 @@ def mae_by_age(true, predicted):
     return rows
 
 
+def _mae_by_group(true, predicted, groups, names):
+    rows = {}
+    for index, name in enumerate(names):
+        inside = groups == index
+        mae = float(np.abs(true - predicted)[inside].mean()) if inside.any() else None
+        rows[name] = {"mae": mae, "count": int(inside.sum())}
+    return rows
+
+
 def evaluate(model, dataset):
-    """MAE, RMSE and MAE by age bin of a model on a dataset."""
+    """MAE, RMSE and MAE by age bin (and by gender and race, when labelled) on a dataset."""
     true, predicted = predict_dataset(model, dataset)
     errors = predicted - true
-    return {
+    result = {
         "mae": float(np.abs(errors).mean()),
         "rmse": float(np.sqrt((errors**2).mean())),
         "mae_by_age": mae_by_age(true, predicted),
@@ -708,6 +717,12 @@ def evaluate(model, dataset):
         "negative_predictions": int(np.sum(predicted < 0)),
         "zero_predictions": int(np.sum(predicted == 0)),
     }
+    labels = [labels for _, labels in dataset.take(1)]
+    if labels and isinstance(labels[0], dict):
+        for field, names in (("gender", utk_data.GENDERS), ("race", utk_data.RACES)):
+            groups = np.concatenate([labels[field].numpy() for _, labels in dataset])
+            result[f"mae_by_{field}"] = _mae_by_group(true, predicted, groups, names)
+    return result
 
 
 def median_baseline(train_records, test_records):
@@ -788,6 +803,20 @@ def plot_worst(records, true, predicted, count=8, image_size=100):
         axis.set_title(f"{true[index]:.0f} → {predicted[index]:.0f}", fontsize=9)
         axis.axis("off")
     return figure
+
+
+def save_figures(model_path, true, predicted, folder):
+    """Save the evaluation plot, and the learning curve of the run beside the model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    plot_evaluation(true, predicted, folder / "evaluation.png")
+    history = Path(model_path).parent / "history.json"
+    if history.exists():
+        plot_history(json.loads(history.read_text()), folder / "learning_curve.png")
+    print(f"saved figures in {folder}")
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -906,6 +935,9 @@ def main(argv=None):
     evaluate_parser.add_argument("--model", required=True, help="a model.keras file")
     evaluate_parser.add_argument("--data", help="folder, archive or URL of UTKFace")
     evaluate_parser.add_argument("--limit", type=int, help="as given to train")
+    evaluate_parser.add_argument(
+        "--figures", help="save evaluation.png (and learning_curve.png) in this folder"
+    )
     baseline_parser = commands.add_parser(
         "baseline", help="test metrics of predicting the median training age"
     )
@@ -938,6 +970,10 @@ def main(argv=None):
             test, model.image_size, 64, False, with_attributes=True
         )
         print(json.dumps(evaluate(model, dataset), indent=2))
+        if arguments.figures:
+            save_figures(
+                arguments.model, *predict_dataset(model, dataset), arguments.figures
+            )
     elif arguments.command == "baseline":
         train_records, _, test = prepare_data(TrainConfig(data=arguments.data))
         print(json.dumps(median_baseline(train_records, test), indent=2))

@@ -257,10 +257,12 @@ def _content_problem(path, size):
     """Cheap check of an image file's framing; return a reason, or None when it looks whole."""
     if size == 0:
         return "empty file"
-    with open(path, "rb") as file:
-        head = file.read(8)
-        file.seek(max(0, size - 1024))
-        tail = file.read()
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        head = os.pread(descriptor, 8, 0)
+        tail = os.pread(descriptor, 1024, max(0, size - 1024))
+    finally:
+        os.close(descriptor)
     if head.startswith(b"\xff\xd8\xff"):
         # A whole JPEG ends with the end-of-image marker (some writers pad after it); 0xFFD9
         # cannot occur inside the entropy-coded data, so this costs no decode.
@@ -669,14 +671,12 @@ def describe(records, skipped):
 
 
 def plot_summary(records, file_name=None, samples=16, seed=0):
-    """An age histogram and a grid of sample faces labelled with their ages."""
+    """An age histogram and (samples > 0) a grid of sample faces labelled with their ages."""
     import matplotlib.pyplot as plt
 
     rng = np.random.default_rng(seed)
-    chosen = [
-        records[i] for i in rng.choice(len(records), min(samples, len(records)), False)
-    ]
-    images = load_images([record.path for record in chosen], 100).numpy()
+    count = min(samples, len(records))
+    chosen = [records[i] for i in rng.choice(len(records), count, replace=False)]
     columns = 8
     rows = -(-len(chosen) // columns)
     figure = plt.figure(figsize=(columns * 1.3, 2.6 + rows * 1.5))
@@ -685,11 +685,13 @@ def plot_summary(records, file_name=None, samples=16, seed=0):
     histogram.hist([record.age for record in records], bins=range(0, MAX_AGE + 2))
     histogram.set_xlabel("age (years)")
     histogram.set_ylabel("images")
-    for index, (record, image) in enumerate(zip(chosen, images)):
-        axes = figure.add_subplot(grid[2 + index // columns, index % columns])
-        axes.imshow(image)
-        axes.set_title(f"{record.age}", fontsize=9)
-        axes.axis("off")
+    if chosen:
+        images = load_images([record.path for record in chosen], 100).numpy()
+        for index, (record, image) in enumerate(zip(chosen, images)):
+            axes = figure.add_subplot(grid[2 + index // columns, index % columns])
+            axes.imshow(image)
+            axes.set_title(f"{record.age}", fontsize=9)
+            axes.axis("off")
     figure.tight_layout()
     if file_name:
         figure.savefig(file_name, dpi=100)
@@ -705,15 +707,19 @@ def main(argv=None):
     )
     summary.add_argument("--data", help="folder, archive or URL (default: see README)")
     summary.add_argument("--plot", help="save an age histogram and sample faces here")
+    summary.add_argument(
+        "--histogram", help="save the age histogram alone (no faces) here"
+    )
     arguments = parser.parse_args(argv)
     records, skipped = load_records(locate(arguments.data))
     print(describe(records, skipped))
-    if arguments.plot:
-        import matplotlib
+    for file_name, samples in ((arguments.plot, 16), (arguments.histogram, 0)):
+        if file_name:
+            import matplotlib
 
-        matplotlib.use("Agg")
-        plot_summary(records, arguments.plot)
-        print(f"saved {arguments.plot}")
+            matplotlib.use("Agg")
+            plot_summary(records, file_name, samples=samples)
+            print(f"saved {file_name}")
 
 
 if __name__ == "__main__":

@@ -234,6 +234,26 @@ def test_the_three_commands(tiny_data, tmp_path, capsys):
     )
     evaluated = json.loads(capsys.readouterr().out.split("\n", 1)[1])
     assert evaluated["mae"] == pytest.approx(metrics["test_mae"], abs=1e-4)
+    assert (
+        sum(row["count"] for row in evaluated["mae_by_race"].values())
+        == evaluated["count"]
+    )
+    figures = tmp_path / "figures"
+    model_file = str(out / "model.keras")
+    arguments = [
+        "evaluate",
+        "--model",
+        model_file,
+        "--data",
+        str(tiny_data),
+        "--figures",
+        str(figures),
+    ]
+    assert train_loop.main(arguments) == 0
+    assert sorted(path.name for path in figures.iterdir()) == [
+        "evaluation.png",
+        "learning_curve.png",
+    ]
 
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -312,7 +332,9 @@ def test_evaluate_gives_mae_by_age_bin():
 def test_median_baseline_command(tiny_data, capsys):
     assert train_loop.main(["baseline", "--data", str(tiny_data)]) == 0
     result = json.loads(capsys.readouterr().out.split("\n", 1)[1])
-    train, _, test = train_loop.prepare_data(train_loop.TrainConfig(data=str(tiny_data)))
+    train, _, test = train_loop.prepare_data(
+        train_loop.TrainConfig(data=str(tiny_data))
+    )
     ages = np.array([record.age for record in test])
     median = np.median([record.age for record in train])
     assert result["median_age"] == median

@@ -389,6 +389,10 @@ def test_summary_command_prints_counts_and_skips(image_folder, tmp_path, capsys)
     assert "images used: 40   skipped: 1" in output
     assert "readme.txt: no age in file name" in output
     assert (tmp_path / "s.png").stat().st_size > 1000
+    utk_data.main(
+        ["summary", "--data", str(image_folder), "--histogram", str(tmp_path / "h.png")]
+    )
+    assert (tmp_path / "h.png").stat().st_size > 1000
 
 
 # --- the real archive ------------------------------------------------------------------
