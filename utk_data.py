@@ -663,6 +663,12 @@ def describe(records, skipped):
         counts = collections.Counter(getattr(record, field) for record in records)
         parts = [f"{name}: {counts[index]:,}" for index, name in enumerate(names)]
         lines.append(f"{field}: " + ", ".join(parts) + f", missing: {counts[None]:,}")
+        means = [
+            f"{name} {np.mean([r.age for r in records if getattr(r, field) == index]):.1f}"
+            for index, name in enumerate(names)
+            if counts[index]
+        ]
+        lines.append(f"mean age by {field}: " + ", ".join(means))
     train, val, test = split_records(records)
     lines.append(f"split: train {len(train):,}, val {len(val):,}, test {len(test):,}")
     for path, reason in skipped:

@@ -229,7 +229,9 @@ def test_presets_build_and_cost():
             model.count_params()
         )
     cpu = build_model("age_cnn", preset="cpu")
-    assert 20e6 < forward_flops(cpu) <= 60e6
+    # 76 MFLOPs at 96 px: 50 epochs take about 20 minutes on 2 CPU cores (answers.md);
+    # a preset much dearer than 100 MFLOPs would not fit the 30-minute CPU budget.
+    assert 20e6 < forward_flops(cpu) <= 100e6
     assert forward_flops(model) > 10 * forward_flops(cpu)  # The gpu preset is bigger.
     # Course CNN: 2 × (608 − 8) × 49² + 2 × (3,216 − 16) × 12² + the dense layers.
     assert forward_flops(build_model("course_cnn")) == 4_409_136
