@@ -453,7 +453,7 @@ def _measure_seconds_per_step(config, train_records, initial_age, batches=8):
     return (time.perf_counter() - start) / batches
 
 
-def fit_to_time_budget(config, train_records, val_records, initial_age, elapsed):
+def fit_to_time_budget(config, train_records, val_records, initial_age, started):
     """Epochs that fit the time budget, from the measured speed of train and test steps."""
     seconds_per_step = _measure_seconds_per_step(config, train_records, initial_age)
     steps = utk_data.steps_per_epoch(len(train_records), config.batch_size)
@@ -463,7 +463,7 @@ def fit_to_time_budget(config, train_records, val_records, initial_age, elapsed)
     # Keep back time for the final test evaluation and for saving.
     remaining = (
         config.time_budget * 60
-        - (time.perf_counter() - elapsed)
+        - (time.perf_counter() - started)
         - 2 * epoch_seconds / 3
         - 30
     )
@@ -530,14 +530,7 @@ def train(config, verbose=1):
 
     if not state["finished"]:
         _train_epochs(trainer, state, config, out, train_records, val_records, verbose)
-    return _finish(
-        config,
-        state,
-        out,
-        test_records,
-        (train_records, val_records, test_records),
-        started,
-    )
+    return _finish(config, state, out, (train_records, val_records, test_records))
 
 
 def _check_same_run(saved, config, out):
@@ -633,7 +626,9 @@ def _current_learning_rate(optimizer):
     return inner.learning_rate
 
 
-def _finish(config, state, out, test_records, splits, started):
+def _finish(config, state, out, splits):
+    """Evaluate the best model on the test split and write metrics.json."""
+    test_records = splits[2]
     model = keras.models.load_model(out / "model.keras")
     test = evaluate(
         model,
