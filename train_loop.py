@@ -765,6 +765,38 @@ def plot_history(history, file_name=None):
     return figure
 
 
+def compare_runs(folders, file_name=None):
+    """A Markdown table of the runs' metrics, and their validation curves in one plot."""
+    import matplotlib.pyplot as plt
+
+    lines = [
+        "| run | test MAE | test RMSE | best val MAE (epoch) | epochs | minutes of training |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    figure, axes = plt.subplots(figsize=(6.5, 4))
+    for folder in map(Path, folders):
+        metrics = json.loads((folder / "metrics.json").read_text())
+        history = json.loads((folder / "history.json").read_text())
+        lines.append(
+            f"| {folder.name} | {metrics['test_mae']:.2f} | {metrics['test_rmse']:.2f} | "
+            f"{metrics['val_mae']:.2f} ({metrics['best_epoch']}) | {metrics['epochs_run']} | "
+            f"{metrics['train_seconds'] / 60:.1f} |"
+        )
+        axes.plot(
+            [row["epoch"] for row in history],
+            [row["val_mae"] for row in history],
+            label=folder.name,
+        )
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("validation MAE (years)")
+    axes.set_ylim(top=min(axes.get_ylim()[1], 20))
+    axes.legend()
+    axes.grid(alpha=0.3)
+    if file_name:
+        figure.savefig(file_name, dpi=120, bbox_inches="tight")
+    return "\n".join(lines)
+
+
 def plot_evaluation(true, predicted, file_name=None):
     """Predicted against true age, and the MAE of each age bin."""
     import matplotlib.pyplot as plt
@@ -940,6 +972,11 @@ def main(argv=None):
         "baseline", help="test metrics of predicting the median training age"
     )
     baseline_parser.add_argument("--data", help="folder, archive or URL of UTKFace")
+    compare_parser = commands.add_parser(
+        "compare", help="a table of finished runs and their validation curves"
+    )
+    compare_parser.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    compare_parser.add_argument("--plot", help="save the validation curves here")
     predict_parser = commands.add_parser(
         "predict",
         help="ages of aligned, tightly cropped face images (no face detector)",
@@ -972,6 +1009,11 @@ def main(argv=None):
             save_figures(
                 arguments.model, *predict_dataset(model, dataset), arguments.figures
             )
+    elif arguments.command == "compare":
+        import matplotlib
+
+        matplotlib.use("Agg")
+        print(compare_runs(arguments.runs, arguments.plot))
     elif arguments.command == "baseline":
         train_records, _, test = prepare_data(TrainConfig(data=arguments.data))
         print(json.dumps(median_baseline(train_records, test), indent=2))

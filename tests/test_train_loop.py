@@ -103,7 +103,7 @@ def _run_command(*arguments, **options):
         cwd=REPOSITORY,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        **options
+        **options,
     )
 
 
@@ -254,6 +254,14 @@ def test_the_three_commands(tiny_data, tmp_path, capsys):
         "evaluation.png",
         "learning_curve.png",
     ]
+    capsys.readouterr()
+    assert (
+        train_loop.main(["compare", str(out), "--plot", str(figures / "curves.png")])
+        == 0
+    )
+    row = capsys.readouterr().out.splitlines()[2]
+    assert row.startswith(f"| run | {metrics['test_mae']:.2f} |")
+    assert (figures / "curves.png").exists()
 
     photos = tmp_path / "photos"
     photos.mkdir()
