@@ -182,14 +182,9 @@ def resolve_config(config):
 
 
 def _hash_order(records):
-    return sorted(records, key=lambda record: hash_of(Path(record.path).name))
-
-
-def hash_of(text):
-    """A stable 64-bit number for a text (Python's hash() changes between processes)."""
-    import hashlib
-
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
+    return sorted(
+        records, key=lambda record: utk_data.stable_hash(Path(record.path).name)
+    )
 
 
 def prepare_data(config):

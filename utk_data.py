@@ -309,6 +309,11 @@ def _summary_line(folder, records, skipped):
     return line + (f" ({details})" if details else "")
 
 
+def stable_hash(text):
+    """A 64-bit number for a text that, unlike hash(), is the same in every process."""
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
+
+
 def split_records(records, val_fraction=0.1, test_fraction=0.1, seed=0):
     """Split records into (train, val, test) by a hash of each file name."""
     if not (
@@ -320,8 +325,7 @@ def split_records(records, val_fraction=0.1, test_fraction=0.1, seed=0):
     train, val, test = [], [], []
     for record in records:
         # A hash of the name alone: a file keeps its split whatever else is added or removed.
-        digest = hashlib.sha256(f"{seed}:{Path(record.path).name}".encode()).digest()
-        position = int.from_bytes(digest[:8], "big") / 2**64
+        position = stable_hash(f"{seed}:{Path(record.path).name}") / 2**64
         if position < test_fraction:
             test.append(record)
         elif position < test_fraction + val_fraction:
