@@ -667,16 +667,29 @@ def _finish(config, state, out, splits):
 # ---------------------------------------------------------------------------------------
 
 
-def predict_dataset(model, dataset):
-    """True and predicted ages, (n,) each, over a dataset of (images, labels)."""
+def predict_dataset(model, dataset, with_groups=False):
+    """True and predicted ages, (n,) each, over a dataset of (images, labels).
+
+    With with_groups=True, also a dict of the gender and race labels, (n,) each (empty when
+    the dataset has no attributes), from the same single pass over the dataset.
+    """
     step = tf.function(
         lambda inputs: ages_from_outputs(_head(model), model(inputs, training=False))
     )
-    true, predicted = [], []
+    true, predicted, groups = [], [], {"gender": [], "race": []}
     for images, labels in dataset:
         predicted.append(step(_model_inputs(model, images, labels)).numpy()[:, 0])
         true.append(_ages(labels).numpy()[:, 0])
-    return np.concatenate(true), np.concatenate(predicted)
+        if isinstance(labels, dict):
+            for field in groups:
+                groups[field].append(labels[field].numpy())
+    ages = np.concatenate(true), np.concatenate(predicted)
+    if not with_groups:
+        return ages
+    return (
+        *ages,
+        {field: np.concatenate(values) for field, values in groups.items() if values},
+    )
 
 
 def mae_by_age(true, predicted):
@@ -701,7 +714,11 @@ def _mae_by_group(true, predicted, groups, names):
 
 def evaluate(model, dataset):
     """MAE, RMSE and MAE by age bin (and by gender and race, when labelled) on a dataset."""
-    true, predicted = predict_dataset(model, dataset)
+    return evaluate_predictions(*predict_dataset(model, dataset, with_groups=True))
+
+
+def evaluate_predictions(true, predicted, groups=None):
+    """The metrics of `evaluate` from true and predicted ages and optional group labels."""
     errors = predicted - true
     result = {
         "mae": float(np.abs(errors).mean()),
@@ -712,11 +729,9 @@ def evaluate(model, dataset):
         "negative_predictions": int(np.sum(predicted < 0)),
         "zero_predictions": int(np.sum(predicted == 0)),
     }
-    labels = [labels for _, labels in dataset.take(1)]
-    if labels and isinstance(labels[0], dict):
-        for field, names in (("gender", utk_data.GENDERS), ("race", utk_data.RACES)):
-            groups = np.concatenate([labels[field].numpy() for _, labels in dataset])
-            result[f"mae_by_{field}"] = _mae_by_group(true, predicted, groups, names)
+    names = {"gender": utk_data.GENDERS, "race": utk_data.RACES}
+    for field, labels in (groups or {}).items():
+        result[f"mae_by_{field}"] = _mae_by_group(true, predicted, labels, names[field])
     return result
 
 
@@ -999,11 +1014,10 @@ def main(argv=None):
         dataset = utk_data.make_dataset(
             test, model.image_size, 64, False, with_attributes=True
         )
-        print(json.dumps(evaluate(model, dataset), indent=2))
+        true, predicted, groups = predict_dataset(model, dataset, with_groups=True)
+        print(json.dumps(evaluate_predictions(true, predicted, groups), indent=2))
         if arguments.figures:
-            save_figures(
-                arguments.model, *predict_dataset(model, dataset), arguments.figures
-            )
+            save_figures(arguments.model, true, predicted, arguments.figures)
     elif arguments.command == "compare":
         import matplotlib
 

@@ -337,6 +337,24 @@ def test_evaluate_gives_mae_by_age_bin():
     assert result["mae"] == pytest.approx(np.mean([5, 5, 15, 75, 80, 90]))
 
 
+def test_evaluate_gives_mae_by_gender_and_race_in_one_pass():
+    model = keras.Sequential(
+        [keras.layers.Input((4, 4, 3)), keras.layers.Flatten(), keras.layers.Dense(1)]
+    )
+    model.layers[-1].bias.assign([30.0])
+    labels = {
+        "age": tf.constant([[20.0], [40.0], [30.0], [60.0], [10.0]]),
+        "gender": tf.constant([0, 0, 1, 1, 1]),
+        "race": tf.constant([0, 1, 2, 3, 4]),
+    }
+    dataset = tf.data.Dataset.from_tensor_slices((tf.zeros((5, 4, 4, 3)), labels))
+    result = train_loop.evaluate(model, dataset.batch(2))
+    assert result["mae_by_gender"]["male"] == {"mae": 10.0, "count": 2}
+    assert result["mae_by_gender"]["female"]["mae"] == pytest.approx(50 / 3)
+    assert result["mae_by_race"]["Others"] == {"mae": 20.0, "count": 1}
+    assert result["mae_by_race"]["Asian"] == {"mae": 0.0, "count": 1}
+
+
 def test_median_baseline_command(tiny_data, capsys):
     assert train_loop.main(["baseline", "--data", str(tiny_data)]) == 0
     result = json.loads(capsys.readouterr().out.split("\n", 1)[1])
