@@ -775,10 +775,17 @@ def plot_history(history, file_name=None):
     return figure
 
 
-def compare_runs(folders, file_name=None):
-    """A Markdown table of the runs' metrics, and their validation curves in one plot."""
+def compare_runs(folders, file_name=None, against="epoch"):
+    """A Markdown table of the runs' metrics, and their validation curves in one plot.
+
+    against="minutes" plots the curves against cumulative training time instead of epochs
+    and marks each run's final test MAE at its total training time: test MAE against
+    training budget, across runs of different lengths.
+    """
     import matplotlib.pyplot as plt
 
+    if against not in ("epoch", "minutes"):
+        raise ValueError(f'against must be "epoch" or "minutes", got {against!r}')
     lines = [
         "| run | test MAE | test RMSE | best val MAE (epoch) | epochs | minutes of training |",
         "|---|---:|---:|---:|---:|---:|",
@@ -792,12 +799,25 @@ def compare_runs(folders, file_name=None):
             f"{metrics['val_mae']:.2f} ({metrics['best_epoch']}) | {metrics['epochs_run']} | "
             f"{metrics['train_seconds'] / 60:.1f} |"
         )
-        axes.plot(
-            [row["epoch"] for row in history],
-            [row["val_mae"] for row in history],
-            label=folder.name,
+        if against == "epoch":
+            steps = [row["epoch"] for row in history]
+        else:
+            steps = np.cumsum([row["seconds"] for row in history]) / 60
+        (line,) = axes.plot(
+            steps, [row["val_mae"] for row in history], label=folder.name
         )
-    axes.set_xlabel("epoch")
+        if against == "minutes":
+            axes.plot(
+                metrics["train_seconds"] / 60,
+                metrics["test_mae"],
+                marker="o",
+                color=line.get_color(),
+            )
+    if against == "minutes":
+        axes.set_xscale("log")
+        axes.set_xlabel("minutes of training (log scale); dots: final test MAE")
+    else:
+        axes.set_xlabel("epoch")
     axes.set_ylabel("validation MAE (years)")
     axes.set_ylim(top=min(axes.get_ylim()[1], 20))
     axes.legend()
@@ -987,6 +1007,12 @@ def main(argv=None):
     )
     compare_parser.add_argument("runs", nargs="+", metavar="RUN_DIR")
     compare_parser.add_argument("--plot", help="save the validation curves here")
+    compare_parser.add_argument(
+        "--against",
+        choices=("epoch", "minutes"),
+        default="epoch",
+        help="x axis of the plot: epochs, or minutes of training (test MAE marked)",
+    )
     predict_parser = commands.add_parser(
         "predict",
         help="ages of aligned, tightly cropped face images (no face detector)",
@@ -1022,7 +1048,7 @@ def main(argv=None):
         import matplotlib
 
         matplotlib.use("Agg")
-        print(compare_runs(arguments.runs, arguments.plot))
+        print(compare_runs(arguments.runs, arguments.plot, arguments.against))
     elif arguments.command == "baseline":
         train_records, _, test = prepare_data(TrainConfig(data=arguments.data))
         print(json.dumps(median_baseline(train_records, test), indent=2))

@@ -355,6 +355,34 @@ def test_evaluate_gives_mae_by_gender_and_race_in_one_pass():
     assert result["mae_by_race"]["Asian"] == {"mae": 0.0, "count": 1}
 
 
+def test_compare_against_minutes_marks_test_mae_at_training_time(tmp_path):
+    import matplotlib.pyplot as plt
+
+    for name, test_mae, seconds in (("short", 7.0, [60, 60]), ("long", 5.0, [90] * 4)):
+        run = tmp_path / name
+        run.mkdir()
+        history = [
+            {"epoch": epoch + 1, "val_mae": 10.0 - epoch, "seconds": duration}
+            for epoch, duration in enumerate(seconds)
+        ]
+        (run / "history.json").write_text(json.dumps(history))
+        metrics = {"test_mae": test_mae, "test_rmse": 9.0, "val_mae": 8.0}
+        metrics.update(best_epoch=len(seconds), epochs_run=len(seconds))
+        metrics["train_seconds"] = sum(seconds)
+        (run / "metrics.json").write_text(json.dumps(metrics))
+    plt.close("all")
+    table = train_loop.compare_runs(
+        [tmp_path / "short", tmp_path / "long"], against="minutes"
+    )
+    assert "| long | 5.00 | 9.00 | 8.00 (4) | 4 | 6.0 |" in table
+    lines = plt.gcf().axes[0].get_lines()
+    curve, dot = lines[2].get_xydata(), lines[3].get_xydata()
+    assert curve[:, 0].tolist() == [1.5, 3.0, 4.5, 6.0]
+    assert dot.tolist() == [[6.0, 5.0]]
+    with pytest.raises(ValueError, match="against"):
+        train_loop.compare_runs([tmp_path / "long"], against="steps")
+
+
 def test_median_baseline_command(tiny_data, capsys):
     assert train_loop.main(["baseline", "--data", str(tiny_data)]) == 0
     result = json.loads(capsys.readouterr().out.split("\n", 1)[1])
