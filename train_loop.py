@@ -216,10 +216,14 @@ def _uses_attributes(model):
     )
 
 
-def _model_inputs(model, images, labels):
-    if getattr(model, "attribute_inputs", False):
-        return {"image": images, "gender": labels["gender"], "race": labels["race"]}
-    return images
+def _model_inputs(model, images, labels, attributes_known=True):
+    if not getattr(model, "attribute_inputs", False):
+        return images
+    if not attributes_known:
+        # -1 is "unknown", as for a new photo whose gender and race nobody gave.
+        unknown = -tf.ones_like(labels["gender"])
+        return {"image": images, "gender": unknown, "race": unknown}
+    return {"image": images, "gender": labels["gender"], "race": labels["race"]}
 
 
 def _head(model):
@@ -667,18 +671,20 @@ def _finish(config, state, out, splits):
 # ---------------------------------------------------------------------------------------
 
 
-def predict_dataset(model, dataset, with_groups=False):
+def predict_dataset(model, dataset, with_groups=False, attributes_known=True):
     """True and predicted ages, (n,) each, over a dataset of (images, labels).
 
     With with_groups=True, also a dict of the gender and race labels, (n,) each (empty when
-    the dataset has no attributes), from the same single pass over the dataset.
+    the dataset has no attributes), from the same single pass over the dataset. A model with
+    attribute inputs gets the true gender and race, or "unknown" with attributes_known=False.
     """
     step = tf.function(
         lambda inputs: ages_from_outputs(_head(model), model(inputs, training=False))
     )
     true, predicted, groups = [], [], {"gender": [], "race": []}
     for images, labels in dataset:
-        predicted.append(step(_model_inputs(model, images, labels)).numpy()[:, 0])
+        inputs = _model_inputs(model, images, labels, attributes_known)
+        predicted.append(step(inputs).numpy()[:, 0])
         true.append(_ages(labels).numpy()[:, 0])
         if isinstance(labels, dict):
             for field in groups:
@@ -996,6 +1002,12 @@ def main(argv=None):
     evaluate_parser.add_argument("--data", help="folder, archive or URL of UTKFace")
     evaluate_parser.add_argument("--limit", type=int, help="as given to train")
     evaluate_parser.add_argument(
+        "--unknown-attributes",
+        action="store_true",
+        help="give a model trained with --attribute-inputs 'unknown' gender and race, "
+        "as for a new photo, instead of the true labels",
+    )
+    evaluate_parser.add_argument(
         "--figures", help="save evaluation.png (and learning_curve.png) in this folder"
     )
     baseline_parser = commands.add_parser(
@@ -1034,13 +1046,22 @@ def main(argv=None):
             return 1
     elif arguments.command == "evaluate":
         model = keras.models.load_model(arguments.model)
+        if arguments.unknown_attributes and not getattr(
+            model, "attribute_inputs", False
+        ):
+            parser.error(f"{arguments.model} has no gender and race inputs")
         _, _, test = prepare_data(
             TrainConfig(data=arguments.data, limit=arguments.limit)
         )
         dataset = utk_data.make_dataset(
             test, model.image_size, 64, False, with_attributes=True
         )
-        true, predicted, groups = predict_dataset(model, dataset, with_groups=True)
+        true, predicted, groups = predict_dataset(
+            model,
+            dataset,
+            with_groups=True,
+            attributes_known=not arguments.unknown_attributes,
+        )
         print(json.dumps(evaluate_predictions(true, predicted, groups), indent=2))
         if arguments.figures:
             save_figures(arguments.model, true, predicted, arguments.figures)

@@ -240,6 +240,9 @@ def test_the_three_commands(tiny_data, tmp_path, capsys):
     )
     figures = tmp_path / "figures"
     model_file = str(out / "model.keras")
+    with pytest.raises(SystemExit):
+        train_loop.main(["evaluate", "--model", model_file, "--unknown-attributes"])
+    assert "has no gender and race inputs" in capsys.readouterr().err
     arguments = [
         "evaluate",
         "--model",
@@ -353,6 +356,33 @@ def test_evaluate_gives_mae_by_gender_and_race_in_one_pass():
     assert result["mae_by_gender"]["female"]["mae"] == pytest.approx(50 / 3)
     assert result["mae_by_race"]["Others"] == {"mae": 20.0, "count": 1}
     assert result["mae_by_race"]["Asian"] == {"mae": 0.0, "count": 1}
+
+
+def test_predict_dataset_can_hide_gender_and_race():
+    import model as models
+
+    keras.utils.set_random_seed(0)
+    model = models.build_model(
+        "age_cnn",
+        attribute_inputs=True,
+        initial_age=30.0,
+        image_size=32,
+        widths=(8, 16),
+        blocks_per_stage=(1, 1),
+    )
+    images = tf.random.uniform((4, 32, 32, 3), seed=1)
+    labels = {
+        "age": tf.constant([[20.0], [40.0], [30.0], [60.0]]),
+        "gender": tf.constant([0, 1, 1, 0]),
+        "race": tf.constant([0, 2, 4, 1]),
+    }
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(3)
+    _, known = train_loop.predict_dataset(model, dataset)
+    _, hidden = train_loop.predict_dataset(model, dataset, attributes_known=False)
+    unknown = -tf.ones(4, tf.int32)
+    expected = model({"image": images, "gender": unknown, "race": unknown})
+    np.testing.assert_allclose(hidden, np.asarray(expected)[:, 0], rtol=1e-5)
+    assert not np.allclose(hidden, known)
 
 
 def test_compare_against_minutes_marks_test_mae_at_training_time(tmp_path):
