@@ -221,7 +221,7 @@ def _model_inputs(model, images, labels, attributes_known=True):
         return images
     if not attributes_known:
         # -1 is "unknown", as for a new photo whose gender and race nobody gave.
-        unknown = -tf.ones_like(labels["gender"])
+        unknown = -tf.ones(tf.shape(images)[:1], tf.int32)
         return {"image": images, "gender": unknown, "race": unknown}
     return {"image": images, "gender": labels["gender"], "race": labels["race"]}
 
@@ -755,11 +755,7 @@ def median_baseline(train_records, test_records):
 
 def predict_ages(model, images, batch_size=64):
     """Predicted ages (n,) for float images in [0, 1] of the model's input size."""
-    if getattr(model, "attribute_inputs", False):
-        unknown = -tf.ones([len(images)], tf.int32)
-        inputs = {"image": images, "gender": unknown, "race": unknown}
-    else:
-        inputs = images
+    inputs = _model_inputs(model, images, labels=None, attributes_known=False)
     outputs = model.predict(inputs, batch_size=batch_size, verbose=0)
     return np.asarray(ages_from_outputs(_head(model), outputs))[:, 0]
 

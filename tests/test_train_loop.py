@@ -383,6 +383,10 @@ def test_predict_dataset_can_hide_gender_and_race():
     expected = model({"image": images, "gender": unknown, "race": unknown})
     np.testing.assert_allclose(hidden, np.asarray(expected)[:, 0], rtol=1e-5)
     assert not np.allclose(hidden, known)
+    # predict_ages, for new photos, gives "unknown" too.
+    np.testing.assert_allclose(
+        train_loop.predict_ages(model, images.numpy()), hidden, rtol=1e-5
+    )
 
 
 def test_compare_against_minutes_marks_test_mae_at_training_time(tmp_path):
