@@ -647,7 +647,6 @@ def _finish(config, state, out, splits):
         "epochs_run": state["epoch"],
         "epochs_planned": config.epochs,
         "train_seconds": state["train_seconds"],
-        "test_mae_by_age": test["mae_by_age"],
         "test_images": test["count"],
         "train_images": len(splits[0]),
         "val_images": len(splits[1]),
@@ -657,6 +656,12 @@ def _finish(config, state, out, splits):
         "machine": _describe_machine(),
         "tensorflow": tf.__version__,
         "config": dataclasses.asdict(config),
+        # By age, gender and race; negative and zero predictions (Task 2).
+        **{
+            f"test_{key}": value
+            for key, value in test.items()
+            if key not in ("mae", "rmse", "count")
+        },
     }
     _write_json(out / "metrics.json", metrics)
     print(

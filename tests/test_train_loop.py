@@ -224,6 +224,10 @@ def test_the_three_commands(tiny_data, tmp_path, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ("test_mae", "val_mae", "test_rmse", "train_seconds", "epochs_run"):
         assert key in metrics
+    assert sum(row["count"] for row in metrics["test_mae_by_race"].values()) == (
+        metrics["test_images"]
+    )
+    assert metrics["test_negative_predictions"] == 0  # a ReLU output
     assert json.loads((out / "history.json").read_text())[0]["epoch"] == 1
     capsys.readouterr()
     assert (
