@@ -196,6 +196,17 @@ def test_time_budget_fixes_epochs_and_a_resume_keeps_them(
     assert run.config.epochs == planned == run.metrics["epochs_planned"]
 
 
+def test_epochs_for_budget_keeps_a_margin_and_time_for_the_test():
+    margin = train_loop.SPEED_MARGIN
+    # 100 train and 30 validation steps of 1 s: an epoch of 110 s, planned with the margin.
+    epochs, epoch_seconds = train_loop.epochs_for_budget(3600, 60, 1.0, 100, 30)
+    assert epoch_seconds == pytest.approx(110 * margin)
+    assert epochs == int((3600 - 60 - 2 * 110 * margin / 3 - 30) // (110 * margin))
+    assert epochs * epoch_seconds < 3600 - 60
+    # A budget shorter than one epoch still trains one.
+    assert train_loop.epochs_for_budget(60, 50, 1.0, 100, 30)[0] == 1
+
+
 def test_presets_and_explicit_flags():
     resolved = train_loop.resolve_config(
         train_loop.TrainConfig(out="x", preset="cpu", batch_size=7)
