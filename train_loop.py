@@ -695,9 +695,11 @@ def predict_dataset(model, dataset, with_groups=False, attributes_known=True):
     the dataset has no attributes), from the same single pass over the dataset. A model with
     attribute inputs gets the true gender and race, or "unknown" with attributes_known=False.
     """
-    step = tf.function(
-        lambda inputs: ages_from_outputs(_head(model), model(inputs, training=False))
-    )
+
+    @tf.function  # A def, not a lambda: autograph cannot read a lambda's source here.
+    def step(inputs):
+        return ages_from_outputs(_head(model), model(inputs, training=False))
+
     true, predicted, groups = [], [], {"gender": [], "race": []}
     for images, labels in dataset:
         inputs = _model_inputs(model, images, labels, attributes_known)
