@@ -22,7 +22,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -174,6 +174,26 @@ def resolve_config(config):
     return dataclasses.replace(
         config, **{**values, **explicit, "preset": preset, "arch": arch}
     )
+
+
+def run_name(config):
+    """A run-folder name that changes with every setting, e.g. "gpu-30min-1a2b3c".
+
+    It starts with the preset (or the course network) and the time budget, for the reader,
+    and ends with a hash of all the resolved settings: a rerun with the same settings finds
+    its run again and resumes it, and a rerun with other settings starts a new run.
+    """
+    config = resolve_config(config)
+    settings = dataclasses.asdict(config)
+    for name in ("data", "out"):
+        settings.pop(name)
+    parts = ["course" if config.arch == "course_cnn" else config.preset]
+    if config.time_budget:
+        parts.append(f"{config.time_budget:g}min")
+    if config.limit:
+        parts.append(f"limit{config.limit}")
+    digest = utk_data.stable_hash(json.dumps(settings, sort_keys=True))
+    return "-".join(parts + [f"{digest:016x}"[:6]])
 
 
 # ---------------------------------------------------------------------------------------
@@ -392,13 +412,13 @@ def _write_json(path, value):
 
 @dataclass
 class Run:
-    """What `train` returns: the best model and the run's records."""
+    """What `train` returns: the best model, its history, metrics and test predictions."""
 
     model: object
     config: TrainConfig
     history: list
     metrics: dict
-    splits: tuple
+    test: "Predictions"
 
 
 class _policy:
@@ -430,13 +450,13 @@ def _build(config, initial_age):
     )
 
 
-def _measure_seconds_per_step(config, train_records, initial_age, batches=8):
+def _measure_seconds_per_step(config, train_images, initial_age, batches=8):
     """Time a few steps of a throwaway copy of the model (it does not touch the real one)."""
     with _policy(config.mixed_precision):
         model = _build(config, initial_age)
     trainer = Trainer(model, make_optimizer(config, 1), config)
     dataset = utk_data.make_dataset(
-        train_records,
+        train_images,
         config.image_size,
         config.batch_size,
         True,
@@ -469,14 +489,14 @@ def epochs_for_budget(
     return max(1, int(remaining // epoch_seconds)), epoch_seconds
 
 
-def fit_to_time_budget(config, train_records, val_records, initial_age, started):
+def fit_to_time_budget(config, train_images, val_records, initial_age, started):
     """Epochs that fit the time budget, from the measured speed of train and test steps."""
-    seconds_per_step = _measure_seconds_per_step(config, train_records, initial_age)
+    seconds_per_step = _measure_seconds_per_step(config, train_images, initial_age)
     epochs, epoch_seconds = epochs_for_budget(
         config.time_budget * 60,
         time.perf_counter() - started,
         seconds_per_step,
-        utk_data.steps_per_epoch(len(train_records), config.batch_size),
+        utk_data.steps_per_epoch(len(train_images.records), config.batch_size),
         math.ceil(len(val_records) / config.batch_size),
     )
     print(
@@ -511,11 +531,13 @@ def train(config, verbose=1):
         _check_same_run(saved_state["config"], config, out)
         # The epochs fitted to a time budget are part of the run: a resume keeps them.
         config = TrainConfig(**saved_state["config"])
-    elif config.time_budget:
+    # Decoded once, in memory for the whole run: every epoch, and the speed measurement.
+    train_images = utk_data.decode_records(train_records, config.image_size)
+    if saved_state is None and config.time_budget:
         config = dataclasses.replace(
             config,
             epochs=fit_to_time_budget(
-                config, train_records, val_records, initial_age, started
+                config, train_images, val_records, initial_age, started
             ),
         )
         keras.utils.set_random_seed(config.seed)
@@ -540,7 +562,8 @@ def train(config, verbose=1):
         print(f"resuming {out} after epoch {state['epoch']} of {config.epochs}")
 
     if not state["finished"]:
-        _train_epochs(trainer, state, config, out, train_records, val_records, verbose)
+        _train_epochs(trainer, state, config, out, train_images, val_records, verbose)
+    del train_images  # Frees the decoded training images before the test.
     return _finish(config, state, out, (train_records, val_records, test_records))
 
 
@@ -557,9 +580,9 @@ def _check_same_run(saved, config, out):
         )
 
 
-def _train_epochs(trainer, state, config, out, train_records, val_records, verbose):
+def _train_epochs(trainer, state, config, out, train_images, val_records, verbose):
     train_dataset = utk_data.make_dataset(
-        train_records,
+        train_images,
         config.image_size,
         config.batch_size,
         training=True,
@@ -576,7 +599,7 @@ def _train_epochs(trainer, state, config, out, train_records, val_records, verbo
         training=False,
         with_attributes=True,
     )
-    steps = utk_data.steps_per_epoch(len(train_records), config.batch_size)
+    steps = utk_data.steps_per_epoch(len(train_images.records), config.batch_size)
     batches = iter(train_dataset)
     for epoch in range(state["epoch"], config.epochs):
         epoch_start = time.perf_counter()
@@ -639,18 +662,9 @@ def _current_learning_rate(optimizer):
 
 def _finish(config, state, out, splits):
     """Evaluate the best model on the test split and write metrics.json."""
-    test_records = splits[2]
     model = keras.models.load_model(out / "model.keras")
-    test = evaluate(
-        model,
-        utk_data.make_dataset(
-            test_records,
-            config.image_size,
-            config.batch_size,
-            training=False,
-            with_attributes=True,
-        ),
-    )
+    predictions = predict_records(model, splits[2], config.batch_size)
+    test = evaluate_predictions(*predictions[1:])
     metrics = {
         "test_mae": test["mae"],
         "test_rmse": test["rmse"],
@@ -680,7 +694,7 @@ def _finish(config, state, out, splits):
         f"test MAE {test['mae']:.3f} years, RMSE {test['rmse']:.3f} "
         f"(best epoch {state['best_epoch']}, {state['train_seconds'] / 60:.1f} min of training)"
     )
-    return Run(model, config, state["history"], metrics, splits)
+    return Run(model, config, state["history"], metrics, predictions)
 
 
 # ---------------------------------------------------------------------------------------
@@ -715,6 +729,27 @@ def predict_dataset(model, dataset, with_groups=False, attributes_known=True):
         *ages,
         {field: np.concatenate(values) for field, values in groups.items() if values},
     )
+
+
+class Predictions(NamedTuple):
+    """Predicted ages paired with the records they belong to."""
+
+    records: list  # the records whose image decoded, in order
+    true: np.ndarray  # (n,)
+    predicted: np.ndarray  # (n,)
+    groups: dict  # "gender" and "race" labels, (n,) each
+
+
+def predict_records(model, records, batch_size=64, attributes_known=True):
+    """Predict the ages of records; a face whose image fails to decode is left out (warned)."""
+    decoded = utk_data.decode_records(records, model.image_size)
+    dataset = utk_data.make_dataset(
+        decoded, model.image_size, batch_size, training=False, with_attributes=True
+    )
+    true, predicted, groups = predict_dataset(
+        model, dataset, with_groups=True, attributes_known=attributes_known
+    )
+    return Predictions(decoded.records, true, predicted, groups)
 
 
 def mae_by_age(true, predicted):
@@ -902,7 +937,7 @@ def save_figures(model_path, true, predicted, folder):
     print(f"saved figures in {folder}")
 
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
 
 
 def _image_files(sources):
@@ -911,7 +946,7 @@ def _image_files(sources):
     for source in map(Path, sources):
         if source.is_dir():
             for path in sorted(source.iterdir()):
-                if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+                if path.is_file() and path.suffix.lower() in utk_data.IMAGE_SUFFIXES:
                     files.append(path)
                 elif path.is_file():
                     skipped.append((path, "not a .jpg/.jpeg/.png file"))
@@ -1068,18 +1103,14 @@ def main(argv=None):
         _, _, test = prepare_data(
             TrainConfig(data=arguments.data, limit=arguments.limit)
         )
-        dataset = utk_data.make_dataset(
-            test, model.image_size, 64, False, with_attributes=True
+        predictions = predict_records(
+            model, test, attributes_known=not arguments.unknown_attributes
         )
-        true, predicted, groups = predict_dataset(
-            model,
-            dataset,
-            with_groups=True,
-            attributes_known=not arguments.unknown_attributes,
-        )
-        print(json.dumps(evaluate_predictions(true, predicted, groups), indent=2))
+        print(json.dumps(evaluate_predictions(*predictions[1:]), indent=2))
         if arguments.figures:
-            save_figures(arguments.model, true, predicted, arguments.figures)
+            save_figures(
+                arguments.model, predictions.true, predictions.predicted, arguments.figures
+            )
     elif arguments.command == "compare":
         import matplotlib
 

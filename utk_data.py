@@ -38,18 +38,25 @@ REPOSITORY_ROOT = Path(__file__).resolve().parent
 # Where tests, benchmarks and CI find the archive: `shared/` beside the repository.
 SHARED_ARCHIVE = REPOSITORY_ROOT.parent / "shared" / "data" / "UTKFace.tar.gz"
 # The full aligned&cropped set (23,708 images, folder `UTKFace/` inside) re-uploaded to the
-# Hugging Face hub; the authors' Google Drive link is dead. Not reachable from our machines,
-# so neither its content nor a hash was verified here: see README.md.
+# Hugging Face hub, at a fixed revision so that its content cannot change under us; the
+# authors' Google Drive link is dead. Its SHA-256 is not known: see README.md.
 DEFAULT_URL = (
-    "https://huggingface.co/datasets/py97/UTKFace-Cropped/resolve/main/UTKFace.tar.gz"
+    "https://huggingface.co/datasets/py97/UTKFace-Cropped/resolve/"
+    "e80f21fb21fa3631380c3cb634b79be3ac2f4cba/UTKFace.tar.gz"
 )
+# The default mirror holds 23,708 faces; far fewer means a wrong or truncated download.
+MIN_MIRROR_IMAGES = 20_000
+# Where else UTKFace can come from, for the error messages.
+ALTERNATIVES = (
+    "download UTKFace yourself (the Kaggle dataset jangedoo/utkface-new, or the "
+    "UTKFace.tar.gz of the Hugging Face dataset py97/UTKFace-Cropped) and pass the folder "
+    "or archive with --data PATH or the UTKFACE_DATA environment variable"
+)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 MAX_AGE = 116
 GENDERS = ("male", "female")
 RACES = ("White", "Black", "Asian", "Indian", "Others")
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
-
-# How much memory of decoded images `make_dataset` keeps between calls (a few splits).
-_DECODED_CACHE_SIZE = 4
 
 
 class Label(NamedTuple):
@@ -184,7 +191,7 @@ def _extract_once(archive, cache_dir):
 
 def _has_images(folder):
     return any(
-        entry.is_file() and entry.name.lower().endswith((".jpg", ".jpeg", ".png"))
+        entry.is_file() and entry.name.lower().endswith(IMAGE_SUFFIXES)
         for entry in os.scandir(folder)
     )
 
@@ -210,8 +217,45 @@ def _image_folder(folder):
     )
 
 
-def locate(source=None, file_hash=None, cache_dir=None):
-    """Return the folder of UTKFace images from a folder, an archive or a URL (see README)."""
+def _download(url, file_hash, download_dir):
+    """Download `url` into `download_dir` once; a failure names the URL and what else to do."""
+    import keras
+
+    file_name = Path(url.split("?")[0]).name or "UTKFace.tar.gz"
+    try:
+        # `get_file` downloads once into the folder and checks the hash when one is known;
+        # extraction is ours, since `get_file` only skips unsafe members.
+        return keras.utils.get_file(
+            fname=file_name,
+            origin=url,
+            file_hash=file_hash,
+            cache_dir=str(download_dir.parent),
+            cache_subdir=download_dir.name,
+        )
+    except ValueError as error:  # The download does not match `file_hash`.
+        raise ValueError(f"{url}: {error}") from None
+    except Exception as error:  # `get_file` raises a bare Exception on network errors.
+        raise FileNotFoundError(
+            f"could not download UTKFace from {url}: {error}. "
+            f"Check the network, or {ALTERNATIVES}"
+        ) from None
+
+
+def _count_labelled(folder):
+    """The number of image files in `folder` whose name carries an age."""
+    return sum(
+        1
+        for entry in os.scandir(folder)
+        if entry.name.lower().endswith(IMAGE_SUFFIXES) and parse_name(entry.name)
+    )
+
+
+def locate(source=None, file_hash=None, cache_dir=None, download_dir=None):
+    """Return the folder of UTKFace images from a folder, an archive or a URL (see README).
+
+    Archives are extracted into `cache_dir`; a URL is downloaded into `download_dir` (by
+    default `cache_dir`), e.g. a Google Drive folder that outlives a Colab runtime.
+    """
     if source is None:
         if os.environ.get("UTKFACE_DATA"):
             source = os.environ["UTKFACE_DATA"]
@@ -220,29 +264,29 @@ def locate(source=None, file_hash=None, cache_dir=None):
         else:
             source = DEFAULT_URL
     cache_dir = Path(cache_dir) if cache_dir else _default_cache_dir()
+    path = source
     if _is_url(source):
-        import keras
-
-        file_name = Path(str(source).split("?")[0]).name or "UTKFace.tar.gz"
-        # `get_file` downloads once into the cache and checks the hash when one is known;
-        # extraction is ours, since `get_file` only skips unsafe members.
-        source = keras.utils.get_file(
-            fname=file_name,
-            origin=str(source),
-            file_hash=file_hash,
-            cache_dir=str(cache_dir.parent),
-            cache_subdir=cache_dir.name,
-        )
-    path = Path(source).expanduser()
+        path = _download(str(source), file_hash, Path(download_dir or cache_dir))
+    path = Path(path).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"UTKFace data not found: {path} does not exist")
     if path.is_dir():
-        return _image_folder(path)
-    if _is_archive(path):
-        return _image_folder(_extract_once(path, cache_dir))
-    raise ValueError(
-        f"{path}: expected a folder, a .tar.gz/.tgz/.tar/.zip archive or a URL"
-    )
+        folder = _image_folder(path)
+    elif _is_archive(path):
+        folder = _image_folder(_extract_once(path, cache_dir))
+    else:
+        raise ValueError(
+            f"{path}: expected a folder, a .tar.gz/.tgz/.tar/.zip archive or a URL"
+        )
+    if source == DEFAULT_URL:
+        count = _count_labelled(folder)
+        if count < MIN_MIRROR_IMAGES:
+            raise ValueError(
+                f"{DEFAULT_URL} gave only {count:,} UTKFace images in {folder} (expected "
+                f"about 23,708): the download is incomplete or the mirror changed. "
+                f"Delete {path} and try again, or {ALTERNATIVES}"
+            )
+    return folder
 
 
 # ---------------------------------------------------------------------------------------
@@ -439,26 +483,26 @@ def load_images(paths, image_size):
 # ---------------------------------------------------------------------------------------
 
 
-class _Decoded(NamedTuple):
+class DecodedImages(NamedTuple):
+    """Images decoded once and kept in memory, with the records they belong to."""
+
     images: object  # tf.Tensor (n, size, size, 3) uint8
     records: list  # the records whose images decoded, aligned with `images`
-
-
-_decoded_cache = collections.OrderedDict()
+    image_size: int
 
 
 def _decode_file(path, image_size):
     return decode_and_resize(_tf().io.read_file(path), image_size)
 
 
-def _decode_all(records, image_size):
-    """Decode and resize every image once, in parallel; report the files that fail."""
+def decode_records(records, image_size):
+    """Decode and resize every image once, in parallel; warn about the files that fail.
+
+    The result holds the images in memory (about 1 GB for 17,000 faces at 128 px) for as long
+    as it is referenced: pass it to `make_dataset` for every epoch, and drop it to free them.
+    """
     tf = _tf()
-    key = (image_size, tuple(str(record.path) for record in records))
-    if key in _decoded_cache:
-        _decoded_cache.move_to_end(key)
-        return _decoded_cache[key]
-    paths = list(key[1])
+    paths = [str(record.path) for record in records]
     dataset = tf.data.Dataset.from_tensor_slices((tf.range(len(paths)), paths))
     dataset = dataset.map(
         lambda index, path: (index, _decode_file(path, image_size)),
@@ -482,13 +526,9 @@ def _decode_all(records, image_size):
         message = f"{len(failed)} image(s) could not be decoded and are left out: " + (
             ", ".join(f"{path} (corrupt image data)" for path in failed[:10])
         )
-        warnings.warn(message + (" ..." if len(failed) > 10 else ""), stacklevel=3)
+        warnings.warn(message + (" ..." if len(failed) > 10 else ""), stacklevel=2)
     kept = [record for record, ok in zip(records, decoded) if ok]
-    entry = _Decoded(images, kept)
-    _decoded_cache[key] = entry
-    while len(_decoded_cache) > _DECODED_CACHE_SIZE:
-        _decoded_cache.popitem(last=False)
-    return entry
+    return DecodedImages(images, kept, image_size)
 
 
 def _labels(records, with_attributes):
@@ -544,6 +584,30 @@ def steps_per_epoch(num_images, batch_size):
     return max(1, num_images // batch_size)
 
 
+def _index_batches(count, batch_size, training, seed, start_epoch, epochs):
+    """(epoch, batch number, indices) of every batch: shuffled per epoch when training."""
+    tf = _tf()
+    if not training:
+        batches = tf.data.Dataset.range(count).batch(batch_size)
+        return batches.map(lambda indices: (tf.constant(0, tf.int64), 0, indices))
+    drop_remainder = count >= batch_size
+
+    def epoch_batches(epoch):
+        order = tf.argsort(
+            tf.random.stateless_uniform([count], _batch_seed(seed, epoch, -1))
+        )
+        batches = tf.data.Dataset.from_tensor_slices(order)
+        batches = batches.batch(batch_size, drop_remainder=drop_remainder)
+        return batches.enumerate().map(lambda number, indices: (epoch, number, indices))
+
+    epoch_numbers = (
+        tf.data.Dataset.range(start_epoch, epochs)
+        if epochs is not None
+        else tf.data.Dataset.counter(start_epoch)
+    )
+    return epoch_numbers.flat_map(epoch_batches)
+
+
 def make_dataset(
     records,
     image_size,
@@ -558,10 +622,12 @@ def make_dataset(
 ):
     """A `tf.data.Dataset` of (images float32 [0, 1], ages (batch, 1)) batches.
 
+    `records` is a list of Records, or `DecodedImages` from `decode_records` to reuse images
+    decoded before (across epochs, resumes and datasets). With `cache` the images are
+    decoded once into memory, held by the dataset; without, each batch is read from disk.
     With `training`, the dataset runs from `start_epoch` up to `epochs` (for ever when None),
     each epoch a permutation of the images and an augmentation that depend only on (`seed`,
-    epoch): a run resumed at epoch k sees what an uninterrupted one sees. `cache` keeps the
-    decoded uint8 images in memory, also across calls, so a resume decodes nothing again.
+    epoch): a run resumed at epoch k sees what an uninterrupted one sees.
     """
     tf = _tf()
     augment = training if augment is None else augment
@@ -569,36 +635,22 @@ def make_dataset(
         raise ValueError("augmentation is for the training set only (training=False)")
     if not records:
         raise ValueError("make_dataset: no records")
-    if cache:
-        decoded = _decode_all(records, image_size)
-        records, images = decoded.records, decoded.images
+    decoded = records if isinstance(records, DecodedImages) else None
+    if decoded is None and cache:
+        decoded = decode_records(records, image_size)
+    if decoded is not None:
+        if decoded.image_size != image_size:
+            raise ValueError(
+                f"make_dataset: images decoded at {decoded.image_size} px, "
+                f"{image_size} px asked for"
+            )
+        records = decoded.records
     labels = _labels(records, with_attributes)
-    count = len(records)
-
-    if training:
-        drop_remainder = count >= batch_size
-
-        def epoch_batches(epoch):
-            order = tf.argsort(
-                tf.random.stateless_uniform([count], _batch_seed(seed, epoch, -1))
-            )
-            batches = tf.data.Dataset.from_tensor_slices(order)
-            batches = batches.batch(batch_size, drop_remainder=drop_remainder)
-            return batches.enumerate().map(
-                lambda number, indices: (epoch, number, indices)
-            )
-
-        epoch_numbers = (
-            tf.data.Dataset.range(start_epoch, epochs)
-            if epochs is not None
-            else tf.data.Dataset.counter(start_epoch)
-        )
-        batches = epoch_numbers.flat_map(epoch_batches)
-    else:
-        batches = tf.data.Dataset.range(count).batch(batch_size)
-        batches = batches.map(lambda indices: (tf.constant(0, tf.int64), 0, indices))
-
-    if cache:
+    batches = _index_batches(
+        len(records), batch_size, training, seed, start_epoch, epochs
+    )
+    if decoded is not None:
+        images = decoded.images
         batches = batches.map(
             lambda epoch, number, indices: (
                 epoch,

