@@ -25,9 +25,10 @@ def has_local_data():
 
 
 def pytest_collection_modifyitems(config, items):
-    """Skip the notebook, with the reason, where it would have to download the data."""
-    if has_local_data():
-        return
+    """The notebook (run by nbmake) trains for a minute: it is slow. Skip it, with the
+    reason, where it would have to download the data."""
     for item in items:
         if item.path.suffix == ".ipynb":
-            item.add_marker(pytest.mark.skip(reason=NO_DATA))
+            item.add_marker(pytest.mark.slow)
+            if not has_local_data():
+                item.add_marker(pytest.mark.skip(reason=NO_DATA))

@@ -4,9 +4,11 @@ Usage:
 
     from model import build_model, feature_map_table, format_feature_map_table
 
-    course = build_model("course_cnn", initial_age=33.3)  # the course skeleton, built
-    ours = build_model("age_cnn", preset="cpu", initial_age=33.3, head="ordinal")
+    course = build_model("course_cnn", image_size=200, initial_age=33.3)  # built
     print(format_feature_map_table(feature_map_table(course)))  # Task 1
+
+The sizes of `AgeCNN` (and the image size of both) are given by the caller: the presets of
+`train_loop.py` hold them, and `train_loop.make_model(config)` builds a model from them.
 
 Inputs: float RGB images (batch, image_size, image_size, 3) in whatever range the data
 module produces; the models do not rescale (AgeCNN's batch norm after the stem makes it
@@ -17,7 +19,8 @@ Output contract:
 - `head="regression"` without `gender_head`: a (batch, 1) float32 tensor, the age, so
   `model.predict(images)` gives ages as in the course code.
 - Any other configuration: a dict with "age" (batch, 1) float32, the age estimate,
-  plus "logits" ((batch, 117) for "classification", (batch, 116) for "ordinal") and
+  plus "logits" ((batch, max_age + 1) for "classification", (batch, max_age) for
+  "ordinal") and
   "gender_logit" (batch, 1) when `gender_head=True`.
 `loss_terms(model, outputs, labels)` turns any of these into a training loss, and
 `ages_from_outputs(model, outputs, method)` into ages by expected value or median.
@@ -32,33 +35,9 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-MAX_AGE = 116  # The oldest age in UTKFace.
-NUM_AGE_CLASSES = MAX_AGE + 1  # Ages 0..116 for the classification head.
 HUBER_DELTA = 5.0  # Years: errors below this are squared, larger ones count linearly.
 HEADS = ("regression", "classification", "ordinal")
 OUTPUT_ACTIVATIONS = ("relu", "linear")
-
-PRESETS = {
-    # About 76 MFLOPs per 96-pixel image: an epoch of UTKFace in about 25 s on 2 CPU
-    # cores, and a better test MAE than 80 pixels for the same time (answers.md).
-    "cpu": {
-        "image_size": 96,
-        "widths": (32, 64, 128, 256),
-        "blocks_per_stage": (1, 1, 1, 1),
-        "stem_stride": 2,
-        "head_units": 128,
-        "dropout": 0.3,
-    },
-    # A ResNet-18-sized body at 128 pixels (about 1.1 GFLOPs per image) for a GPU.
-    "gpu": {
-        "image_size": 128,
-        "widths": (64, 128, 256, 512),
-        "blocks_per_stage": (2, 2, 2, 2),
-        "stem_stride": 2,
-        "head_units": 256,
-        "dropout": 0.3,
-    },
-}
 
 
 def _check_choice(name, value, choices):
@@ -90,7 +69,7 @@ class CourseCNN(keras.Model):
     attribute_inputs = False
 
     def __init__(
-        self, image_size=200, initial_age=None, output_activation="relu", **kwargs
+        self, image_size, initial_age=None, output_activation="relu", **kwargs
     ):
         super().__init__(**kwargs)
         _check_choice("output_activation", output_activation, OUTPUT_ACTIVATIONS)
@@ -157,20 +136,23 @@ class ResidualBlock(keras.layers.Layer):
         self.filters = filters
         self.strides = strides
         self.projection = projection
+        # Named sublayers give every variable a stable path (checkpoints are keyed by it).
         self.conv1 = layers.Conv2D(
-            filters, 3, strides=strides, padding="same", use_bias=False
+            filters, 3, strides=strides, padding="same", use_bias=False, name="conv1"
         )
-        self.norm1 = layers.BatchNormalization()
-        self.conv2 = layers.Conv2D(filters, 3, padding="same", use_bias=False)
+        self.norm1 = layers.BatchNormalization(name="norm1")
+        self.conv2 = layers.Conv2D(
+            filters, 3, padding="same", use_bias=False, name="conv2"
+        )
         # Zero gamma makes each block start as the identity, which steadies early
         # training of residual networks (Goyal et al., 2017).
-        self.norm2 = layers.BatchNormalization(gamma_initializer="zeros")
+        self.norm2 = layers.BatchNormalization(gamma_initializer="zeros", name="norm2")
         if projection:
             # A 1×1 convolution matches the shortcut to a new width or resolution.
             self.shortcut_conv = layers.Conv2D(
-                filters, 1, strides=strides, use_bias=False
+                filters, 1, strides=strides, use_bias=False, name="shortcut_conv"
             )
-            self.shortcut_norm = layers.BatchNormalization()
+            self.shortcut_norm = layers.BatchNormalization(name="shortcut_norm")
 
     def call(self, inputs, training=False):
         """Return relu(F(inputs) + shortcut(inputs))."""
@@ -205,33 +187,35 @@ class ResidualBlock(keras.layers.Layer):
 class OrdinalThresholds(keras.layers.Layer):
     """CORAL's K−1 learned biases added to one shared score (Cao et al., 2020)."""
 
-    def __init__(self, initial_age=None, **kwargs):
+    def __init__(self, max_age, initial_age=None, **kwargs):
         super().__init__(**kwargs)
+        self.max_age = max_age
         self.initial_age = initial_age
 
     def build(self, input_shape):
         """Create the biases so that the first predicted age is initial_age."""
         # Bias k is the logit of P(age > k). Making it positive below the starting age
         # and negative above it, 0.1 per year, puts the first estimate there.
-        center = MAX_AGE / 2 if self.initial_age is None else self.initial_age
-        biases = 0.1 * (center - 0.5 - np.arange(MAX_AGE, dtype="float32"))
+        center = self.max_age / 2 if self.initial_age is None else self.initial_age
+        biases = 0.1 * (center - 0.5 - np.arange(self.max_age, dtype="float32"))
         self.thresholds = self.add_weight(
-            shape=(MAX_AGE,),
+            shape=(self.max_age,),
             initializer=keras.initializers.Constant(biases),
             name="thresholds",
         )
 
     def call(self, score):
-        """Turn the score (batch, 1) into K−1 logits (batch, 116)."""
+        """Turn the score (batch, 1) into K−1 logits (batch, max_age)."""
         return score + self.thresholds
 
     def compute_output_shape(self, input_shape):
-        """Return (batch, 116)."""
-        return (input_shape[0], MAX_AGE)
+        """Return (batch, max_age)."""
+        return (input_shape[0], self.max_age)
 
     def get_config(self):
         """Return the constructor arguments."""
-        return {**super().get_config(), "initial_age": self.initial_age}
+        config = super().get_config()
+        return {**config, "max_age": self.max_age, "initial_age": self.initial_age}
 
 
 @keras.saving.register_keras_serializable(package="age_regression")
@@ -240,13 +224,14 @@ class AgeCNN(keras.Model):
 
     def __init__(
         self,
-        image_size=96,
-        widths=(32, 64, 128, 256),
-        blocks_per_stage=(1, 1, 1, 1),
-        stem_stride=2,
-        head_units=128,
-        dropout=0.3,
+        image_size,
+        widths,
+        blocks_per_stage,
+        stem_stride,
+        head_units,
+        dropout,
         head="regression",
+        max_age=None,
         output_activation="relu",
         initial_age=None,
         gender_head=False,
@@ -260,6 +245,10 @@ class AgeCNN(keras.Model):
             raise ValueError("widths and blocks_per_stage need one entry per stage")
         if gender_head and attribute_inputs:
             raise ValueError("gender_head would just copy the gender input")
+        if head != "regression" and not max_age:
+            raise ValueError(
+                f"the {head} head needs max_age, the oldest age it can give"
+            )
         self.image_size = image_size
         self.widths = tuple(widths)
         self.blocks_per_stage = tuple(blocks_per_stage)
@@ -267,6 +256,7 @@ class AgeCNN(keras.Model):
         self.head_units = head_units
         self.dropout_rate = dropout
         self.head = head
+        self.max_age = max_age
         self.output_activation = output_activation
         self.initial_age = initial_age
         self.gender_head = gender_head
@@ -329,12 +319,12 @@ class AgeCNN(keras.Model):
         if self.head == "classification":
             # A Gaussian log-prior around initial_age makes the first expected age
             # about initial_age, as with the other heads.
-            ages = np.arange(NUM_AGE_CLASSES, dtype="float32")
-            center = MAX_AGE / 2 if self.initial_age is None else self.initial_age
+            ages = np.arange(self.max_age + 1, dtype="float32")
+            center = self.max_age / 2 if self.initial_age is None else self.initial_age
             prior = -0.5 * ((ages - center) / 15.0) ** 2  # A 15-year spread.
             return [
                 layers.Dense(
-                    NUM_AGE_CLASSES,
+                    self.max_age + 1,
                     bias_initializer=keras.initializers.Constant(prior),
                     dtype="float32",
                     name="age_logits",
@@ -343,7 +333,9 @@ class AgeCNN(keras.Model):
         # CORAL shares one weight vector across thresholds, so they cannot cross.
         return [
             layers.Dense(1, use_bias=False, dtype="float32", name="age_score"),
-            OrdinalThresholds(self.initial_age, dtype="float32", name="age_thresholds"),
+            OrdinalThresholds(
+                self.max_age, self.initial_age, dtype="float32", name="age_thresholds"
+            ),
         ]
 
     def forward(self, inputs, training=False, trace=None):
@@ -371,7 +363,7 @@ class AgeCNN(keras.Model):
         if self.head == "regression":
             outputs = {"age": head_outputs}  # (batch, 1)
         else:
-            # head_outputs: (batch, 117) or (batch, 116) float32 logits.
+            # head_outputs: (batch, max_age + 1) or (batch, max_age) float32 logits.
             ages = ages_from_outputs(self.head, head_outputs)  # (batch, 1)
             _note(trace, "age", ages)
             outputs = {"age": ages, "logits": head_outputs}
@@ -396,6 +388,7 @@ class AgeCNN(keras.Model):
             head_units=self.head_units,
             dropout=self.dropout_rate,
             head=self.head,
+            max_age=self.max_age,
             output_activation=self.output_activation,
             initial_age=self.initial_age,
             gender_head=self.gender_head,
@@ -403,36 +396,38 @@ class AgeCNN(keras.Model):
         )
 
 
+def model_inputs(model, images, labels=None):
+    """The inputs `model` takes for a batch of images: the images, or with attribute inputs
+    a dict that adds the labels' gender and race (-1, "unknown", when labels is None).
+    """
+    if not getattr(model, "attribute_inputs", False):
+        return images
+    if labels is None:
+        # -1 is "unknown", as for a new photo whose gender and race nobody gave.
+        unknown = -ops.ones(ops.shape(images)[:1], dtype="int32")
+        return {"image": images, "gender": unknown, "race": unknown}
+    return {"image": images, "gender": labels["gender"], "race": labels["race"]}
+
+
 def example_inputs(model, batch_size=1, input_shape=None):
     """Return zero inputs of the structure the model expects."""
     input_shape = input_shape or (model.image_size, model.image_size, 3)
-    images = ops.zeros((batch_size, *input_shape))  # (batch, size, size, 3)
-    if not getattr(model, "attribute_inputs", False):
-        return images
-    unknown = -ops.ones((batch_size,), dtype="int32")
-    return {"image": images, "gender": unknown, "race": unknown}
+    return model_inputs(model, ops.zeros((batch_size, *input_shape)))
 
 
-def build_model(arch, preset=None, **kwargs):
-    """Create a built "course_cnn" or "age_cnn"; kwargs override an age_cnn preset."""
-    if arch == "course_cnn":
-        if preset is not None:
-            raise ValueError("presets exist only for age_cnn")
-        model = CourseCNN(**kwargs)
-    elif arch == "age_cnn":
-        preset = preset or "cpu"
-        _check_choice("preset", preset, tuple(PRESETS))
-        model = AgeCNN(**{**PRESETS[preset], **kwargs})
-    else:
-        raise ValueError(f'arch must be "course_cnn" or "age_cnn", got {arch!r}')
+def build_model(arch, **kwargs):
+    """Create a built "course_cnn" or "age_cnn" from its constructor arguments."""
+    classes = {"course_cnn": CourseCNN, "age_cnn": AgeCNN}
+    _check_choice("arch", arch, tuple(classes))
+    model = classes[arch](**kwargs)
     # Subclassed models create their weights on the first call.
     model(example_inputs(model))
     return model
 
 
-def ordinal_targets(ages):
-    """Encode ages (batch, 1) as CORAL's targets age > k: (batch, 116) float32."""
-    thresholds = ops.arange(MAX_AGE, dtype="float32")  # (116,)
+def ordinal_targets(ages, max_age):
+    """Encode ages (batch, 1) as CORAL's targets age > k: (batch, max_age) float32."""
+    thresholds = ops.arange(max_age, dtype="float32")  # (max_age,)
     return ops.cast(ops.cast(ages, "float32") > thresholds, "float32")
 
 
@@ -449,16 +444,16 @@ def ages_from_outputs(head, outputs, method="mean"):
         return outputs
     logits = ops.cast(outputs, "float32")
     if head == "classification":
-        probabilities = ops.softmax(logits, axis=-1)  # (batch, 117)
+        probabilities = ops.softmax(logits, axis=-1)  # (batch, max_age + 1)
         if method == "mean":
-            ages = ops.arange(NUM_AGE_CLASSES, dtype="float32")
+            ages = ops.arange(ops.shape(logits)[-1], dtype="float32")
             return ops.sum(probabilities * ages, axis=-1, keepdims=True)
         # The median is the first age whose cumulative probability reaches 1/2.
         below_half = ops.cumsum(probabilities, axis=-1) < 0.5
         return ops.sum(ops.cast(below_half, "float32"), axis=-1, keepdims=True)
     # Ordinal: sigmoid(logit k) is P(age > k), so E[age] = sum over k of P(age > k),
     # and the median is the number of thresholds with P(age > k) > 1/2.
-    exceed = ops.sigmoid(logits)  # (batch, 116)
+    exceed = ops.sigmoid(logits)  # (batch, max_age)
     if method == "median":
         exceed = ops.cast(exceed > 0.5, "float32")
     return ops.sum(exceed, axis=-1, keepdims=True)
@@ -489,19 +484,20 @@ def loss_terms(head, outputs, labels, loss="l1", gender_weight=1.0):
             errors = keras.losses.huber(ages, predicted, delta=HUBER_DELTA)
         age_loss = ops.mean(errors)
     elif head == "classification":
-        classes = ops.cast(ops.round(ops.clip(ages[:, 0], 0, MAX_AGE)), "int32")
+        max_age = ops.shape(outputs["logits"])[-1] - 1
+        classes = ops.cast(ops.round(ops.clip(ages[:, 0], 0, max_age)), "int32")
         age_loss = ops.mean(
             keras.losses.sparse_categorical_crossentropy(
                 classes, ops.cast(outputs["logits"], "float32"), from_logits=True
             )
         )
     else:
-        # CORAL sums the binary cross-entropies of the 116 thresholds.
+        # CORAL sums the binary cross-entropies of the max_age thresholds.
         per_threshold = ops.binary_crossentropy(
-            ordinal_targets(ages),
+            ordinal_targets(ages, ops.shape(outputs["logits"])[-1]),
             ops.cast(outputs["logits"], "float32"),
             from_logits=True,
-        )  # (batch, 116)
+        )  # (batch, max_age)
         age_loss = ops.mean(ops.sum(per_threshold, axis=-1))
 
     terms = {"age": age_loss, "total": age_loss}

@@ -9,6 +9,10 @@
 Running the same `train` command again resumes from the last checkpoint in `--out` (after
 a Colab disconnect or a `kill -9`) and ends where an uninterrupted run ends. The models
 expect an aligned, tightly cropped face like UTKFace's: there is no face detector.
+
+Sections: settings and presets; data; models; the optimizer and the training step;
+checkpoints; the time budget; training; metrics and figures; prediction on files; the
+command line.
 """
 
 import argparse
@@ -18,8 +22,10 @@ import json
 import math
 import os
 import platform
+import re
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple, Optional
@@ -31,10 +37,13 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import utk_data  # noqa: E402
-from model import ages_from_outputs, build_model, loss_terms  # noqa: E402
+from model import ages_from_outputs, build_model, loss_terms, model_inputs  # noqa: E402
 
-AGE_BINS = [(low, low + 9) for low in range(0, 80, 10)] + [(80, utk_data.MAX_AGE)]
 CHECKPOINT = "checkpoint.npz"
+
+# ---------------------------------------------------------------------------------------
+# Settings and presets
+# ---------------------------------------------------------------------------------------
 
 
 def _option(default, help_text, choices=None):
@@ -105,35 +114,55 @@ class TrainConfig:
     )
 
 
-# What both presets share: our network, AdamW with warm-up + cosine decay, augmentation.
-_COMMON = dict(
-    arch="age_cnn",
-    optimizer="adamw",
-    schedule="cosine",
-    weight_decay=5e-4,
-    augment=True,
-)
+# Everything a preset sets, in one table: the network (its architecture and input size) and
+# how it is trained. A TrainConfig's `None` fields are filled from here.
 PRESETS = {
-    # 96 px, 50 epochs: about 21 minutes for the whole command on 2 CPU cores (README).
+    # About 76 MFLOPs per 96-pixel image: 50 epochs take about 20 minutes for the whole
+    # command on 2 CPU cores, and 96 px beat 80 px for the same time (answers.md).
     "cpu": dict(
-        _COMMON,
+        arch="age_cnn",
+        image_size=96,
+        network=dict(
+            widths=(32, 64, 128, 256),
+            blocks_per_stage=(1, 1, 1, 1),
+            stem_stride=2,
+            head_units=128,
+            dropout=0.3,
+        ),
         batch_size=64,
         epochs=50,
+        optimizer="adamw",
         learning_rate=3e-3,
+        schedule="cosine",
         warmup_epochs=1.0,
+        weight_decay=5e-4,
+        augment=True,
         patience=10,
     ),
-    # For a Colab GPU: a ResNet-18-sized network at 128 px, more epochs.
+    # For a Colab GPU: a ResNet-18-sized body at 128 px (about 1.1 GFLOPs per image).
     "gpu": dict(
-        _COMMON,
+        arch="age_cnn",
+        image_size=128,
+        network=dict(
+            widths=(64, 128, 256, 512),
+            blocks_per_stage=(2, 2, 2, 2),
+            stem_stride=2,
+            head_units=256,
+            dropout=0.3,
+        ),
         batch_size=128,
         epochs=60,
+        optimizer="adamw",
         learning_rate=2e-3,
+        schedule="cosine",
         warmup_epochs=2.0,
+        weight_decay=5e-4,
+        augment=True,
         patience=12,
     ),
 }
-# The course's settings, used when --arch course_cnn is asked for without more flags.
+# The course's network and settings, used when --arch course_cnn is asked for without more
+# flags: 200 px, RMSprop 1e-3, batch 64, 20 epochs, no augmentation.
 COURSE_SETTINGS = dict(
     image_size=200,
     batch_size=64,
@@ -155,16 +184,12 @@ def has_gpu():
 
 def resolve_config(config):
     """Fill every `None` of a TrainConfig from its preset (and the course settings)."""
-    preset = config.preset or ("gpu" if has_gpu() else "cpu")
-    values = dict(PRESETS[preset])
+    gpu = has_gpu()
+    preset = config.preset or ("gpu" if gpu else "cpu")
+    values = {k: v for k, v in PRESETS[preset].items() if k != "network"}
     arch = config.arch or values["arch"]
     if arch == "course_cnn":
         values.update(COURSE_SETTINGS)
-    else:
-        import model as model_module
-
-        values["image_size"] = model_module.PRESETS[preset]["image_size"]
-    gpu = has_gpu()
     values.update(mixed_precision=gpu, jit_compile=gpu)
     explicit = {
         name: value
@@ -229,21 +254,48 @@ def prepare_data(config):
     return train, val, test
 
 
-def _uses_attributes(model):
-    return bool(
-        getattr(model, "attribute_inputs", False)
-        or getattr(model, "gender_head", False)
+def _evaluation_dataset(images, config):
+    """Batches of (images, labels with gender and race) in order, for validation."""
+    return utk_data.make_dataset(
+        images, config.image_size, config.batch_size, False, with_attributes=True
     )
 
 
-def _model_inputs(model, images, labels, attributes_known=True):
-    if not getattr(model, "attribute_inputs", False):
-        return images
-    if not attributes_known:
-        # -1 is "unknown", as for a new photo whose gender and race nobody gave.
-        unknown = -tf.ones(tf.shape(images)[:1], tf.int32)
-        return {"image": images, "gender": unknown, "race": unknown}
-    return {"image": images, "gender": labels["gender"], "race": labels["race"]}
+# ---------------------------------------------------------------------------------------
+# Models
+# ---------------------------------------------------------------------------------------
+
+
+@contextmanager
+def dtype_policy(mixed):
+    """Build models under the mixed_float16 (or float32) policy, then restore the old one."""
+    previous = keras.config.dtype_policy().name
+    keras.config.set_dtype_policy("mixed_float16" if mixed else "float32")
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def make_model(config, initial_age=None):
+    """The model a TrainConfig describes, built (under the current dtype policy)."""
+    config = resolve_config(config)
+    options = dict(
+        image_size=config.image_size,
+        initial_age=initial_age,
+        output_activation=config.output_activation,
+    )
+    if config.arch == "course_cnn":
+        return build_model("course_cnn", **options)
+    return build_model(
+        "age_cnn",
+        **PRESETS[config.preset]["network"],
+        head=config.head,
+        max_age=utk_data.MAX_AGE,
+        gender_head=config.gender_head,
+        attribute_inputs=config.attribute_inputs,
+        **options,
+    )
 
 
 def _head(model):
@@ -256,7 +308,7 @@ def _ages(labels):
 
 
 # ---------------------------------------------------------------------------------------
-# The loop
+# The optimizer and the training step
 # ---------------------------------------------------------------------------------------
 
 
@@ -309,7 +361,7 @@ class Trainer:
         with tf.GradientTape() as tape:
             # training=True: dropout on, batch norm learns from this batch.
             outputs = self.model(
-                _model_inputs(self.model, images, labels), training=True
+                model_inputs(self.model, images, labels), training=True
             )
             loss = loss_terms(_head(self.model), outputs, labels, self.config.loss)[
                 "total"
@@ -324,7 +376,7 @@ class Trainer:
         return loss
 
     def _test_step(self, images, labels):
-        outputs = self.model(_model_inputs(self.model, images, labels), training=False)
+        outputs = self.model(model_inputs(self.model, images, labels), training=False)
         return ages_from_outputs(_head(self.model), outputs)
 
     def reset_metrics(self):
@@ -343,7 +395,7 @@ class Trainer:
 
 # ---------------------------------------------------------------------------------------
 # Checkpoints: one .npz file written atomically, holding every model and optimizer variable
-# (the dropout seed-generator states among them) and the run's state as JSON.
+# (the dropout seed-generator states among them) by name, and the config and history.
 # ---------------------------------------------------------------------------------------
 
 
@@ -356,12 +408,49 @@ def _atomic_write(path, write):
     os.replace(temporary, path)
 
 
-def save_checkpoint(folder, model, optimizer, state):
-    """Save model, optimizer and state so that a kill at any moment keeps the last good one."""
-    arrays = {f"model_{i}": v.numpy() for i, v in enumerate(model.variables)}
-    arrays.update(
-        {f"optimizer_{i}": v.numpy() for i, v in enumerate(optimizer.variables)}
-    )
+def _write_json(path, value):
+    def write(temporary):
+        temporary.write_text(json.dumps(value, indent=2) + "\n")
+
+    _atomic_write(Path(path), write)
+
+
+def _variable_names(model, optimizer):
+    """{checkpoint name: variable} of the model and the optimizer.
+
+    A name is the variable's path, e.g. "model/stage1_block1/conv1/kernel", with the names
+    that Keras numbers per process (the model's "age_cnn_1", the optimizer's "adam_w_2",
+    "seed_generator_3") replaced by their role, so that the same model built in another
+    process, or after another model, has the same names.
+    """
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    roles = [(model.name, "model"), (optimizer.name, "optimizer")]
+    roles.append((inner.name, "inner_optimizer"))
+    names = {}
+    for role, variables in (("model", model.variables), ("", optimizer.variables)):
+        for variable in variables:
+            path = re.sub(r"seed_generator_\d+", "seed_generator", variable.path)
+            for name, stand_in in roles:
+                path = re.sub(rf"(?<![\w]){re.escape(name)}(?=[/_])", stand_in, path)
+            if role and not path.startswith(role + "/"):
+                path = f"{role}/{path}"  # A seed generator's state, say.
+            # Two unnamed objects of one kind (two dropout layers) keep their order.
+            unique, count = path, 1
+            while unique in names:
+                count += 1
+                unique = f"{path}#{count}"
+            names[unique] = variable
+    return names
+
+
+def save_checkpoint(folder, model, optimizer, config, history):
+    """Save model, optimizer, config and history, so that a kill at any moment keeps the
+    last good checkpoint."""
+    arrays = {
+        name: variable.numpy()
+        for name, variable in _variable_names(model, optimizer).items()
+    }
+    state = {"config": dataclasses.asdict(config), "history": history}
     arrays["state"] = np.array(json.dumps(state))
 
     def write(path):
@@ -371,100 +460,100 @@ def save_checkpoint(folder, model, optimizer, state):
     _atomic_write(Path(folder) / CHECKPOINT, write)
 
 
-def load_checkpoint(folder, model, optimizer):
-    """Restore a checkpoint into model and optimizer; return its state, or None if absent."""
+class Checkpoint(NamedTuple):
+    """A checkpoint file read into memory."""
+
+    path: Path
+    config: dict  # the TrainConfig of the run, as a dict
+    history: list  # one dict per finished epoch
+    arrays: dict  # {name: array} of every variable
+
+
+def read_checkpoint(folder):
+    """The checkpoint in `folder`, or None when there is none."""
     path = Path(folder) / CHECKPOINT
     if not path.exists():
         return None
-    with np.load(path) as arrays:
-        for prefix, variables in (
-            ("model", model.variables),
-            ("optimizer", optimizer.variables),
-        ):
-            saved = sorted(
-                (k for k in arrays.files if k.startswith(prefix + "_")),
-                key=lambda k: int(k.split("_")[1]),
-            )
-            if len(saved) != len(variables):
-                raise ValueError(
-                    f"{path}: the checkpoint does not match this model ({prefix} variables)"
-                )
-            for variable, key in zip(variables, saved):
-                if tuple(variable.shape) != arrays[key].shape:
-                    raise ValueError(
-                        f"{path}: the checkpoint does not match this model ({variable.path})"
-                    )
-                variable.assign(arrays[key])
-        return json.loads(str(arrays["state"]))
+    with np.load(path) as archive:
+        arrays = {name: archive[name] for name in archive.files}
+    state = json.loads(str(arrays.pop("state")))
+    return Checkpoint(path, state["config"], state["history"], arrays)
 
 
-def _write_json(path, value):
-    def write(temporary):
-        temporary.write_text(json.dumps(value, indent=2) + "\n")
-
-    _atomic_write(Path(path), write)
-
-
-# ---------------------------------------------------------------------------------------
-# Training
-# ---------------------------------------------------------------------------------------
-
-
-@dataclass
-class Run:
-    """What `train` returns: the best model, its history, metrics and test predictions."""
-
-    model: object
-    config: TrainConfig
-    history: list
-    metrics: dict
-    test: "Predictions"
+def restore_checkpoint(checkpoint, model, optimizer):
+    """Assign a checkpoint's variables to model and optimizer, refusing any mismatch."""
+    variables = _variable_names(model, optimizer)
+    wanted = {name: tuple(variable.shape) for name, variable in variables.items()}
+    saved = {name: array.shape for name, array in checkpoint.arrays.items()}
+    if wanted != saved:
+        different = sorted(
+            name
+            for name in wanted.keys() | saved.keys()
+            if wanted.get(name) != saved.get(name)
+        )
+        raise ValueError(
+            f"{checkpoint.path} was saved from another model or optimizer: "
+            f"{len(different)} variable(s) differ in name or shape, e.g. "
+            f"{', '.join(different[:3])}. Resume it with the command that started it, "
+            "or choose another --out"
+        )
+    for name, variable in variables.items():
+        variable.assign(checkpoint.arrays[name])
 
 
-class _policy:
-    """Build models under a dtype policy, then restore the previous one."""
+class Progress(NamedTuple):
+    """Where a run stands, derived from its history."""
 
-    def __init__(self, mixed):
-        self.name = "mixed_float16" if mixed else "float32"
-
-    def __enter__(self):
-        self.previous = keras.config.dtype_policy().name
-        keras.config.set_dtype_policy(self.name)
-
-    def __exit__(self, *exc):
-        keras.config.set_dtype_policy(self.previous)
+    epochs_run: int
+    best_epoch: Optional[int]
+    best_val_mae: Optional[float]
+    bad_epochs: int  # epochs since the best one
+    train_seconds: float
+    finished: bool
 
 
-def _build(config, initial_age):
-    kwargs = dict(initial_age=initial_age, output_activation=config.output_activation)
-    if config.arch == "course_cnn":
-        return build_model("course_cnn", image_size=config.image_size, **kwargs)
-    return build_model(
-        "age_cnn",
-        preset=config.preset,
-        image_size=config.image_size,
-        head=config.head,
-        gender_head=config.gender_head,
-        attribute_inputs=config.attribute_inputs,
-        **kwargs,
+def progress(history, config):
+    """The run's progress from its history: best epoch, patience used, finished or not."""
+    if not history:
+        return Progress(0, None, None, 0, 0.0, False)
+    best = min(history, key=lambda row: row["val_mae"])  # The first of equal ones.
+    bad_epochs = len(history) - best["epoch"]
+    return Progress(
+        epochs_run=len(history),
+        best_epoch=best["epoch"],
+        best_val_mae=best["val_mae"],
+        bad_epochs=bad_epochs,
+        train_seconds=sum(row["seconds"] for row in history),
+        finished=len(history) >= config.epochs or bad_epochs >= config.patience,
     )
 
 
-def _measure_seconds_per_step(config, train_images, initial_age, batches=8):
-    """Time a few steps of a throwaway copy of the model (it does not touch the real one)."""
-    with _policy(config.mixed_precision):
-        model = _build(config, initial_age)
-    trainer = Trainer(model, make_optimizer(config, 1), config)
-    dataset = utk_data.make_dataset(
+# ---------------------------------------------------------------------------------------
+# The time budget
+# ---------------------------------------------------------------------------------------
+
+
+def _training_dataset(train_images, config, seed, start_epoch=0, epochs=None):
+    """Shuffled, augmented training batches from start_epoch on (see make_dataset)."""
+    return utk_data.make_dataset(
         train_images,
         config.image_size,
         config.batch_size,
         True,
         augment=config.augment,
         with_attributes=True,
-        seed=config.seed + 1,
+        seed=seed,
+        start_epoch=start_epoch,
+        epochs=epochs,
     )
-    iterator = iter(dataset)
+
+
+def _measure_seconds_per_step(config, train_images, initial_age, batches=8):
+    """Time a few steps of a throwaway copy of the model (it does not touch the real one)."""
+    with dtype_policy(config.mixed_precision):
+        model = make_model(config, initial_age)
+    trainer = Trainer(model, make_optimizer(config, 1), config)
+    iterator = iter(_training_dataset(train_images, config, seed=config.seed + 1))
     trainer.train_step(*next(iterator))  # Traces and compiles.
     start = time.perf_counter()
     for _ in range(batches):
@@ -506,12 +595,20 @@ def fit_to_time_budget(config, train_images, val_records, initial_age, started):
     return epochs
 
 
-def _describe_machine():
-    gpus = [device.name for device in tf.config.list_physical_devices("GPU")]
-    cpu = platform.processor() or platform.machine()
-    return f"{os.cpu_count()} CPU cores ({cpu})" + (
-        f", GPU {gpus}" if gpus else ", no GPU"
-    )
+# ---------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """What `train` returns: the best model, its history, metrics and test predictions."""
+
+    model: object
+    config: TrainConfig
+    history: list
+    metrics: dict
+    test: "Predictions"
 
 
 def train(config, verbose=1):
@@ -522,49 +619,33 @@ def train(config, verbose=1):
     out.mkdir(parents=True, exist_ok=True)
     train_records, val_records, test_records = prepare_data(config)
     initial_age = float(np.mean([record.age for record in train_records]))
-
-    keras.utils.set_random_seed(config.seed)
-    saved_state = None
-    if (out / CHECKPOINT).exists():
-        with np.load(out / CHECKPOINT) as arrays:
-            saved_state = json.loads(str(arrays["state"]))
-        _check_same_run(saved_state["config"], config, out)
+    checkpoint = read_checkpoint(out)
+    if checkpoint is not None:
+        _check_same_run(checkpoint.config, config, out)
         # The epochs fitted to a time budget are part of the run: a resume keeps them.
-        config = TrainConfig(**saved_state["config"])
+        config = TrainConfig(**checkpoint.config)
     # Decoded once, in memory for the whole run: every epoch, and the speed measurement.
     train_images = utk_data.decode_records(train_records, config.image_size)
-    if saved_state is None and config.time_budget:
-        config = dataclasses.replace(
-            config,
-            epochs=fit_to_time_budget(
-                config, train_images, val_records, initial_age, started
-            ),
+    if checkpoint is None and config.time_budget:
+        epochs = fit_to_time_budget(
+            config, train_images, val_records, initial_age, started
         )
-        keras.utils.set_random_seed(config.seed)
+        config = dataclasses.replace(config, epochs=epochs)
 
-    with _policy(config.mixed_precision):
-        model = _build(config, initial_age)
-    steps = utk_data.steps_per_epoch(len(train_records), config.batch_size)
+    keras.utils.set_random_seed(config.seed)
+    with dtype_policy(config.mixed_precision):
+        model = make_model(config, initial_age)
+    steps = utk_data.steps_per_epoch(len(train_images.records), config.batch_size)
     trainer = Trainer(model, make_optimizer(config, steps), config)
-    state = {
-        "config": dataclasses.asdict(config),
-        "epoch": 0,
-        "step": 0,
-        "best_val_mae": None,
-        "best_epoch": None,
-        "bad_epochs": 0,
-        "history": [],
-        "train_seconds": 0.0,
-        "finished": False,
-    }
-    if saved_state is not None:
-        state = load_checkpoint(out, model, trainer.optimizer)
-        print(f"resuming {out} after epoch {state['epoch']} of {config.epochs}")
-
-    if not state["finished"]:
-        _train_epochs(trainer, state, config, out, train_images, val_records, verbose)
+    history = []
+    if checkpoint is not None:
+        restore_checkpoint(checkpoint, model, trainer.optimizer)
+        history = checkpoint.history
+        print(f"resuming {out} after epoch {len(history)} of {config.epochs}")
+    if not progress(history, config).finished:
+        _train_epochs(trainer, history, out, train_images, val_records, steps, verbose)
     del train_images  # Frees the decoded training images before the test.
-    return _finish(config, state, out, (train_records, val_records, test_records))
+    return _finish(config, history, out, (train_records, val_records, test_records))
 
 
 def _check_same_run(saved, config, out):
@@ -580,79 +661,66 @@ def _check_same_run(saved, config, out):
         )
 
 
-def _train_epochs(trainer, state, config, out, train_images, val_records, verbose):
-    train_dataset = utk_data.make_dataset(
-        train_images,
-        config.image_size,
-        config.batch_size,
-        training=True,
-        augment=config.augment,
-        with_attributes=True,
-        seed=config.seed,
-        start_epoch=state["epoch"],
-        epochs=config.epochs,
+def _train_epochs(trainer, history, out, train_images, val_records, steps, verbose):
+    """Run the remaining epochs of `steps` batches; after each, save the best model and a
+    checkpoint."""
+    config = trainer.config
+    start = len(history)
+    batches = iter(
+        _training_dataset(train_images, config, config.seed, start, config.epochs)
     )
-    val_dataset = utk_data.make_dataset(
-        val_records,
-        config.image_size,
-        config.batch_size,
-        training=False,
-        with_attributes=True,
-    )
-    steps = utk_data.steps_per_epoch(len(train_images.records), config.batch_size)
-    batches = iter(train_dataset)
-    for epoch in range(state["epoch"], config.epochs):
-        epoch_start = time.perf_counter()
-        trainer.reset_metrics()
-        progress = keras.utils.Progbar(
-            steps, verbose=verbose, stateful_metrics=["loss", "mae"]
+    val_dataset = _evaluation_dataset(val_records, config)
+    for epoch in range(start, config.epochs):
+        history.append(
+            _run_epoch(trainer, batches, steps, val_dataset, epoch, out, verbose)
         )
-        if verbose:
-            print(f"epoch {epoch + 1}/{config.epochs}")
-        for step in range(steps):
-            loss = float(trainer.train_step(*next(batches)))
-            if not math.isfinite(loss):
-                raise TrainingDiverged(
-                    f"the loss became {loss} at epoch {epoch + 1}, step {step + 1}: stopped; "
-                    f"the last good checkpoint in {out} is kept (try a lower --learning-rate)"
-                )
-            progress.update(
-                step + 1,
-                [
-                    ("loss", float(trainer.train_loss.result())),
-                    ("mae", float(trainer.train_mae.result())),
-                ],
-            )
-        val_mae, val_rmse = trainer.validate(val_dataset)
-        seconds = time.perf_counter() - epoch_start
-        state["history"].append(
-            {
-                "epoch": epoch + 1,
-                "loss": float(trainer.train_loss.result()),
-                "mae": float(trainer.train_mae.result()),
-                "val_mae": val_mae,
-                "val_rmse": val_rmse,
-                "learning_rate": float(_current_learning_rate(trainer.optimizer)),
-                "seconds": seconds,
-            }
-        )
-        state.update(epoch=epoch + 1, step=state["step"] + steps)
-        state["train_seconds"] += seconds
-        if verbose:
-            print(f"val_mae {val_mae:.3f}  val_rmse {val_rmse:.3f}  ({seconds:.0f} s)")
-        if state["best_val_mae"] is None or val_mae < state["best_val_mae"]:
-            state.update(best_val_mae=val_mae, best_epoch=epoch + 1, bad_epochs=0)
+        state = progress(history, config)
+        if state.best_epoch == epoch + 1:
             _atomic_write(out / "model.keras", trainer.model.save)
-        else:
-            state["bad_epochs"] += 1
-        stop = state["bad_epochs"] >= config.patience or epoch + 1 == config.epochs
-        if state["bad_epochs"] >= config.patience and verbose:
-            print(f"early stop: no better val MAE for {config.patience} epochs")
-        state["finished"] = stop
-        save_checkpoint(out, trainer.model, trainer.optimizer, state)
-        _write_json(out / "history.json", state["history"])
-        if stop:
+        save_checkpoint(out, trainer.model, trainer.optimizer, config, history)
+        _write_json(out / "history.json", history)
+        if state.finished:
+            if state.bad_epochs >= config.patience and verbose:
+                print(f"early stop: no better val MAE for {config.patience} epochs")
             break
+
+
+def _run_epoch(trainer, batches, steps, val_dataset, epoch, out, verbose):
+    """Train one epoch of `steps` batches, validate, and return the epoch's history row."""
+    epoch_start = time.perf_counter()
+    trainer.reset_metrics()
+    progress_bar = keras.utils.Progbar(
+        steps, verbose=verbose, stateful_metrics=["loss", "mae"]
+    )
+    if verbose:
+        print(f"epoch {epoch + 1}/{trainer.config.epochs}")
+    for step in range(steps):
+        loss = float(trainer.train_step(*next(batches)))
+        if not math.isfinite(loss):
+            raise TrainingDiverged(
+                f"the loss became {loss} at epoch {epoch + 1}, step {step + 1}: stopped; "
+                f"the last good checkpoint in {out} is kept (try a lower --learning-rate)"
+            )
+        progress_bar.update(
+            step + 1,
+            [
+                ("loss", float(trainer.train_loss.result())),
+                ("mae", float(trainer.train_mae.result())),
+            ],
+        )
+    val_mae, val_rmse = trainer.validate(val_dataset)
+    seconds = time.perf_counter() - epoch_start
+    if verbose:
+        print(f"val_mae {val_mae:.3f}  val_rmse {val_rmse:.3f}  ({seconds:.0f} s)")
+    return {
+        "epoch": epoch + 1,
+        "loss": float(trainer.train_loss.result()),
+        "mae": float(trainer.train_mae.result()),
+        "val_mae": val_mae,
+        "val_rmse": val_rmse,
+        "learning_rate": float(_current_learning_rate(trainer.optimizer)),
+        "seconds": seconds,
+    }
 
 
 def _current_learning_rate(optimizer):
@@ -660,26 +728,27 @@ def _current_learning_rate(optimizer):
     return inner.learning_rate
 
 
-def _finish(config, state, out, splits):
+def _finish(config, history, out, splits):
     """Evaluate the best model on the test split and write metrics.json."""
     model = keras.models.load_model(out / "model.keras")
     predictions = predict_records(model, splits[2], config.batch_size)
     test = evaluate_predictions(*predictions[1:])
+    state = progress(history, config)
     metrics = {
         "test_mae": test["mae"],
         "test_rmse": test["rmse"],
-        "val_mae": state["best_val_mae"],
-        "best_epoch": state["best_epoch"],
-        "epochs_run": state["epoch"],
+        "val_mae": state.best_val_mae,
+        "best_epoch": state.best_epoch,
+        "epochs_run": state.epochs_run,
         "epochs_planned": config.epochs,
-        "train_seconds": state["train_seconds"],
+        "train_seconds": state.train_seconds,
         "test_images": test["count"],
         "train_images": len(splits[0]),
         "val_images": len(splits[1]),
         "command": (
             " ".join(sys.argv) if Path(sys.argv[0]).name == "train_loop.py" else None
         ),
-        "machine": _describe_machine(),
+        "machine": describe_machine(),
         "tensorflow": tf.__version__,
         "config": dataclasses.asdict(config),
         # By age, gender and race; negative and zero predictions (Task 2).
@@ -692,14 +761,40 @@ def _finish(config, state, out, splits):
     _write_json(out / "metrics.json", metrics)
     print(
         f"test MAE {test['mae']:.3f} years, RMSE {test['rmse']:.3f} "
-        f"(best epoch {state['best_epoch']}, {state['train_seconds'] / 60:.1f} min of training)"
+        f"(best epoch {state.best_epoch}, {state.train_seconds / 60:.1f} min of training)"
     )
-    return Run(model, config, state["history"], metrics, predictions)
+    return Run(model, config, history, metrics, predictions)
 
 
 # ---------------------------------------------------------------------------------------
-# Evaluation and prediction
+# Metrics and figures
 # ---------------------------------------------------------------------------------------
+
+
+def describe_machine():
+    """One line: the processor, its cores, the GPU and the software versions."""
+    processor = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as file:
+            names = [line for line in file if line.startswith("model name")]
+        processor = names[0].split(":", 1)[1].strip() if names else processor
+    except OSError:
+        pass
+    gpus = [device.name for device in tf.config.list_physical_devices("GPU")]
+    return (
+        f"{os.cpu_count()} CPU cores ({processor}, {platform.machine()}), "
+        f"{'GPU ' + ', '.join(gpus) if gpus else 'no GPU'}; TensorFlow {tf.__version__}, "
+        f"Keras {keras.__version__}, Python {platform.python_version()}"
+    )
+
+
+class Predictions(NamedTuple):
+    """Predicted ages paired with the records they belong to."""
+
+    records: list  # the records whose image decoded, in order
+    true: np.ndarray  # (n,)
+    predicted: np.ndarray  # (n,)
+    groups: dict  # "gender" and "race" labels, (n,) each
 
 
 def predict_dataset(model, dataset, with_groups=False, attributes_known=True):
@@ -716,28 +811,19 @@ def predict_dataset(model, dataset, with_groups=False, attributes_known=True):
 
     true, predicted, groups = [], [], {"gender": [], "race": []}
     for images, labels in dataset:
-        inputs = _model_inputs(model, images, labels, attributes_known)
-        predicted.append(step(inputs).numpy()[:, 0])
+        given = labels if attributes_known and isinstance(labels, dict) else None
+        predicted.append(step(model_inputs(model, images, given)).numpy()[:, 0])
         true.append(_ages(labels).numpy()[:, 0])
         if isinstance(labels, dict):
-            for field in groups:
-                groups[field].append(labels[field].numpy())
+            for name in groups:
+                groups[name].append(labels[name].numpy())
     ages = np.concatenate(true), np.concatenate(predicted)
     if not with_groups:
         return ages
     return (
         *ages,
-        {field: np.concatenate(values) for field, values in groups.items() if values},
+        {name: np.concatenate(values) for name, values in groups.items() if values},
     )
-
-
-class Predictions(NamedTuple):
-    """Predicted ages paired with the records they belong to."""
-
-    records: list  # the records whose image decoded, in order
-    true: np.ndarray  # (n,)
-    predicted: np.ndarray  # (n,)
-    groups: dict  # "gender" and "race" labels, (n,) each
 
 
 def predict_records(model, records, batch_size=64, attributes_known=True):
@@ -752,33 +838,29 @@ def predict_records(model, records, batch_size=64, attributes_known=True):
     return Predictions(decoded.records, true, predicted, groups)
 
 
+def _mae_by(true, predicted, masks):
+    """{name: {"mae", "count"}} of the faces each boolean mask selects."""
+    errors = np.abs(true - predicted)
+    return {
+        name: {
+            "mae": float(errors[inside].mean()) if inside.any() else None,
+            "count": int(inside.sum()),
+        }
+        for name, inside in masks.items()
+    }
+
+
 def mae_by_age(true, predicted):
-    """MAE per age bin (0-9, ..., 80+): {bin: (mae, count)}."""
-    rows = {}
-    for low, high in AGE_BINS:
-        inside = (true >= low) & (true <= high)
-        name = f"{low}+" if high == utk_data.MAX_AGE else f"{low}-{high}"
-        mae = float(np.abs(true - predicted)[inside].mean()) if inside.any() else None
-        rows[name] = {"mae": mae, "count": int(inside.sum())}
-    return rows
-
-
-def _mae_by_group(true, predicted, groups, names):
-    rows = {}
-    for index, name in enumerate(names):
-        inside = groups == index
-        mae = float(np.abs(true - predicted)[inside].mean()) if inside.any() else None
-        rows[name] = {"mae": mae, "count": int(inside.sum())}
-    return rows
-
-
-def evaluate(model, dataset):
-    """MAE, RMSE and MAE by age bin (and by gender and race, when labelled) on a dataset."""
-    return evaluate_predictions(*predict_dataset(model, dataset, with_groups=True))
+    """MAE per age bin (0-9, ..., 80+): {bin: {"mae", "count"}}."""
+    masks = {
+        utk_data.age_bin_name(low, high): (true >= low) & (true <= high)
+        for low, high in utk_data.AGE_BINS
+    }
+    return _mae_by(true, predicted, masks)
 
 
 def evaluate_predictions(true, predicted, groups=None):
-    """The metrics of `evaluate` from true and predicted ages and optional group labels."""
+    """MAE, RMSE and MAE by age bin (and by gender and race, when labelled) of predictions."""
     errors = predicted - true
     result = {
         "mae": float(np.abs(errors).mean()),
@@ -790,8 +872,9 @@ def evaluate_predictions(true, predicted, groups=None):
         "zero_predictions": int(np.sum(predicted == 0)),
     }
     names = {"gender": utk_data.GENDERS, "race": utk_data.RACES}
-    for field, labels in (groups or {}).items():
-        result[f"mae_by_{field}"] = _mae_by_group(true, predicted, labels, names[field])
+    for group, labels in (groups or {}).items():
+        masks = {name: labels == index for index, name in enumerate(names[group])}
+        result[f"mae_by_{group}"] = _mae_by(true, predicted, masks)
     return result
 
 
@@ -809,9 +892,15 @@ def median_baseline(train_records, test_records):
 
 def predict_ages(model, images, batch_size=64):
     """Predicted ages (n,) for float images in [0, 1] of the model's input size."""
-    inputs = _model_inputs(model, images, labels=None, attributes_known=False)
-    outputs = model.predict(inputs, batch_size=batch_size, verbose=0)
+    outputs = model.predict(
+        model_inputs(model, images), batch_size=batch_size, verbose=0
+    )
     return np.asarray(ages_from_outputs(_head(model), outputs))[:, 0]
+
+
+def save_fig(figure, file_name):
+    """Save a figure as every figure of this project is saved."""
+    figure.savefig(file_name, dpi=120, bbox_inches="tight")
 
 
 def plot_history(history, file_name=None):
@@ -827,7 +916,7 @@ def plot_history(history, file_name=None):
     axes.legend()
     axes.grid(alpha=0.3)
     if file_name:
-        figure.savefig(file_name, dpi=120, bbox_inches="tight")
+        save_fig(figure, file_name)
     return figure
 
 
@@ -879,7 +968,7 @@ def compare_runs(folders, file_name=None, against="epoch"):
     axes.legend()
     axes.grid(alpha=0.3)
     if file_name:
-        figure.savefig(file_name, dpi=120, bbox_inches="tight")
+        save_fig(figure, file_name)
     return "\n".join(lines)
 
 
@@ -903,7 +992,7 @@ def plot_evaluation(true, predicted, file_name=None):
         )
     figure.tight_layout()
     if file_name:
-        figure.savefig(file_name, dpi=120, bbox_inches="tight")
+        save_fig(figure, file_name)
     return figure
 
 
@@ -937,7 +1026,12 @@ def save_figures(model_path, true, predicted, folder):
     print(f"saved figures in {folder}")
 
 
+# ---------------------------------------------------------------------------------------
+# Prediction on image files
+# ---------------------------------------------------------------------------------------
 
+# Files decoded and predicted at a time: bounds the memory a large folder takes.
+PREDICT_CHUNK = 512
 
 
 def _image_files(sources):
@@ -957,18 +1051,28 @@ def _image_files(sources):
     return files, skipped
 
 
+def predict_paths(model, paths, batch_size=64):
+    """[(path, predicted age)] and [(path, reason)] of the files that could not be read.
+
+    The files are decoded in parallel and predicted in batches, a chunk at a time.
+    """
+    rows, skipped = [], []
+    for start in range(0, len(paths), PREDICT_CHUNK):
+        chunk = paths[start : start + PREDICT_CHUNK]
+        images, readable, failed = utk_data.read_images(chunk, model.image_size)
+        skipped += failed
+        if readable:
+            ages = predict_ages(model, images, batch_size)
+            rows += [(path, float(age)) for path, age in zip(readable, ages)]
+    return rows, skipped
+
+
 def predict_files(model_path, sources, out=None):
     """Predict the age of every JPEG/PNG in `sources`; write a CSV (path, predicted_age)."""
     model = keras.models.load_model(model_path)
     files, skipped = _image_files(sources)
-    rows = []
-    for path in files:
-        try:
-            image = utk_data.load_images([path], model.image_size)
-        except ValueError as error:
-            skipped.append((path, str(error).split(": ", 1)[-1]))
-            continue
-        rows.append((str(path), float(predict_ages(model, image)[0])))
+    rows, failed = predict_paths(model, [str(path) for path in files])
+    skipped += failed
     stream = open(out, "w", newline="") if out else sys.stdout
     try:
         writer = csv.writer(stream)
@@ -984,7 +1088,7 @@ def predict_files(model_path, sources, out=None):
 
 
 # ---------------------------------------------------------------------------------------
-# Command line, generated from TrainConfig
+# The command line, generated from TrainConfig
 # ---------------------------------------------------------------------------------------
 
 
@@ -1036,93 +1140,115 @@ def config_from_arguments(arguments):
     return TrainConfig(**given)
 
 
-def main(argv=None):
-    """The command line: train, evaluate, predict."""
+def _parser():
+    """The argument parser of every command."""
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1],
+        epilog="\n\n".join(__doc__.split("\n\n")[1:3]),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True)
     _add_config_arguments(commands.add_parser("train", help="train or resume a model"))
-    evaluate_parser = commands.add_parser(
-        "evaluate", help="test-split metrics of a model"
-    )
-    evaluate_parser.add_argument("--model", required=True, help="a model.keras file")
-    evaluate_parser.add_argument("--data", help="folder, archive or URL of UTKFace")
-    evaluate_parser.add_argument("--limit", type=int, help="as given to train")
-    evaluate_parser.add_argument(
+    evaluate = commands.add_parser("evaluate", help="test-split metrics of a model")
+    evaluate.add_argument("--model", required=True, help="a model.keras file")
+    evaluate.add_argument("--data", help="folder, archive or URL of UTKFace")
+    evaluate.add_argument("--limit", type=int, help="as given to train")
+    evaluate.add_argument(
         "--unknown-attributes",
         action="store_true",
         help="give a model trained with --attribute-inputs 'unknown' gender and race, "
         "as for a new photo, instead of the true labels",
     )
-    evaluate_parser.add_argument(
+    evaluate.add_argument(
         "--figures", help="save evaluation.png (and learning_curve.png) in this folder"
     )
-    baseline_parser = commands.add_parser(
+    baseline = commands.add_parser(
         "baseline", help="test metrics of predicting the median training age"
     )
-    baseline_parser.add_argument("--data", help="folder, archive or URL of UTKFace")
-    compare_parser = commands.add_parser(
+    baseline.add_argument("--data", help="folder, archive or URL of UTKFace")
+    compare = commands.add_parser(
         "compare", help="a table of finished runs and their validation curves"
     )
-    compare_parser.add_argument("runs", nargs="+", metavar="RUN_DIR")
-    compare_parser.add_argument("--plot", help="save the validation curves here")
-    compare_parser.add_argument(
+    compare.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    compare.add_argument("--plot", help="save the validation curves here")
+    compare.add_argument(
         "--against",
         choices=("epoch", "minutes"),
         default="epoch",
         help="x axis of the plot: epochs, or minutes of training (test MAE marked)",
     )
-    predict_parser = commands.add_parser(
+    predict = commands.add_parser(
         "predict",
         help="ages of aligned, tightly cropped face images (no face detector)",
     )
-    predict_parser.add_argument("--model", required=True, help="a model.keras file")
-    predict_parser.add_argument("--out", help="CSV file (default: standard output)")
-    predict_parser.add_argument("sources", nargs="+", metavar="FILE_OR_FOLDER")
-    arguments = parser.parse_args(argv)
+    predict.add_argument("--model", required=True, help="a model.keras file")
+    predict.add_argument("--out", help="CSV file (default: standard output)")
+    predict.add_argument("sources", nargs="+", metavar="FILE_OR_FOLDER")
+    return parser
 
-    if arguments.command == "train":
-        try:
-            # A live progress bar on a terminal; one line per epoch in a log file.
-            train(
-                config_from_arguments(arguments),
-                verbose=1 if sys.stdout.isatty() else 2,
-            )
-        except (TrainingDiverged, ValueError, FileNotFoundError) as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 1
-    elif arguments.command == "evaluate":
-        model = keras.models.load_model(arguments.model)
-        if arguments.unknown_attributes and not getattr(
-            model, "attribute_inputs", False
-        ):
-            parser.error(f"{arguments.model} has no gender and race inputs")
-        _, _, test = prepare_data(
-            TrainConfig(data=arguments.data, limit=arguments.limit)
-        )
-        predictions = predict_records(
-            model, test, attributes_known=not arguments.unknown_attributes
-        )
-        print(json.dumps(evaluate_predictions(*predictions[1:]), indent=2))
-        if arguments.figures:
-            save_figures(
-                arguments.model, predictions.true, predictions.predicted, arguments.figures
-            )
-    elif arguments.command == "compare":
-        import matplotlib
 
-        matplotlib.use("Agg")
-        print(compare_runs(arguments.runs, arguments.plot, arguments.against))
-    elif arguments.command == "baseline":
-        train_records, _, test = prepare_data(TrainConfig(data=arguments.data))
-        print(json.dumps(median_baseline(train_records, test), indent=2))
-    else:
-        rows, _ = predict_files(arguments.model, arguments.sources, arguments.out)
-        return 0 if rows else 1
+def command_train(arguments, parser):
+    """`train`: train or resume; a clear one-line error instead of a traceback."""
+    try:
+        # A live progress bar on a terminal; one line per epoch in a log file.
+        train(config_from_arguments(arguments), verbose=1 if sys.stdout.isatty() else 2)
+    except (TrainingDiverged, ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     return 0
+
+
+def command_evaluate(arguments, parser):
+    """`evaluate`: the metrics of a saved model on the test split, as JSON."""
+    model = keras.models.load_model(arguments.model)
+    if arguments.unknown_attributes and not getattr(model, "attribute_inputs", False):
+        parser.error(f"{arguments.model} has no gender and race inputs")
+    _, _, test = prepare_data(TrainConfig(data=arguments.data, limit=arguments.limit))
+    predictions = predict_records(
+        model, test, attributes_known=not arguments.unknown_attributes
+    )
+    print(json.dumps(evaluate_predictions(*predictions[1:]), indent=2))
+    if arguments.figures:
+        save_figures(
+            arguments.model, predictions.true, predictions.predicted, arguments.figures
+        )
+    return 0
+
+
+def command_baseline(arguments, parser):
+    """`baseline`: the median predictor's test metrics, as JSON."""
+    train_records, _, test = prepare_data(TrainConfig(data=arguments.data))
+    print(json.dumps(median_baseline(train_records, test), indent=2))
+    return 0
+
+
+def command_compare(arguments, parser):
+    """`compare`: a Markdown table of finished runs, and their curves in a figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    print(compare_runs(arguments.runs, arguments.plot, arguments.against))
+    return 0
+
+
+def command_predict(arguments, parser):
+    """`predict`: a CSV of predicted ages; fails only when no image could be read."""
+    rows, _ = predict_files(arguments.model, arguments.sources, arguments.out)
+    return 0 if rows else 1
+
+
+def main(argv=None):
+    """The command line: train, evaluate, baseline, compare, predict."""
+    parser = _parser()
+    arguments = parser.parse_args(argv)
+    commands = {
+        "train": command_train,
+        "evaluate": command_evaluate,
+        "baseline": command_baseline,
+        "compare": command_compare,
+        "predict": command_predict,
+    }
+    return commands[arguments.command](arguments, parser)
 
 
 if __name__ == "__main__":

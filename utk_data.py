@@ -57,6 +57,13 @@ MAX_AGE = 116
 GENDERS = ("male", "female")
 RACES = ("White", "Black", "Asian", "Indian", "Others")
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
+# The age groups of reports: 0-9, 10-19, ..., 70-79, and 80 and over.
+AGE_BINS = [(low, low + 9) for low in range(0, 80, 10)] + [(80, MAX_AGE)]
+
+
+def age_bin_name(low, high):
+    """ "30-39", or "80+" for the last, open-ended group."""
+    return f"{low}+" if high == MAX_AGE else f"{low}-{high}"
 
 
 class Label(NamedTuple):
@@ -461,21 +468,44 @@ def _apply_orientation(image, orientation):
     return transforms[orientation](image) if orientation in transforms else image
 
 
-def load_images(paths, image_size):
-    """Decode image files for prediction as in training, EXIF rotation applied: float32 [0, 1]."""
+def read_images(paths, image_size):
+    """Decode image files for prediction as in training, in parallel, EXIF rotation applied.
+
+    Returns float32 images (n, size, size, 3) in [0, 1], the n paths that decoded, and
+    [(path, reason)] for the files that could not be read: a bad file is reported, never fatal.
+    """
     tf = _tf()
-    images = []
-    for path in paths:
-        orientation = _exif_rotation(path)
+    readable, orientations, failed = [], [], []
+    for path in map(str, paths):
         try:
-            image = decode_and_resize(tf.io.read_file(str(path)), image_size)
-        except tf.errors.InvalidArgumentError as error:
-            raise ValueError(
-                f"{path}: could not decode the image ({error.message})"
-            ) from error
-        # Cropping and resizing to a square commute with these turns and flips.
-        images.append(_apply_orientation(image, orientation))
-    return tf.cast(tf.stack(images), tf.float32) / 255.0
+            orientations.append(_exif_rotation(path))
+            readable.append(path)
+        except ValueError as error:
+            failed.append((path, str(error).split(": ", 1)[-1]))
+    images = tf.zeros((0, image_size, image_size, 3), tf.uint8)
+    if readable:
+        indices, images = _decode_paths(readable, image_size)
+        for index in sorted(set(range(len(readable))) - set(indices.tolist())):
+            failed.append(
+                (readable[index], "could not decode the image (corrupt data)")
+            )
+        readable = [readable[index] for index in indices]
+        orientations = [orientations[index] for index in indices]
+        if any(turn != 1 for turn in orientations):
+            # Cropping and resizing to a square commute with these turns and flips.
+            images = tf.stack(
+                [_apply_orientation(im, turn) for im, turn in zip(images, orientations)]
+            )
+    return tf.cast(images, tf.float32) / 255.0, readable, failed
+
+
+def load_images(paths, image_size):
+    """Decode image files as `read_images` does; a file that cannot be read is a ValueError."""
+    images, _, failed = read_images(paths, image_size)
+    if failed:
+        path, reason = failed[0]
+        raise ValueError(f"{path}: {reason}")
+    return images
 
 
 # ---------------------------------------------------------------------------------------
@@ -495,30 +525,38 @@ def _decode_file(path, image_size):
     return decode_and_resize(_tf().io.read_file(path), image_size)
 
 
+def _decode_paths(paths, image_size):
+    """Decode and resize image files in parallel: (indices of those that decoded, their
+    uint8 images (n, size, size, 3)); a file that fails is left out, not fatal."""
+    tf = _tf()
+    dataset = tf.data.Dataset.from_tensor_slices((tf.range(len(paths)), list(paths)))
+    dataset = dataset.map(
+        lambda index, path: (index, _decode_file(path, image_size)),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+    dataset = dataset.ignore_errors().batch(256).prefetch(tf.data.AUTOTUNE)
+    batches = list(dataset)
+    if not batches:
+        return np.zeros(0, np.int64), tf.zeros((0, image_size, image_size, 3), tf.uint8)
+    indices = tf.concat([indices for indices, _ in batches], 0).numpy()
+    images = tf.concat([images for _, images in batches], 0)  # (n, size, size, 3)
+    return indices, images
+
+
 def decode_records(records, image_size):
     """Decode and resize every image once, in parallel; warn about the files that fail.
 
     The result holds the images in memory (about 1 GB for 17,000 faces at 128 px) for as long
     as it is referenced: pass it to `make_dataset` for every epoch, and drop it to free them.
     """
-    tf = _tf()
     paths = [str(record.path) for record in records]
-    dataset = tf.data.Dataset.from_tensor_slices((tf.range(len(paths)), paths))
-    dataset = dataset.map(
-        lambda index, path: (index, _decode_file(path, image_size)),
-        num_parallel_calls=tf.data.AUTOTUNE,
-    )
     # A file that passed the cheap check in `load_records` may still be corrupt inside:
-    # it is dropped here, then named below from the indices that did not arrive.
-    dataset = dataset.ignore_errors().batch(256).prefetch(tf.data.AUTOTUNE)
-    batches = list(dataset)
-    if not batches:
+    # it is left out here, and named below from the indices that did not arrive.
+    indices, images = _decode_paths(paths, image_size)
+    if not len(indices):
         raise ValueError(
             f"no image could be decoded, e.g. {paths[0]} (corrupt image data)"
         )
-    indices = tf.concat([indices for indices, _ in batches], 0).numpy()
-    images = tf.concat([images for _, images in batches], 0)  # (n, size, size, 3)
-    del batches
     decoded = np.zeros(len(paths), bool)
     decoded[indices] = True
     failed = [paths[index] for index in np.flatnonzero(~decoded)]
@@ -608,6 +646,18 @@ def _index_batches(count, batch_size, training, seed, start_epoch, epochs):
     return epoch_numbers.flat_map(epoch_batches)
 
 
+def _in_memory(records, image_size, cache):
+    """The DecodedImages a dataset gathers its batches from, or None to read the files."""
+    if not isinstance(records, DecodedImages):
+        return decode_records(records, image_size) if cache else None
+    if records.image_size != image_size:
+        raise ValueError(
+            f"make_dataset: images decoded at {records.image_size} px, "
+            f"{image_size} px asked for"
+        )
+    return records
+
+
 def make_dataset(
     records,
     image_size,
@@ -635,16 +685,8 @@ def make_dataset(
         raise ValueError("augmentation is for the training set only (training=False)")
     if not records:
         raise ValueError("make_dataset: no records")
-    decoded = records if isinstance(records, DecodedImages) else None
-    if decoded is None and cache:
-        decoded = decode_records(records, image_size)
-    if decoded is not None:
-        if decoded.image_size != image_size:
-            raise ValueError(
-                f"make_dataset: images decoded at {decoded.image_size} px, "
-                f"{image_size} px asked for"
-            )
-        records = decoded.records
+    decoded = _in_memory(records, image_size, cache)
+    records = decoded.records if decoded is not None else records
     labels = _labels(records, with_attributes)
     batches = _index_batches(
         len(records), batch_size, training, seed, start_epoch, epochs
@@ -710,10 +752,9 @@ def describe(records, skipped):
         f"max {ages.max()}",
         "age bins: "
         + ", ".join(
-            f"{low}-{low + 9}: {np.sum((ages >= low) & (ages < low + 10)):,}"
-            for low in range(0, 80, 10)
-        )
-        + f", 80+: {np.sum(ages >= 80):,}",
+            f"{age_bin_name(low, high)}: {np.sum((ages >= low) & (ages <= high)):,}"
+            for low, high in AGE_BINS
+        ),
     ]
     for field, names in (("gender", GENDERS), ("race", RACES)):
         counts = collections.Counter(getattr(record, field) for record in records)

@@ -4,13 +4,13 @@
     python bench/bench_loop.py --data ~/UTKFace --steps 30 --rounds 7
     python bench/bench_loop.py --arch course_cnn --batch-size 32 --images 1024
 
-Three contenders train the same model (`train_loop._build`, same seed, so the same initial
+Three contenders train the same model (`train_loop.make_model`, same seed, so the same initial
 weights), on the same cached, augmented `utk_data.make_dataset` batches with the same
 batch size and optimizer (`train_loop.make_optimizer`):
 
 1. fit: `model.compile(..., jit_compile="auto")` + `model.fit(dataset, epochs=1,
    steps_per_epoch=1 + steps, verbose=0)`; a CPU-only machine resolves "auto" to no XLA;
-2. loop: `train_loop.Trainer.train_step` per batch as `train_loop._train_epochs` calls it
+2. loop: `train_loop.Trainer.train_step` per batch as `train_loop.train` calls it
    (`float(loss)` and its finiteness check, `float()` of both running metrics), without
    the Progbar, with `jit_compile=False`;
 3. loop_xla: the same with `jit_compile=True`.
@@ -29,7 +29,6 @@ import argparse
 import dataclasses
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -43,7 +42,6 @@ sys.path.insert(0, str(REPOSITORY_ROOT))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 import train_loop  # noqa: E402
 import utk_data  # noqa: E402
@@ -77,26 +75,6 @@ def parse_arguments(argv=None):
     return arguments
 
 
-def describe_machine():
-    """Lines naming the processor, the cores and the software versions."""
-    processor = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as file:
-            names = [line for line in file if line.startswith("model name")]
-        processor = names[0].split(":", 1)[1].strip() if names else processor
-    except OSError:
-        pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else "?"
-    gpus = [device.name for device in tf.config.list_physical_devices("GPU")]
-    return [
-        f"processor: {processor} ({platform.machine()})",
-        f"cores: {os.cpu_count()} ({usable} usable by this process)",
-        f"tensorflow: {tf.__version__}   keras: {keras.__version__}   "
-        f"python: {platform.python_version()}",
-        f"gpu: {', '.join(gpus) if gpus else 'none'}",
-    ]
-
-
 def make_config(arguments):
     """The resolved TrainConfig: the machine's preset with the command line's overrides."""
     given = {
@@ -113,8 +91,8 @@ def make_config(arguments):
 def build_model(config, initial_age):
     """A model built exactly as `train_loop.train` builds it, from the config's seed."""
     keras.utils.set_random_seed(config.seed)
-    with train_loop._policy(config.mixed_precision):
-        return train_loop._build(config, initial_age)
+    with train_loop.dtype_policy(config.mixed_precision):
+        return train_loop.make_model(config, initial_age)
 
 
 def same_weights(models):
@@ -147,7 +125,7 @@ def since(start):
 
 
 class LoopContender:
-    """Our `Trainer.train_step`, called per batch as `train_loop._train_epochs` does."""
+    """Our `Trainer.train_step`, called per batch as `train_loop.train` does."""
 
     def __init__(self, model, config, dataset, steps_per_epoch):
         self.trainer = train_loop.Trainer(
@@ -292,8 +270,7 @@ def main(argv=None):
     """Run the benchmark and print the per-round results and a summary."""
     arguments = parse_arguments(argv)
     print("=== bench_loop ===")
-    for line in describe_machine():
-        print(line)
+    print("machine:", train_loop.describe_machine())
     config, default_jit, contenders = prepare(arguments)
     print()
 

@@ -18,8 +18,6 @@ it hardly changes when other processes take the cores.
 """
 
 import argparse
-import os
-import platform
 import random
 import statistics
 import sys
@@ -256,9 +254,9 @@ def main(argv=None):
     arguments = parse_arguments(argv)
     tf = warm_up_tensorflow()
     print("=== bench_pipeline ===")
-    print(f"processor: {platform.processor() or platform.machine()}")
-    print(f"cpu_count: {os.cpu_count()}")
-    print(f"tensorflow: {tf.__version__}   python: {platform.python_version()}")
+    import train_loop  # Only for the machine's description; it imports TensorFlow too.
+
+    print("machine:", train_loop.describe_machine())
 
     folder = utk_data.locate(arguments.data)
     clock = Clock()

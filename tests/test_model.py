@@ -1,7 +1,4 @@
-"""Fast checks of model.py: shapes, parameters, heads, losses, .keras round trips.
-
-Run from the repository root: /work/venv/bin/pytest tests/test_model.py -q
-"""
+"""Fast checks of model.py: shapes, parameters, heads, losses, .keras round trips."""
 
 import keras
 import numpy as np
@@ -11,8 +8,6 @@ from keras import ops
 
 from model import (
     HEADS,
-    MAX_AGE,
-    PRESETS,
     AgeCNN,
     CourseCNN,
     ages_from_outputs,
@@ -22,11 +17,22 @@ from model import (
     format_feature_map_table,
     forward_flops,
     loss_terms,
+    model_inputs,
     ordinal_targets,
 )
 
+MAX_AGE = 116  # The oldest age of UTKFace, which the data module defines.
 # A small AgeCNN keeps every test well under a second on two CPU cores.
-SMALL = {"image_size": 32, "widths": (8, 16), "blocks_per_stage": (1, 1)}
+SMALL = {
+    "image_size": 32,
+    "widths": (8, 16),
+    "blocks_per_stage": (1, 1),
+    "stem_stride": 2,
+    "head_units": 16,
+    "dropout": 0.3,
+    "max_age": MAX_AGE,
+}
+COURSE = {"image_size": 200}  # The course network's input.
 
 
 @pytest.fixture(autouse=True)
@@ -51,7 +57,7 @@ def random_images(batch_size, image_size):
 
 
 def test_course_cnn_matches_the_skeleton():
-    model = build_model("course_cnn")
+    model = build_model("course_cnn", **COURSE)
     assert model.count_params() == 307_185
     rows = feature_map_table(model)
     assert feature_map_table(model, (200, 200, 3)) == rows
@@ -75,15 +81,17 @@ def test_course_cnn_matches_the_skeleton():
 
 
 def test_initial_age_sets_the_output_bias():
-    model = build_model("course_cnn", initial_age=33.0)
+    model = build_model("course_cnn", initial_age=33.0, **COURSE)
     np.testing.assert_allclose(ops.convert_to_numpy(model.age_layer.bias), [33.0])
     # Zero images give zero hidden features (all hidden biases start at 0).
     zeros = np.zeros((2, 200, 200, 3), "float32")
     np.testing.assert_allclose(model.predict_on_batch(zeros), 33.0, rtol=1e-6)
 
-    linear = build_model("course_cnn", initial_age=-5.0, output_activation="linear")
+    linear = build_model(
+        "course_cnn", initial_age=-5.0, output_activation="linear", **COURSE
+    )
     np.testing.assert_allclose(linear.predict_on_batch(zeros), -5.0, rtol=1e-6)
-    relu = build_model("course_cnn", initial_age=-5.0)
+    relu = build_model("course_cnn", initial_age=-5.0, **COURSE)
     np.testing.assert_allclose(relu.predict_on_batch(zeros), 0.0)
 
     ours = build_model("age_cnn", initial_age=40.0, **SMALL)
@@ -145,7 +153,9 @@ def test_gender_loss_ignores_missing_labels():
 
 
 def test_ordinal_targets_and_ages():
-    targets = ops.convert_to_numpy(ordinal_targets(np.array([[0.0], [3.0], [116.0]])))
+    targets = ops.convert_to_numpy(
+        ordinal_targets(np.array([[0.0], [3.0], [116.0]]), MAX_AGE)
+    )
     assert targets.shape == (3, 116)
     assert targets.sum(axis=1).tolist() == [0, 3, 116]
     assert targets[1, :4].tolist() == [1, 1, 1, 0]
@@ -157,7 +167,7 @@ def test_ordinal_targets_and_ages():
 @pytest.mark.parametrize(
     "arch, options",
     [
-        ("course_cnn", {"initial_age": 33.0}),
+        ("course_cnn", {"initial_age": 33.0, **COURSE}),
         ("age_cnn", {"initial_age": 33.0, **SMALL}),
         ("age_cnn", {"head": "ordinal", "gender_head": True, **SMALL}),
         (
@@ -214,27 +224,30 @@ def test_mixed_precision_model_loads_in_float32(tmp_path, mixed_precision):
         )
 
 
-def test_presets_build_and_cost():
-    # The constructor's defaults are the cpu preset.
-    defaults = AgeCNN().get_config()
-    assert defaults | PRESETS["cpu"] == defaults
-    for preset in PRESETS:
-        model = build_model("age_cnn", preset=preset)
-        flops = forward_flops(model)
-        print(
-            f"{preset}: {model.image_size} px, {model.count_params():,} parameters, "
-            f"{flops / 1e6:.1f} MFLOPs forward per image"
-        )
-        assert sum(row.parameters for row in feature_map_table(model)) == (
-            model.count_params()
-        )
-    cpu = build_model("age_cnn", preset="cpu")
-    # 76 MFLOPs at 96 px: 50 epochs take about 20 minutes on 2 CPU cores (answers.md);
-    # a preset much dearer than 100 MFLOPs would not fit the 30-minute CPU budget.
-    assert 20e6 < forward_flops(cpu) <= 100e6
-    assert forward_flops(model) > 10 * forward_flops(cpu)  # The gpu preset is bigger.
+def test_course_cnn_costs_what_its_layers_say():
     # Course CNN: 2 × (608 − 8) × 49² + 2 × (3,216 − 16) × 12² + the dense layers.
-    assert forward_flops(build_model("course_cnn")) == 4_409_136
+    assert forward_flops(build_model("course_cnn", **COURSE)) == 4_409_136
+
+
+def test_the_sizes_are_the_callers():
+    model = build_model("age_cnn", **{**SMALL, "image_size": 48, "widths": (8, 12)})
+    assert model.image_size == 48 and example_inputs(model).shape == (1, 48, 48, 3)
+    assert feature_map_table(model)[-4].shape == (12,)  # The pooled features.
+    with pytest.raises(TypeError):
+        AgeCNN(widths=(8,), blocks_per_stage=(1,))  # No size of its own.
+    with pytest.raises(ValueError, match="max_age"):
+        AgeCNN(**{**SMALL, "max_age": None}, head="ordinal")
+
+
+def test_model_inputs_add_unknown_attributes():
+    images = random_images(2, 32)
+    plain = build_model("age_cnn", **SMALL)
+    assert model_inputs(plain, images) is images
+    model = build_model("age_cnn", attribute_inputs=True, **SMALL)
+    unknown = model_inputs(model, images)
+    assert ops.convert_to_numpy(unknown["gender"]).tolist() == [-1, -1]
+    labels = {"gender": np.array([0, 1]), "race": np.array([2, 3])}
+    assert model_inputs(model, images, labels)["race"] is labels["race"]
 
 
 def test_feature_map_table_lists_every_block():
@@ -265,10 +278,8 @@ def test_bad_arguments_raise_value_error():
     with pytest.raises(ValueError):
         build_model("resnet")
     with pytest.raises(ValueError):
-        build_model("course_cnn", preset="cpu")
+        AgeCNN(**SMALL, head="softmax")
     with pytest.raises(ValueError):
-        AgeCNN(head="softmax")
+        CourseCNN(**COURSE, output_activation="sigmoid")
     with pytest.raises(ValueError):
-        CourseCNN(output_activation="sigmoid")
-    with pytest.raises(ValueError):
-        AgeCNN(gender_head=True, attribute_inputs=True)
+        AgeCNN(**SMALL, gender_head=True, attribute_inputs=True)

@@ -18,6 +18,7 @@ import pytest
 from nbclient import NotebookClient
 
 import model
+import train_loop
 from synthetic import write_image
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -65,7 +66,7 @@ def test_the_notebook_is_committed_without_outputs():
 
 def test_task1_markdown_agrees_with_the_model():
     task1 = _section(_markdown(), "### Task 1")
-    course = model.build_model("course_cnn")
+    course = train_loop.make_model(train_loop.TrainConfig(arch="course_cnn"))
     assert model.format_feature_map_table(model.feature_map_table(course)) in task1
     shapes = [row.shape for row in model.feature_map_table(course)]
     for size in ("200 × 200 × 3", "49 × 49 × 8", "12 × 12 × 16", "2,304", "128", "64"):
@@ -144,7 +145,9 @@ def colab(tmp_path, real_folder, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(STUB))
     monkeypatch.setenv("COLAB_STUB_UPLOADS", str(uploads))
     monkeypatch.setenv("COLAB_STUB_LOG", str(log))
-    monkeypatch.setenv("UTKFACE_DATA", os.environ.get("UTKFACE_DATA") or str(real_folder))
+    monkeypatch.setenv(
+        "UTKFACE_DATA", os.environ.get("UTKFACE_DATA") or str(real_folder)
+    )
     monkeypatch.setenv("AGE_REGRESSION_QUICK", "1")
     drive = f"DRIVE_MOUNT = {str(tmp_path / 'drive')!r}"
     return dict(tmp_path=tmp_path, uploads=uploads, log=log, drive=drive)
@@ -189,7 +192,9 @@ def test_colab_clones_repo_url_once_and_resumes_after_a_restart(colab):
     assert (folder / "age_regression" / "model.py").is_file()
     assert "reusing the clone" not in first and "resuming" not in first
     # Only the photo was asked for: the modules came from the clone.
-    uploads = [c for c in colab["log"].read_text().splitlines() if c.startswith("upload")]
+    uploads = [
+        c for c in colab["log"].read_text().splitlines() if c.startswith("upload")
+    ]
     assert uploads == ["upload my_photo.jpg"]
 
     # Runtime -> Restart: a new kernel in the same folder, the clone and the Drive kept.

@@ -3,7 +3,6 @@
 import io
 import os
 import tarfile
-import warnings
 import zipfile
 from pathlib import Path
 
@@ -156,7 +155,10 @@ def test_the_default_mirror_must_give_the_whole_set(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"gave only 5 UTKFace images .*jangedoo"):
         utk_data.locate(cache_dir=tmp_path / "cache")
     monkeypatch.setattr(utk_data, "MIN_MIRROR_IMAGES", 5)
-    assert len(utk_data.load_records(utk_data.locate(cache_dir=tmp_path / "cache"))[0]) == 5
+    assert (
+        len(utk_data.load_records(utk_data.locate(cache_dir=tmp_path / "cache"))[0])
+        == 5
+    )
 
 
 def test_a_download_can_be_kept_apart_from_the_extraction(tmp_path):
@@ -408,6 +410,30 @@ def test_load_images_names_an_unreadable_file(tmp_path):
     (tmp_path / "notes.jpg").write_text("not an image")
     with pytest.raises(ValueError, match="notes.jpg"):
         utk_data.load_images([tmp_path / "notes.jpg"], 32)
+
+
+def test_read_images_reports_bad_files_and_keeps_the_good_ones(tmp_path):
+    good = [write_image(tmp_path / f"{n}.jpg", size=(60, 50), seed=n) for n in (1, 2)]
+    (tmp_path / "notes.jpg").write_text("not an image")
+    whole = good[0].read_bytes()
+    # A JPEG header that PIL accepts, then nothing: only the decoder can tell.
+    (tmp_path / "cut.jpg").write_bytes(whole[: len(whole) // 3])
+    paths = [
+        good[0],
+        tmp_path / "notes.jpg",
+        tmp_path / "cut.jpg",
+        tmp_path / "gone.jpg",
+        good[1],
+    ]
+    images, readable, failed = utk_data.read_images(paths, 24)
+    assert images.shape == (2, 24, 24, 3) and readable == [str(good[0]), str(good[1])]
+    np.testing.assert_allclose(images, utk_data.load_images(good, 24))
+    assert sorted(Path(path).name for path, _ in failed) == [
+        "cut.jpg",
+        "gone.jpg",
+        "notes.jpg",
+    ]
+    assert all(reason for _, reason in failed)
 
 
 # --- command line ------------------------------------------------------------------------

@@ -53,8 +53,9 @@ def course_table():
     """The Task 1 table of the course network, computed from the model."""
     sys.path.insert(0, str(REPOSITORY))
     import model
+    import train_loop
 
-    course = model.build_model("course_cnn")
+    course = train_loop.make_model(train_loop.TrainConfig(arch="course_cnn"))
     return model.format_feature_map_table(model.feature_map_table(course))
 
 
@@ -62,8 +63,7 @@ def cells():
     """The notebook as a list of ("markdown" | "code", source)."""
     specs = requirements()
     install_table = "\n".join(
-        f"    {name!r}: ({spec!r}, {CHECKED[name]!r}),"
-        for name, spec in specs.items()
+        f"    {name!r}: ({spec!r}, {CHECKED[name]!r})," for name, spec in specs.items()
     )
     return [
         ("markdown", INTRO),
@@ -80,7 +80,10 @@ def cells():
         ("code", GPU),
         ("markdown", STORAGE_TEXT),
         ("code", STORAGE),
-        ("markdown", "Our three modules, a helper that shows their source, and a seed."),
+        (
+            "markdown",
+            "Our three modules, a helper that shows their source, and a seed.",
+        ),
         ("code", IMPORTS),
         ("code", "keras.utils.set_random_seed(42)"),
         ("markdown", "## 4. Dataset\n\n" + DATASET_TEXT),
@@ -400,7 +403,8 @@ can also note every layer's output for Task 1). Its output is a one-unit dense l
 """
 
 COURSE = """
-course = model.build_model("course_cnn", initial_age=33.0)
+course_config = train_loop.TrainConfig(arch="course_cnn")
+course = train_loop.make_model(course_config, initial_age=33.0)
 course.summary()
 """
 
@@ -428,12 +432,13 @@ TASK1 = "Markdown(model.format_feature_map_table(model.feature_map_table(course)
 
 OURS_TEXT = """
 `AgeCNN` is ours: residual blocks with batch normalisation, global average pooling and
-dropout, ending in the same one-unit ReLU output. Its size comes from the preset (a smaller
-one on a CPU); the input size is the model's own `image_size`. Its feature maps:
+dropout, ending in the same one-unit ReLU output. Its sizes come from the preset of this
+machine (a smaller one on a CPU), which `train_loop.make_model` reads; the input size is
+the model's own `image_size`. Its feature maps:
 """
 
 OURS = """
-ours = model.build_model("age_cnn", preset=config.preset, image_size=config.image_size, initial_age=33.0)
+ours = train_loop.make_model(config, initial_age=33.0)
 print(f"{ours.count_params():,} parameters, input {ours.image_size} × {ours.image_size} × 3")
 Markdown(model.format_feature_map_table(model.feature_map_table(ours)))
 """
@@ -573,7 +578,7 @@ The multi-task model has two outputs:
 """
 
 OPTIONAL = """
-multi = model.build_model("age_cnn", preset=config.preset, image_size=config.image_size, gender_head=True, initial_age=33.0)
+multi = train_loop.make_model(dataclasses.replace(config, gender_head=True), initial_age=33.0)
 {name: tuple(output.shape) for name, output in multi(model.example_inputs(multi)).items()}
 """
 
