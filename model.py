@@ -236,6 +236,7 @@ class AgeCNN(keras.Model):
         initial_age=None,
         gender_head=False,
         attribute_inputs=False,
+        distribution_head=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -245,10 +246,13 @@ class AgeCNN(keras.Model):
             raise ValueError("widths and blocks_per_stage need one entry per stage")
         if gender_head and attribute_inputs:
             raise ValueError("gender_head would just copy the gender input")
-        if head != "regression" and not max_age:
+        if (head != "regression" or distribution_head) and not max_age:
             raise ValueError(
-                f"the {head} head needs max_age, the oldest age it can give"
+                "the classification, ordinal and distribution heads need max_age, "
+                "the oldest age they can give"
             )
+        if distribution_head and head != "regression":
+            raise ValueError("distribution_head teaches the regression head only")
         self.image_size = image_size
         self.widths = tuple(widths)
         self.blocks_per_stage = tuple(blocks_per_stage)
@@ -261,6 +265,7 @@ class AgeCNN(keras.Model):
         self.initial_age = initial_age
         self.gender_head = gender_head
         self.attribute_inputs = attribute_inputs
+        self.distribution_head = distribution_head
 
         # Plain convolutions only: depthwise ones are slow in TensorFlow on a CPU.
         self.body = [
@@ -301,6 +306,12 @@ class AgeCNN(keras.Model):
         self.head_layers = self._make_head_layers()
         if gender_head:
             self.gender_layer = layers.Dense(1, dtype="float32", name="gender_logit")
+        if distribution_head:
+            # A teacher: a softmax over the ages 0..max_age, trained on soft labels, that
+            # shapes the shared features; the age still comes from the ReLU output.
+            self.distribution_layer = layers.Dense(
+                max_age + 1, dtype="float32", name="age_distribution"
+            )
 
     def _make_head_layers(self):
         """Create the float32 output layers of the chosen head."""
@@ -369,6 +380,12 @@ class AgeCNN(keras.Model):
             outputs = {"age": ages, "logits": head_outputs}
         if self.gender_head:
             outputs["gender_logit"] = _apply(self.gender_layer, features, trace)
+        if self.distribution_head:
+            # (batch, max_age + 1); only training needs the teacher's logits, but the
+            # layer runs always, so that it is built with the model.
+            logits = _apply(self.distribution_layer, features, trace)
+            if training:
+                outputs["distribution_logits"] = logits
         if len(outputs) == 1:
             return outputs["age"]  # Plain regression: a (batch, 1) tensor.
         return outputs
@@ -393,6 +410,7 @@ class AgeCNN(keras.Model):
             initial_age=self.initial_age,
             gender_head=self.gender_head,
             attribute_inputs=self.attribute_inputs,
+            distribution_head=self.distribution_head,
         )
 
 
@@ -459,11 +477,49 @@ def ages_from_outputs(head, outputs, method="mean"):
     return ops.sum(exceed, axis=-1, keepdims=True)
 
 
-def loss_terms(head, outputs, labels, loss="l1", gender_weight=1.0):
-    """Return scalar float32 losses {"age", "gender" (if given), "total"} for any head.
+def soft_age_labels(ages, num_classes, sigma):
+    """Gaussian label distributions over the ages 0..num_classes-1: (batch, num_classes)."""
+    classes = ops.arange(num_classes, dtype="float32")  # (num_classes,)
+    weights = ops.exp(-0.5 * ((classes - ops.cast(ages, "float32")) / sigma) ** 2)
+    return weights / ops.sum(weights, axis=-1, keepdims=True)
+
+
+def _age_loss(head, outputs, ages, loss):
+    """The age term of the loss of a head, from ages (batch, 1)."""
+    if head == "regression":
+        predicted = ops.cast(outputs["age"], "float32")  # (batch, 1)
+        if loss == "l1":
+            errors = keras.losses.mean_absolute_error(ages, predicted)
+        elif loss == "l2":
+            errors = keras.losses.mean_squared_error(ages, predicted)
+        else:
+            errors = keras.losses.huber(ages, predicted, delta=HUBER_DELTA)
+        return ops.mean(errors)
+    logits = ops.cast(outputs["logits"], "float32")
+    if head == "classification":
+        max_age = ops.shape(logits)[-1] - 1
+        classes = ops.cast(ops.round(ops.clip(ages[:, 0], 0, max_age)), "int32")
+        return ops.mean(
+            keras.losses.sparse_categorical_crossentropy(
+                classes, logits, from_logits=True
+            )
+        )
+    # CORAL sums the binary cross-entropies of the max_age thresholds.
+    per_threshold = ops.binary_crossentropy(
+        ordinal_targets(ages, ops.shape(logits)[-1]), logits, from_logits=True
+    )  # (batch, max_age)
+    return ops.mean(ops.sum(per_threshold, axis=-1))
+
+
+def loss_terms(
+    head, outputs, labels, loss="l1", gender_weight=1.0, distribution_sigma=2.0
+):
+    """Return scalar float32 losses {"age", "gender", "distribution" (if given), "total"}.
 
     `loss` ("l1", "huber" or "l2") applies to the regression head; the classification
     head uses cross-entropy and the ordinal head CORAL's summed binary cross-entropies.
+    A distribution head adds the cross-entropy against Gaussian soft labels of
+    `distribution_sigma` years (DLDL, Gao et al. 2017).
     """
     head = getattr(head, "head", head)
     _check_choice("head", head, HEADS)
@@ -474,33 +530,15 @@ def loss_terms(head, outputs, labels, loss="l1", gender_weight=1.0):
         labels = {"age": labels}
     ages = ops.reshape(ops.cast(labels["age"], "float32"), (-1, 1))  # (batch, 1)
 
-    if head == "regression":
-        predicted = ops.cast(outputs["age"], "float32")  # (batch, 1)
-        if loss == "l1":
-            errors = keras.losses.mean_absolute_error(ages, predicted)
-        elif loss == "l2":
-            errors = keras.losses.mean_squared_error(ages, predicted)
-        else:
-            errors = keras.losses.huber(ages, predicted, delta=HUBER_DELTA)
-        age_loss = ops.mean(errors)
-    elif head == "classification":
-        max_age = ops.shape(outputs["logits"])[-1] - 1
-        classes = ops.cast(ops.round(ops.clip(ages[:, 0], 0, max_age)), "int32")
-        age_loss = ops.mean(
-            keras.losses.sparse_categorical_crossentropy(
-                classes, ops.cast(outputs["logits"], "float32"), from_logits=True
-            )
-        )
-    else:
-        # CORAL sums the binary cross-entropies of the max_age thresholds.
-        per_threshold = ops.binary_crossentropy(
-            ordinal_targets(ages, ops.shape(outputs["logits"])[-1]),
-            ops.cast(outputs["logits"], "float32"),
-            from_logits=True,
-        )  # (batch, max_age)
-        age_loss = ops.mean(ops.sum(per_threshold, axis=-1))
-
+    age_loss = _age_loss(head, outputs, ages, loss)
     terms = {"age": age_loss, "total": age_loss}
+    if "distribution_logits" in outputs:
+        logits = ops.cast(outputs["distribution_logits"], "float32")
+        targets = soft_age_labels(ages, ops.shape(logits)[-1], distribution_sigma)
+        terms["distribution"] = ops.mean(
+            keras.losses.categorical_crossentropy(targets, logits, from_logits=True)
+        )
+        terms["total"] = terms["total"] + terms["distribution"]
     if "gender_logit" in outputs and "gender" in labels:
         gender = ops.reshape(labels["gender"], (-1,))  # (batch,), -1 = missing
         known = ops.cast(gender >= 0, "float32")
@@ -511,7 +549,7 @@ def loss_terms(head, outputs, labels, loss="l1", gender_weight=1.0):
         )
         # Average over the images whose gender is known; 0 when none is.
         terms["gender"] = ops.sum(per_image * known) / ops.maximum(ops.sum(known), 1.0)
-        terms["total"] = age_loss + gender_weight * terms["gender"]
+        terms["total"] = terms["total"] + gender_weight * terms["gender"]
     return terms
 
 

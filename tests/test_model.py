@@ -19,6 +19,7 @@ from model import (
     loss_terms,
     model_inputs,
     ordinal_targets,
+    soft_age_labels,
 )
 
 MAX_AGE = 116  # The oldest age of UTKFace, which the data module defines.
@@ -170,6 +171,7 @@ def test_ordinal_targets_and_ages():
         ("course_cnn", {"initial_age": 33.0, **COURSE}),
         ("age_cnn", {"initial_age": 33.0, **SMALL}),
         ("age_cnn", {"head": "ordinal", "gender_head": True, **SMALL}),
+        ("age_cnn", {"distribution_head": True, **SMALL}),
         (
             "age_cnn",
             {
@@ -283,3 +285,26 @@ def test_bad_arguments_raise_value_error():
         CourseCNN(**COURSE, output_activation="sigmoid")
     with pytest.raises(ValueError):
         AgeCNN(**SMALL, gender_head=True, attribute_inputs=True)
+
+
+def test_the_distribution_head_teaches_in_training_only():
+    model = build_model("age_cnn", distribution_head=True, initial_age=30.0, **SMALL)
+    images = random_images(4, 32)
+    assert model(images).shape == (4, 1)  # The age, through the ReLU output.
+    outputs = model(images, training=True)
+    assert outputs["distribution_logits"].shape == (4, MAX_AGE + 1)
+    labels = np.array([[1.0], [25.0], [60.0], [116.0]], "float32")
+    terms = loss_terms(model, outputs, labels)
+    total = terms["age"] + terms["distribution"]
+    np.testing.assert_allclose(ops.convert_to_numpy(terms["total"]), total, rtol=1e-6)
+    names = [row.name for row in feature_map_table(model)]
+    assert "age_distribution" in names  # Its parameters count in the table.
+    with pytest.raises(ValueError, match="regression head only"):
+        AgeCNN(**SMALL, head="ordinal", distribution_head=True)
+
+
+def test_soft_age_labels_are_gaussians_around_the_age():
+    labels = ops.convert_to_numpy(soft_age_labels(np.array([[0.0], [30.0]]), 117, 2.0))
+    np.testing.assert_allclose(labels.sum(axis=1), 1.0, rtol=1e-6)
+    assert labels.argmax(axis=1).tolist() == [0, 30]
+    np.testing.assert_allclose(labels[1, 28] / labels[1, 30], np.exp(-0.5), rtol=1e-5)
