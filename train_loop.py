@@ -7,8 +7,8 @@
     python train_loop.py predict --model runs/cpu/model.keras photo.jpg my_faces/
 
 Running the same `train` command again resumes from the last checkpoint in `--out` (after
-a Colab disconnect or a `kill -9`) and ends where an uninterrupted run ends. The models
-expect an aligned, tightly cropped face like UTKFace's: there is no face detector.
+a Colab disconnect or a `kill -9`) and ends where an uninterrupted run ends. `predict` finds
+the faces in a photo and frames each as UTKFace frames its faces (`--crop auto`).
 
 Sections: settings and presets; data; models; the optimizer and the training step;
 checkpoints; the time budget; training; metrics and figures; prediction on files; the
@@ -25,6 +25,7 @@ import platform
 import re
 import sys
 import time
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +82,11 @@ class TrainConfig:
     attribute_inputs: bool = _option(
         False, "give gender and race to the model as inputs"
     )
+    distribution_head: Optional[bool] = _option(
+        None,
+        "train a softmax over ages on soft labels beside the ReLU output, as a teacher "
+        "of the shared features (regression head only)",
+    )
     image_size: Optional[int] = _option(None, "input side in pixels")
     # Optimisation.
     batch_size: Optional[int] = _option(None, "images per step")
@@ -98,6 +104,13 @@ class TrainConfig:
     augment: Optional[bool] = _option(None, "flip, crop/shift, brightness/contrast")
     patience: Optional[int] = _option(
         None, "early stopping: epochs without a better val MAE"
+    )
+    ema: Optional[float] = _option(
+        None,
+        "momentum of an average of the weights, which is validated and saved; 0: off",
+    )
+    tta: Optional[bool] = _option(
+        None, "test metrics average each face's prediction with its mirror image's"
     )
     seed: int = _option(
         0, "seeds training (initialisation, order, augmentation), never the split"
@@ -138,6 +151,9 @@ PRESETS = {
         weight_decay=5e-4,
         augment=True,
         patience=10,
+        distribution_head=False,
+        ema=0.0,
+        tta=False,
     ),
     # For a Colab GPU: a ResNet-18-sized body at 128 px (about 1.1 GFLOPs per image).
     "gpu": dict(
@@ -159,6 +175,9 @@ PRESETS = {
         weight_decay=5e-4,
         augment=True,
         patience=12,
+        distribution_head=False,
+        ema=0.0,
+        tta=False,
     ),
 }
 # The course's network and settings, used when --arch course_cnn is asked for without more
@@ -174,6 +193,9 @@ COURSE_SETTINGS = dict(
     weight_decay=0.0,
     augment=False,
     patience=20,
+    distribution_head=False,
+    ema=0.0,
+    tta=False,
 )
 
 
@@ -294,6 +316,7 @@ def make_model(config, initial_age=None):
         max_age=utk_data.MAX_AGE,
         gender_head=config.gender_head,
         attribute_inputs=config.attribute_inputs,
+        distribution_head=config.distribution_head and config.head == "regression",
         **options,
     )
 
@@ -344,20 +367,58 @@ def make_optimizer(config, steps_per_epoch):
     return optimizer
 
 
+class WeightAverage:
+    """An exponential moving average of a model's weights, validated and saved in their
+    place (Polyak averaging): it smooths out the noise of the last updates."""
+
+    def __init__(self, model, momentum):
+        self.momentum = momentum
+        # Every float variable: the weights and the batch-norm statistics, not RNG states.
+        self.variables = [v for v in model.variables if "float" in str(v.dtype)]
+        self.averages = [
+            tf.Variable(v, trainable=False, name="average") for v in self.variables
+        ]
+        self.updates = tf.Variable(0, dtype=tf.int64, trainable=False, name="updates")
+
+    def update(self):
+        """Move the averages towards the current weights (inside the train step)."""
+        self.updates.assign_add(1)
+        count = tf.cast(self.updates, tf.float32)
+        # Early on, a shorter memory: the first weights are not worth remembering.
+        decay = tf.minimum(self.momentum, (1.0 + count) / (10.0 + count))
+        for average, variable in zip(self.averages, self.variables):
+            average.assign(decay * average + (1.0 - decay) * variable)
+
+    @contextmanager
+    def applied(self):
+        """Put the averages in the model's variables for a while, then restore them."""
+        saved = [variable.numpy() for variable in self.variables]
+        for average, variable in zip(self.averages, self.variables):
+            variable.assign(average)
+        try:
+            yield
+        finally:
+            for value, variable in zip(saved, self.variables):
+                variable.assign(value)
+
+
 class Trainer:
     """The model, its optimizer, metrics and the compiled train and test steps."""
 
     def __init__(self, model, optimizer, config):
         self.model, self.optimizer, self.config = model, optimizer, config
+        self.average = WeightAverage(model, config.ema) if config.ema else None
         self.train_loss = keras.metrics.Mean(name="loss")
         self.train_mae = keras.metrics.MeanAbsoluteError(name="mae")
         self.val_mae = keras.metrics.MeanAbsoluteError(name="val_mae")
         self.val_rmse = keras.metrics.RootMeanSquaredError(name="val_rmse")
         self.optimizer.build(model.trainable_variables)
-        self.train_step = tf.function(self._train_step, jit_compile=config.jit_compile)
-        self.test_step = tf.function(self._test_step, jit_compile=config.jit_compile)
+        # The steps below, compiled into TensorFlow graphs (and by XLA with jit_compile).
+        self.train_step = tf.function(self.train_batch, jit_compile=config.jit_compile)
+        self.test_step = tf.function(self.test_batch, jit_compile=config.jit_compile)
 
-    def _train_step(self, images, labels):
+    def train_batch(self, images, labels):
+        """One training step on a batch: the loss under the tape, its gradients, an update."""
         with tf.GradientTape() as tape:
             # training=True: dropout on, batch norm learns from this batch.
             outputs = self.model(
@@ -369,13 +430,16 @@ class Trainer:
             scaled_loss = self.optimizer.scale_loss(loss)
         gradients = tape.gradient(scaled_loss, self.model.trainable_variables)
         self.optimizer.apply(gradients, self.model.trainable_variables)
+        if self.average is not None:
+            self.average.update()
         self.train_loss.update_state(loss)
         self.train_mae.update_state(
             _ages(labels), ages_from_outputs(_head(self.model), outputs)
         )
         return loss
 
-    def _test_step(self, images, labels):
+    def test_batch(self, images, labels):
+        """Predicted ages (batch, 1) of a batch, in inference mode."""
         outputs = self.model(model_inputs(self.model, images, labels), training=False)
         return ages_from_outputs(_head(self.model), outputs)
 
@@ -384,12 +448,22 @@ class Trainer:
         for metric in (self.train_loss, self.train_mae, self.val_mae, self.val_rmse):
             metric.reset_state()
 
+    @contextmanager
+    def evaluated_weights(self):
+        """The weights that are validated and saved: the average, when there is one."""
+        if self.average is None:
+            yield
+        else:
+            with self.average.applied():
+                yield
+
     def validate(self, dataset):
-        """Val MAE and RMSE of the current weights."""
-        for images, labels in dataset:
-            predicted = self.test_step(images, labels)
-            self.val_mae.update_state(_ages(labels), predicted)
-            self.val_rmse.update_state(_ages(labels), predicted)
+        """Val MAE and RMSE of the evaluated weights."""
+        with self.evaluated_weights():
+            for images, labels in dataset:
+                predicted = self.test_step(images, labels)
+                self.val_mae.update_state(_ages(labels), predicted)
+                self.val_rmse.update_state(_ages(labels), predicted)
         return float(self.val_mae.result()), float(self.val_rmse.result())
 
 
@@ -415,7 +489,7 @@ def _write_json(path, value):
     _atomic_write(Path(path), write)
 
 
-def _variable_names(model, optimizer):
+def _variable_names(model, optimizer, average=None):
     """{checkpoint name: variable} of the model and the optimizer.
 
     A name is the variable's path, e.g. "model/stage1_block1/conv1/kernel", with the names
@@ -440,15 +514,20 @@ def _variable_names(model, optimizer):
                 count += 1
                 unique = f"{path}#{count}"
             names[unique] = variable
+    if average is not None:
+        model_names = {id(variable): name for name, variable in names.items()}
+        for mean, variable in zip(average.averages, average.variables):
+            names["average/" + model_names[id(variable)]] = mean
+        names["average/updates"] = average.updates
     return names
 
 
-def save_checkpoint(folder, model, optimizer, config, history):
-    """Save model, optimizer, config and history, so that a kill at any moment keeps the
-    last good checkpoint."""
+def save_checkpoint(folder, model, optimizer, config, history, average=None):
+    """Save model, optimizer, weight average, config and history, so that a kill at any
+    moment keeps the last good checkpoint."""
     arrays = {
         name: variable.numpy()
-        for name, variable in _variable_names(model, optimizer).items()
+        for name, variable in _variable_names(model, optimizer, average).items()
     }
     state = {"config": dataclasses.asdict(config), "history": history}
     arrays["state"] = np.array(json.dumps(state))
@@ -480,9 +559,10 @@ def read_checkpoint(folder):
     return Checkpoint(path, state["config"], state["history"], arrays)
 
 
-def restore_checkpoint(checkpoint, model, optimizer):
-    """Assign a checkpoint's variables to model and optimizer, refusing any mismatch."""
-    variables = _variable_names(model, optimizer)
+def restore_checkpoint(checkpoint, model, optimizer, average=None):
+    """Assign a checkpoint's variables to model, optimizer (and weight average), refusing
+    any mismatch."""
+    variables = _variable_names(model, optimizer, average)
     wanted = {name: tuple(variable.shape) for name, variable in variables.items()}
     saved = {name: array.shape for name, array in checkpoint.arrays.items()}
     if wanted != saved:
@@ -639,7 +719,7 @@ def train(config, verbose=1):
     trainer = Trainer(model, make_optimizer(config, steps), config)
     history = []
     if checkpoint is not None:
-        restore_checkpoint(checkpoint, model, trainer.optimizer)
+        restore_checkpoint(checkpoint, model, trainer.optimizer, trainer.average)
         history = checkpoint.history
         print(f"resuming {out} after epoch {len(history)} of {config.epochs}")
     if not progress(history, config).finished:
@@ -676,8 +756,11 @@ def _train_epochs(trainer, history, out, train_images, val_records, steps, verbo
         )
         state = progress(history, config)
         if state.best_epoch == epoch + 1:
-            _atomic_write(out / "model.keras", trainer.model.save)
-        save_checkpoint(out, trainer.model, trainer.optimizer, config, history)
+            with trainer.evaluated_weights():
+                _atomic_write(out / "model.keras", trainer.model.save)
+        save_checkpoint(
+            out, trainer.model, trainer.optimizer, config, history, trainer.average
+        )
         _write_json(out / "history.json", history)
         if state.finished:
             if state.bad_epochs >= config.patience and verbose:
@@ -731,12 +814,24 @@ def _current_learning_rate(optimizer):
 def _finish(config, history, out, splits):
     """Evaluate the best model on the test split and write metrics.json."""
     model = keras.models.load_model(out / "model.keras")
-    predictions = predict_records(model, splits[2], config.batch_size)
+    predictions = predict_records(model, splits[2], config.batch_size, tta=config.tta)
     test = evaluate_predictions(*predictions[1:])
+    # Both readouts of the same weights, with and without the mirror images.
+    readouts = {
+        f"{split}_mae_{'tta' if tta else 'no_tta'}": evaluate_predictions(
+            *predict_records(model, records, config.batch_size, tta=tta)[1:3]
+        )["mae"]
+        for split, records in (("val", splits[1]), ("test", splits[2]))
+        for tta in (False, True)
+    }
     state = progress(history, config)
     metrics = {
         "test_mae": test["mae"],
         "test_rmse": test["rmse"],
+        "tta": config.tta,
+        "ema": config.ema,
+        "precision": "mixed_float16" if config.mixed_precision else "float32",
+        **readouts,
         "val_mae": state.best_val_mae,
         "best_epoch": state.best_epoch,
         "epochs_run": state.epochs_run,
@@ -797,22 +892,52 @@ class Predictions(NamedTuple):
     groups: dict  # "gender" and "race" labels, (n,) each
 
 
-def predict_dataset(model, dataset, with_groups=False, attributes_known=True):
+def _mirrored(inputs):
+    """The same inputs with every image mirrored left to right."""
+    if isinstance(inputs, dict):
+        return {**inputs, "image": tf.reverse(inputs["image"], axis=[2])}
+    return tf.reverse(inputs, axis=[2])
+
+
+# The compiled predictors of each live model, so that repeated predictions trace once.
+_predictors = weakref.WeakKeyDictionary()
+
+
+def age_predictor(model, tta=False):
+    """A compiled function from model inputs to ages (batch, 1); with `tta`, the mean of the
+    ages predicted for each image and for its mirror image (test-time augmentation)."""
+    compiled = _predictors.setdefault(model, {})
+    if tta not in compiled:
+        compiled[tta] = _compile_predictor(model, tta)
+    return compiled[tta]
+
+
+def _compile_predictor(model, tta):
+    @tf.function  # A def, not a lambda: autograph cannot read a lambda's source here.
+    def predict(inputs):
+        ages = ages_from_outputs(_head(model), model(inputs, training=False))
+        if not tta:
+            return ages
+        mirrored = model(_mirrored(inputs), training=False)
+        return (ages + ages_from_outputs(_head(model), mirrored)) / 2.0
+
+    return predict
+
+
+def predict_dataset(
+    model, dataset, with_groups=False, attributes_known=True, tta=False
+):
     """True and predicted ages, (n,) each, over a dataset of (images, labels).
 
     With with_groups=True, also a dict of the gender and race labels, (n,) each (empty when
     the dataset has no attributes), from the same single pass over the dataset. A model with
     attribute inputs gets the true gender and race, or "unknown" with attributes_known=False.
     """
-
-    @tf.function  # A def, not a lambda: autograph cannot read a lambda's source here.
-    def step(inputs):
-        return ages_from_outputs(_head(model), model(inputs, training=False))
-
+    predict = age_predictor(model, tta)
     true, predicted, groups = [], [], {"gender": [], "race": []}
     for images, labels in dataset:
         given = labels if attributes_known and isinstance(labels, dict) else None
-        predicted.append(step(model_inputs(model, images, given)).numpy()[:, 0])
+        predicted.append(predict(model_inputs(model, images, given)).numpy()[:, 0])
         true.append(_ages(labels).numpy()[:, 0])
         if isinstance(labels, dict):
             for name in groups:
@@ -826,14 +951,14 @@ def predict_dataset(model, dataset, with_groups=False, attributes_known=True):
     )
 
 
-def predict_records(model, records, batch_size=64, attributes_known=True):
+def predict_records(model, records, batch_size=64, attributes_known=True, tta=False):
     """Predict the ages of records; a face whose image fails to decode is left out (warned)."""
     decoded = utk_data.decode_records(records, model.image_size)
     dataset = utk_data.make_dataset(
         decoded, model.image_size, batch_size, training=False, with_attributes=True
     )
     true, predicted, groups = predict_dataset(
-        model, dataset, with_groups=True, attributes_known=attributes_known
+        model, dataset, True, attributes_known=attributes_known, tta=tta
     )
     return Predictions(decoded.records, true, predicted, groups)
 
@@ -890,12 +1015,16 @@ def median_baseline(train_records, test_records):
     }
 
 
-def predict_ages(model, images, batch_size=64):
-    """Predicted ages (n,) for float images in [0, 1] of the model's input size."""
-    outputs = model.predict(
-        model_inputs(model, images), batch_size=batch_size, verbose=0
-    )
-    return np.asarray(ages_from_outputs(_head(model), outputs))[:, 0]
+def predict_ages(model, images, batch_size=64, tta=False):
+    """Predicted ages (n,) for float images in [0, 1] of the model's input size (with `tta`,
+    averaged with their mirror images'); gender and race, if the model takes them, unknown.
+    """
+    predict = age_predictor(model, tta)
+    ages = [
+        predict(model_inputs(model, images[start : start + batch_size]))
+        for start in range(0, len(images), batch_size)
+    ]
+    return np.concatenate([batch.numpy()[:, 0] for batch in ages])
 
 
 def save_fig(figure, file_name):
@@ -1012,6 +1141,35 @@ def plot_worst(records, true, predicted, count=8, image_size=100):
     return figure
 
 
+def plot_photo(picture, rows):
+    """A picture with the faces found in it boxed, and each face as the model saw it, with
+    its predicted age (rows from `predict_paths`)."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    faces = [row for row in rows if row.box]
+    figure, axes = plt.subplots(
+        1, 1 + len(faces), figsize=(4 + 2.2 * len(faces), 4), squeeze=False
+    )
+    axes = axes[0]
+    axes[0].imshow(picture)
+    for row in faces:
+        x, y, width, height = row.box
+        axes[0].add_patch(
+            Rectangle((x, y), width, height, fill=False, color="yellow", lw=2)
+        )
+    titles = {"face": f"{len(faces)} face(s) found", "no face found": "no face found"}
+    if rows and rows[0].crop == "as is":
+        titles["as is"] = f"a face crop already: {rows[0].age:.0f} years"
+    axes[0].set_title(titles[rows[0].crop] if rows else "could not be read")
+    for axis, row in zip(axes[1:], faces):
+        axis.imshow(utk_data.crop_frame(picture, utk_data.frame_of(row.box)))
+        axis.set_title(f"predicted age: {row.age:.0f}")
+    for axis in axes:
+        axis.axis("off")
+    return figure
+
+
 def save_figures(model_path, true, predicted, folder):
     """Save the evaluation plot, and the learning curve of the run beside the model."""
     import matplotlib
@@ -1051,39 +1209,110 @@ def _image_files(sources):
     return files, skipped
 
 
-def predict_paths(model, paths, batch_size=64):
-    """[(path, predicted age)] and [(path, reason)] of the files that could not be read.
+# How `predict` frames a picture: "auto" finds the face unless the picture already is a
+# tight face crop, "face" always looks for faces, "none" takes every picture as it is.
+CROPS = ("auto", "face", "none")
 
-    The files are decoded in parallel and predicted in batches, a chunk at a time.
-    """
+
+class Prediction(NamedTuple):
+    """One row of `predict`: a face of a picture, or a picture without a face."""
+
+    path: str
+    age: Optional[float]  # None when no face was found
+    crop: str  # "as is", "face" or "no face found"
+    box: Optional[tuple] = None  # (x, y, width, height) of the face found
+
+
+def _predict_as_is(model, paths, batch_size, tta):
+    """Predictions of pictures taken as they are, decoded in parallel, in chunks."""
     rows, skipped = [], []
     for start in range(0, len(paths), PREDICT_CHUNK):
         chunk = paths[start : start + PREDICT_CHUNK]
         images, readable, failed = utk_data.read_images(chunk, model.image_size)
         skipped += failed
         if readable:
-            ages = predict_ages(model, images, batch_size)
-            rows += [(path, float(age)) for path, age in zip(readable, ages)]
+            ages = predict_ages(model, images, batch_size, tta)
+            rows += [Prediction(p, float(a), "as is") for p, a in zip(readable, ages)]
     return rows, skipped
 
 
-def predict_files(model_path, sources, out=None):
-    """Predict the age of every JPEG/PNG in `sources`; write a CSV (path, predicted_age)."""
+def _find_faces(paths, crop, image_size):
+    """Sort pictures: (paths taken as they are, [(path, face, its crop)], rows of pictures
+    without a face, skipped files)."""
+    as_is, faces, rows, skipped = [], [], [], []
+    for path in paths:
+        try:
+            picture = utk_data.read_photo(path)
+        except ValueError as error:
+            skipped.append((path, str(error).split(": ", 1)[-1]))
+            continue
+        found = utk_data.find_faces(picture)
+        if crop == "auto" and utk_data.is_tight_crop(picture, found):
+            as_is.append(path)
+            continue
+        if not found:
+            rows.append(Prediction(path, None, "no face found"))
+        for face in found:
+            crops = [
+                utk_data.resize_square(utk_data.crop_frame(picture, frame), image_size)
+                for frame in utk_data.frame_variants(face.box)
+            ]
+            faces.append((path, face, tf.stack(crops)))  # (variants, size, size, 3)
+    return as_is, faces, rows, skipped
+
+
+def predict_paths(model, paths, batch_size=64, tta=False, crop="none"):
+    """[Prediction] of image files, in their order, and [(path, reason)] of unreadable ones.
+
+    With crop "face" (or "auto", for pictures that are not face crops already), each face
+    found is framed as UTKFace frames its faces and predicted; a picture without a face gets
+    a row without an age. Pictures taken as they are decode in parallel, in batches.
+    """
+    if crop not in CROPS:
+        raise ValueError(f"crop must be one of {CROPS}, got {crop!r}")
+    if crop == "none":
+        return _predict_as_is(model, list(paths), batch_size, tta)
+    as_is, faces, rows, skipped = _find_faces(paths, crop, model.image_size)
+    found, failed = _predict_as_is(model, as_is, batch_size, tta)
+    rows += found
+    skipped += failed
+    for start in range(0, len(faces), PREDICT_CHUNK):
+        chunk = faces[start : start + PREDICT_CHUNK]
+        images = tf.cast(tf.concat([crops for _, _, crops in chunk], 0), tf.float32)
+        ages = predict_ages(model, images / 255.0, batch_size, tta)
+        # The mean over each face's frame variants.
+        ages = ages.reshape(len(chunk), -1).mean(axis=1)
+        rows += [
+            Prediction(path, float(age), "face", face.box)
+            for (path, face, _), age in zip(chunk, ages)
+        ]
+    order = {path: index for index, path in enumerate(paths)}
+    return sorted(rows, key=lambda row: order[row.path]), skipped
+
+
+def predict_files(model_path, sources, out=None, tta=False, crop="auto"):
+    """Predict the age of every face in the JPEG/PNG files of `sources`; write a CSV."""
     model = keras.models.load_model(model_path)
     files, skipped = _image_files(sources)
-    rows, failed = predict_paths(model, [str(path) for path in files])
+    rows, failed = predict_paths(model, [str(f) for f in files], tta=tta, crop=crop)
     skipped += failed
     stream = open(out, "w", newline="") if out else sys.stdout
     try:
         writer = csv.writer(stream)
-        writer.writerow(["path", "predicted_age"])
-        writer.writerows((path, f"{age:.1f}") for path, age in rows)
+        writer.writerow(["path", "predicted_age", "crop", "x", "y", "width", "height"])
+        for row in rows:
+            age = "" if row.age is None else f"{row.age:.1f}"
+            writer.writerow([row.path, age, row.crop, *(row.box or ("",) * 4)])
     finally:
         if out:
             stream.close()
     for path, reason in skipped:
         print(f"skipped {path}: {reason}", file=sys.stderr)
-    print(f"predicted {len(rows)} image(s), skipped {len(skipped)}", file=sys.stderr)
+    faces = sum(row.age is not None for row in rows)
+    print(
+        f"predicted {faces} face(s) in {len(rows)} row(s), skipped {len(skipped)} file(s)",
+        file=sys.stderr,
+    )
     return rows, skipped
 
 
@@ -1178,12 +1407,25 @@ def _parser():
         help="x axis of the plot: epochs, or minutes of training (test MAE marked)",
     )
     predict = commands.add_parser(
-        "predict",
-        help="ages of aligned, tightly cropped face images (no face detector)",
+        "predict", help="ages of the faces in pictures (a CSV row per face)"
     )
     predict.add_argument("--model", required=True, help="a model.keras file")
+    predict.add_argument(
+        "--crop",
+        choices=CROPS,
+        default="auto",
+        help="auto: find and frame the face unless the picture is a face crop already; "
+        "face: always find the faces; none: take each picture as it is (default: auto)",
+    )
     predict.add_argument("--out", help="CSV file (default: standard output)")
     predict.add_argument("sources", nargs="+", metavar="FILE_OR_FOLDER")
+    for command in (evaluate, predict):
+        command.add_argument(
+            "--tta",
+            action=argparse.BooleanOptionalAction,
+            default=False,
+            help="average each face's prediction with its mirror image's",
+        )
     return parser
 
 
@@ -1205,7 +1447,10 @@ def command_evaluate(arguments, parser):
         parser.error(f"{arguments.model} has no gender and race inputs")
     _, _, test = prepare_data(TrainConfig(data=arguments.data, limit=arguments.limit))
     predictions = predict_records(
-        model, test, attributes_known=not arguments.unknown_attributes
+        model,
+        test,
+        attributes_known=not arguments.unknown_attributes,
+        tta=arguments.tta,
     )
     print(json.dumps(evaluate_predictions(*predictions[1:]), indent=2))
     if arguments.figures:
@@ -1233,8 +1478,10 @@ def command_compare(arguments, parser):
 
 def command_predict(arguments, parser):
     """`predict`: a CSV of predicted ages; fails only when no image could be read."""
-    rows, _ = predict_files(arguments.model, arguments.sources, arguments.out)
-    return 0 if rows else 1
+    rows, _ = predict_files(
+        arguments.model, arguments.sources, arguments.out, arguments.tta, arguments.crop
+    )
+    return 0 if any(row.age is not None for row in rows) else 1
 
 
 def main(argv=None):

@@ -9,7 +9,8 @@ CPU-preset model (the weights do not change the speed):
 1. per_image: what `predict` did before, for every file `utk_data.load_images([path])`
    and then `train_loop.predict_ages` on that one image;
 2. batched: `train_loop.predict_paths`, which decodes the files in parallel with `tf.data`
-   and predicts them in batches, as `predict` now does.
+   and predicts them in batches, as `predict --crop none` does (and `predict` does for the
+   pictures that are face crops already).
 
 Both start after an untimed warm-up (tracing, the first decode), alternate over the
 rounds, and the median images per second of each is reported, with their ratio.
@@ -46,11 +47,11 @@ def per_image(model, paths):
 
 
 def batched(model, paths):
-    """Ages predicted by `train_loop.predict_paths`, as `predict` does."""
+    """Ages predicted by `train_loop.predict_paths`, as `predict --crop none` does."""
     rows, skipped = train_loop.predict_paths(model, paths)
     if skipped:
         raise ValueError(f"unreadable files in the benchmark: {skipped[:3]}")
-    return [age for _, age in rows]
+    return [row.age for row in rows]
 
 
 CONTENDERS = {"per_image": per_image, "batched": batched}
@@ -75,7 +76,9 @@ def main(argv=None):
     np.testing.assert_allclose(*reference.values(), rtol=1e-4, atol=1e-3)
     speeds = {name: [] for name in CONTENDERS}
     for round_number in range(arguments.rounds):
-        order = list(CONTENDERS)[round_number % 2 :] + list(CONTENDERS)[: round_number % 2]
+        order = (
+            list(CONTENDERS)[round_number % 2 :] + list(CONTENDERS)[: round_number % 2]
+        )
         for name in order:
             start = time.perf_counter()
             CONTENDERS[name](model, paths)
@@ -87,7 +90,9 @@ def main(argv=None):
     medians = {name: statistics.median(values) for name, values in speeds.items()}
     for name, value in medians.items():
         print(f"{name}: {value:,.0f} images/s (median of {arguments.rounds})")
-    print(f"batched/per_image img/s ratio: {medians['batched'] / medians['per_image']:.1f}")
+    print(
+        f"batched/per_image img/s ratio: {medians['batched'] / medians['per_image']:.1f}"
+    )
 
 
 if __name__ == "__main__":

@@ -468,24 +468,36 @@ def test_median_baseline_command(tiny_data, capsys):
         {"head": "ordinal"},
         {"gender_head": True},
         {"attribute_inputs": True},
+        {"distribution_head": True},
+        {"ema": 0.9},
     ],
-    ids=["classification", "ordinal", "gender_head", "attribute_inputs"],
+    ids=[
+        "classification",
+        "ordinal",
+        "gender_head",
+        "attribute_inputs",
+        "distribution_head",
+        "ema",
+    ],
 )
 def test_train_every_head_and_option(tiny_data, tmp_path, options):
     config = tiny_config(tiny_data, tmp_path, epochs=1, limit=24, **options)
     run = train_loop.train(config, verbose=0)
     assert np.isfinite(run.metrics["test_mae"]) and run.metrics["epochs_run"] == 1
     for name, value in options.items():
-        assert getattr(run.model, name) == value
+        assert getattr(run.model if name != "ema" else run.config, name) == value
     # The saved model predicts what the trained one predicted.
     reloaded = keras.models.load_model(tmp_path / "model.keras")
     again = train_loop.predict_records(reloaded, run.test.records, 8)
+    assert run.metrics["test_mae"] == run.metrics["test_mae_no_tta"]  # TTA is off
     np.testing.assert_allclose(again.predicted, run.test.predicted, rtol=1e-5)
 
 
 @pytest.mark.slow
 def test_a_multi_output_run_resumes_exactly(tiny_data, tmp_path, monkeypatch):
-    options = dict(head="ordinal", gender_head=True, epochs=3, limit=24)
+    options = dict(
+        gender_head=True, distribution_head=True, ema=0.9, epochs=3, limit=24
+    )
     whole = train_loop.train(tiny_config(tiny_data, tmp_path / "whole", **options), 0)
     config = tiny_config(tiny_data, tmp_path / "resumed", **options)
     with monkeypatch.context() as patch:
@@ -548,3 +560,40 @@ def test_presets_build_and_cost():
     assert forward_flops(models["gpu"]) > 10 * forward_flops(models["cpu"])
     course = train_loop.make_model(train_loop.TrainConfig(arch="course_cnn"))
     assert course.image_size == 200 and course.count_params() == 307_185
+
+
+def test_flip_averaging_is_the_mean_of_a_face_and_its_mirror():
+    import model as models
+
+    keras.utils.set_random_seed(0)
+    network = train_loop.make_model(
+        train_loop.TrainConfig(preset="cpu", image_size=32), initial_age=30.0
+    )
+    images = tf.random.stateless_uniform((5, 32, 32, 3), seed=(3, 4))
+    plain = train_loop.predict_ages(network, images, batch_size=2, tta=False)
+    mirrored = train_loop.predict_ages(
+        network, tf.reverse(images, axis=[2]), batch_size=2, tta=False
+    )
+    averaged = train_loop.predict_ages(network, images, batch_size=2, tta=True)
+    np.testing.assert_allclose(averaged, (plain + mirrored) / 2, rtol=1e-5)
+    assert not np.allclose(plain, mirrored)
+    expected = np.asarray(models.ages_from_outputs(network, network(images)))[:, 0]
+    np.testing.assert_allclose(plain, expected, rtol=1e-5)
+
+
+def test_the_weight_average_follows_and_swaps_the_weights():
+    network = keras.Sequential([keras.layers.Input((2,)), keras.layers.Dense(1)])
+    average = train_loop.WeightAverage(network, momentum=0.5)
+    kernel = network.layers[0].kernel
+    start = kernel.numpy().copy()
+    for _ in range(3):
+        kernel.assign(kernel + 1.0)
+        average.update()
+    # The decays are min(0.5, (1 + n) / (10 + n)) = 2/11, then 3/12, then 4/13.
+    expected = start
+    for step, decay in enumerate((2 / 11, 3 / 12, 4 / 13), start=1):
+        expected = decay * expected + (1 - decay) * (start + step)
+    np.testing.assert_allclose(average.averages[0].numpy(), expected, rtol=1e-5)
+    with average.applied():
+        np.testing.assert_allclose(kernel.numpy(), expected, rtol=1e-5)
+    np.testing.assert_allclose(kernel.numpy(), start + 3)

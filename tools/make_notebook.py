@@ -23,6 +23,13 @@ CHECKED = {
     "numpy": ("numpy",),
     "pillow": ("pillow",),
     "matplotlib": ("matplotlib",),
+    # Colab has OpenCV as opencv-python; any of its builds has the face detector.
+    "opencv-python-headless": (
+        "opencv-python-headless",
+        "opencv-python",
+        "opencv-contrib-python",
+        "opencv-contrib-python-headless",
+    ),
 }
 
 
@@ -100,7 +107,7 @@ def cells():
         ("markdown", OURS_TEXT),
         ("code", OURS),
         ("markdown", "## 6. Training\n\n" + TRAINING_TEXT),
-        ("code", "show_source(train_loop.Trainer._train_step)"),
+        ("code", "show_source(train_loop.Trainer.train_batch)"),
         ("markdown", RUN_TEXT),
         ("code", "run = train_loop.train(config)"),
         ("code", "train_loop.plot_history(run.history)\nplt.show()"),
@@ -583,9 +590,12 @@ multi = train_loop.make_model(dataclasses.replace(config, gender_head=True), ini
 """
 
 PHOTO_TEXT = """
-The model expects an aligned, tightly cropped face like UTKFace's (there is no face finder
-yet): crop your photo to the face first. In Colab an upload button appears (cancel it to use a
-test face); elsewhere set the environment variable `AGE_PHOTO` to a path.
+Any photo with a face works: `predict` finds the faces with OpenCV's frontal-face detector
+and frames each one as UTKFace frames its faces (a picture that already is a tight face
+crop, like UTKFace's, is taken as it is). In Colab an upload button appears (cancel it to use
+a test face); elsewhere set the environment variable `AGE_PHOTO` to a path. The detector
+looks for frontal, upright faces: a profile, a strongly tilted head or a tiny face may not
+be found.
 """
 
 PHOTO = """
@@ -596,12 +606,10 @@ if IS_COLAB and not PHOTO:
     uploaded = [name for name in files.upload() if name.lower().endswith(utk_data.IMAGE_SUFFIXES)]
     PHOTO = uploaded[0] if uploaded else ""
 PHOTO = PHOTO or str(run.test.records[0].path)
-image = utk_data.load_images([PHOTO], run.model.image_size)  # (1, size, size, 3)
-age = train_loop.predict_ages(run.model, image)[0]
-plt.imshow(image[0])
-plt.title(f"predicted age: {age:.0f}")
-plt.axis("off")
+rows, skipped = train_loop.predict_paths(run.model, [PHOTO], crop="auto")
+train_loop.plot_photo(utk_data.read_photo(PHOTO), rows)
 plt.show()
+rows or skipped
 """
 
 
