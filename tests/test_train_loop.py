@@ -303,6 +303,8 @@ def test_the_three_commands(tiny_data, tmp_path, capsys):
                 "predict",
                 "--model",
                 str(out / "model.keras"),
+                "--crop",
+                "none",  # Faces are looked for in tests/test_faces.py.
                 "--out",
                 str(tmp_path / "p.csv"),
                 str(photos),
@@ -311,7 +313,8 @@ def test_the_three_commands(tiny_data, tmp_path, capsys):
         == 0
     )
     rows = list(csv.reader(open(tmp_path / "p.csv")))
-    assert rows[0] == ["path", "predicted_age"]
+    assert rows[0][:3] == ["path", "predicted_age", "crop"]
+    assert {row[2] for row in rows[1:]} == {"as is"}
     assert sorted(Path(row[0]).name for row in rows[1:]) == [
         "anyname.jpg",
         "gray.jpg",
