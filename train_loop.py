@@ -1237,8 +1237,9 @@ def _predict_as_is(model, paths, batch_size, tta):
 
 
 def _find_faces(paths, crop, image_size):
-    """Sort pictures: (paths taken as they are, [(path, face, its crop)], rows of pictures
-    without a face, skipped files)."""
+    """Sort pictures: (paths taken as they are, [(path, face, its frames' crops)], rows of
+    pictures without a face, skipped files). A picture taken as it is is decoded again by
+    `_predict_as_is`, so that it predicts exactly as with crop "none"."""
     as_is, faces, rows, skipped = [], [], [], []
     for path in paths:
         try:
