@@ -276,10 +276,11 @@ def prepare_data(config):
     return train, val, test
 
 
-def _evaluation_dataset(images, config):
-    """Batches of (images, labels with gender and race) in order, for validation."""
+def _evaluation_dataset(images, image_size, batch_size):
+    """Batches of (images, labels with gender and race) in order, for validation and tests;
+    `images` are records or DecodedImages."""
     return utk_data.make_dataset(
-        images, config.image_size, config.batch_size, False, with_attributes=True
+        images, image_size, batch_size, False, with_attributes=True
     )
 
 
@@ -749,7 +750,7 @@ def _train_epochs(trainer, history, out, train_images, val_records, steps, verbo
     batches = iter(
         _training_dataset(train_images, config, config.seed, start, config.epochs)
     )
-    val_dataset = _evaluation_dataset(val_records, config)
+    val_dataset = _evaluation_dataset(val_records, config.image_size, config.batch_size)
     for epoch in range(start, config.epochs):
         history.append(
             _run_epoch(trainer, batches, steps, val_dataset, epoch, out, verbose)
@@ -814,16 +815,18 @@ def _current_learning_rate(optimizer):
 def _finish(config, history, out, splits):
     """Evaluate the best model on the test split and write metrics.json."""
     model = keras.models.load_model(out / "model.keras")
-    predictions = predict_records(model, splits[2], config.batch_size, tta=config.tta)
+    # Both readouts of the same weights, with and without the mirror images, each split
+    # decoded once; the configured one is the run's test result.
+    readouts = {}
+    for split, records in (("val", splits[1]), ("test", splits[2])):
+        images = utk_data.decode_records(records, config.image_size)
+        for tta in (False, True):
+            found = predict_records(model, images, config.batch_size, tta=tta)
+            name = f"{split}_mae_{'tta' if tta else 'no_tta'}"
+            readouts[name] = evaluate_predictions(*found[1:3])["mae"]
+            if split == "test" and tta == bool(config.tta):
+                predictions = found
     test = evaluate_predictions(*predictions[1:])
-    # Both readouts of the same weights, with and without the mirror images.
-    readouts = {
-        f"{split}_mae_{'tta' if tta else 'no_tta'}": evaluate_predictions(
-            *predict_records(model, records, config.batch_size, tta=tta)[1:3]
-        )["mae"]
-        for split, records in (("val", splits[1]), ("test", splits[2]))
-        for tta in (False, True)
-    }
     state = progress(history, config)
     metrics = {
         "test_mae": test["mae"],
@@ -952,11 +955,12 @@ def predict_dataset(
 
 
 def predict_records(model, records, batch_size=64, attributes_known=True, tta=False):
-    """Predict the ages of records; a face whose image fails to decode is left out (warned)."""
-    decoded = utk_data.decode_records(records, model.image_size)
-    dataset = utk_data.make_dataset(
-        decoded, model.image_size, batch_size, training=False, with_attributes=True
-    )
+    """Predict the ages of records (or of DecodedImages, decoded before); a face whose image
+    fails to decode is left out (warned)."""
+    decoded = records
+    if not isinstance(records, utk_data.DecodedImages):
+        decoded = utk_data.decode_records(records, model.image_size)
+    dataset = _evaluation_dataset(decoded, model.image_size, batch_size)
     true, predicted, groups = predict_dataset(
         model, dataset, True, attributes_known=attributes_known, tta=tta
     )

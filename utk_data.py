@@ -484,8 +484,8 @@ def read_images(paths, image_size):
             failed.append((path, str(error).split(": ", 1)[-1]))
     images = tf.zeros((0, image_size, image_size, 3), tf.uint8)
     if readable:
-        indices, images = _decode_paths(readable, image_size)
-        for index in sorted(set(range(len(readable))) - set(indices.tolist())):
+        indices, images, missing = _decode_paths(readable, image_size)
+        for index in missing:
             failed.append(
                 (readable[index], "could not decode the image (corrupt data)")
             )
@@ -527,7 +527,8 @@ def _decode_file(path, image_size):
 
 def _decode_paths(paths, image_size):
     """Decode and resize image files in parallel: (indices of those that decoded, their
-    uint8 images (n, size, size, 3)); a file that fails is left out, not fatal."""
+    uint8 images (n, size, size, 3), indices of those that failed); a file that fails is
+    left out, not fatal."""
     tf = _tf()
     dataset = tf.data.Dataset.from_tensor_slices((tf.range(len(paths)), list(paths)))
     dataset = dataset.map(
@@ -537,10 +538,11 @@ def _decode_paths(paths, image_size):
     dataset = dataset.ignore_errors().batch(256).prefetch(tf.data.AUTOTUNE)
     batches = list(dataset)
     if not batches:
-        return np.zeros(0, np.int64), tf.zeros((0, image_size, image_size, 3), tf.uint8)
+        empty = tf.zeros((0, image_size, image_size, 3), tf.uint8)
+        return np.zeros(0, np.int64), empty, np.arange(len(paths))
     indices = tf.concat([indices for indices, _ in batches], 0).numpy()
     images = tf.concat([images for _, images in batches], 0)  # (n, size, size, 3)
-    return indices, images
+    return indices, images, np.setdiff1d(np.arange(len(paths)), indices)
 
 
 def decode_records(records, image_size):
@@ -552,20 +554,18 @@ def decode_records(records, image_size):
     paths = [str(record.path) for record in records]
     # A file that passed the cheap check in `load_records` may still be corrupt inside:
     # it is left out here, and named below from the indices that did not arrive.
-    indices, images = _decode_paths(paths, image_size)
+    indices, images, missing = _decode_paths(paths, image_size)
     if not len(indices):
         raise ValueError(
             f"no image could be decoded, e.g. {paths[0]} (corrupt image data)"
         )
-    decoded = np.zeros(len(paths), bool)
-    decoded[indices] = True
-    failed = [paths[index] for index in np.flatnonzero(~decoded)]
+    failed = [paths[index] for index in missing]
     if failed:
         message = f"{len(failed)} image(s) could not be decoded and are left out: " + (
             ", ".join(f"{path} (corrupt image data)" for path in failed[:10])
         )
         warnings.warn(message + (" ..." if len(failed) > 10 else ""), stacklevel=2)
-    kept = [record for record, ok in zip(records, decoded) if ok]
+    kept = [records[index] for index in indices]
     return DecodedImages(images, kept, image_size)
 
 
