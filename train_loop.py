@@ -32,6 +32,10 @@ from pathlib import Path
 from typing import NamedTuple, Optional
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow turns its oneDNN kernels on by itself only on processors with AVX-512 VNNI or
+# newer; on an AVX2-only AMD EPYC they made the CPU preset's train step 1.6x faster
+# (bench/bench_loop.py, answers.md). Set it to 0 before the import to compare.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -459,12 +463,21 @@ class Trainer:
                 yield
 
     def validate(self, dataset):
-        """Val MAE and RMSE of the evaluated weights."""
+        """Val MAE and RMSE of the evaluated weights and, when those are an average, the
+        val MAE of the trained weights themselves (None without), to show what the average
+        adds."""
+        trained_mae = self._evaluate(dataset)[0] if self.average is not None else None
         with self.evaluated_weights():
-            for images, labels in dataset:
-                predicted = self.test_step(images, labels)
-                self.val_mae.update_state(_ages(labels), predicted)
-                self.val_rmse.update_state(_ages(labels), predicted)
+            mae, rmse = self._evaluate(dataset)
+        return mae, rmse, trained_mae
+
+    def _evaluate(self, dataset):
+        for metric in (self.val_mae, self.val_rmse):
+            metric.reset_state()
+        for images, labels in dataset:
+            predicted = self.test_step(images, labels)
+            self.val_mae.update_state(_ages(labels), predicted)
+            self.val_rmse.update_state(_ages(labels), predicted)
         return float(self.val_mae.result()), float(self.val_rmse.result())
 
 
@@ -792,11 +805,9 @@ def _run_epoch(trainer, batches, steps, val_dataset, epoch, out, verbose):
                 ("mae", float(trainer.train_mae.result())),
             ],
         )
-    val_mae, val_rmse = trainer.validate(val_dataset)
+    val_mae, val_rmse, trained_mae = trainer.validate(val_dataset)
     seconds = time.perf_counter() - epoch_start
-    if verbose:
-        print(f"val_mae {val_mae:.3f}  val_rmse {val_rmse:.3f}  ({seconds:.0f} s)")
-    return {
+    row = {
         "epoch": epoch + 1,
         "loss": float(trainer.train_loss.result()),
         "mae": float(trainer.train_mae.result()),
@@ -805,6 +816,14 @@ def _run_epoch(trainer, batches, steps, val_dataset, epoch, out, verbose):
         "learning_rate": float(_current_learning_rate(trainer.optimizer)),
         "seconds": seconds,
     }
+    if trained_mae is not None:
+        row["val_mae_without_ema"] = trained_mae
+    if verbose:
+        without = f" (without EMA {trained_mae:.3f})" if trained_mae is not None else ""
+        print(
+            f"val_mae {val_mae:.3f}{without}  val_rmse {val_rmse:.3f}  ({seconds:.0f} s)"
+        )
+    return row
 
 
 def _current_learning_rate(optimizer):
@@ -834,8 +853,18 @@ def _finish(config, history, out, splits):
         "tta": config.tta,
         "ema": config.ema,
         "precision": "mixed_float16" if config.mixed_precision else "float32",
+        "onednn": _onednn_enabled(),
         **readouts,
         "val_mae": state.best_val_mae,
+        # With EMA: the best val MAE the trained weights reached without the average.
+        "val_mae_without_ema": min(
+            (
+                row["val_mae_without_ema"]
+                for row in history
+                if "val_mae_without_ema" in row
+            ),
+            default=None,
+        ),
         "best_epoch": state.best_epoch,
         "epochs_run": state.epochs_run,
         "epochs_planned": config.epochs,
@@ -867,6 +896,15 @@ def _finish(config, history, out, splits):
 # ---------------------------------------------------------------------------------------
 # Metrics and figures
 # ---------------------------------------------------------------------------------------
+
+
+def _onednn_enabled():
+    """Whether TensorFlow runs its oneDNN CPU kernels (None if it cannot tell)."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+    except ImportError:
+        return None
+    return bool(_pywrap_util_port.IsMklEnabled())
 
 
 def describe_machine():
