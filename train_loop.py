@@ -295,9 +295,12 @@ def _evaluation_dataset(images, image_size, batch_size):
 
 @contextmanager
 def dtype_policy(mixed):
-    """Build models under the mixed_float16 (or float32) policy, then restore the old one."""
+    """Build models under the mixed_float16 (or float32) policy, or the one named (such as
+    "mixed_bfloat16"), then restore the old one."""
     previous = keras.config.dtype_policy().name
-    keras.config.set_dtype_policy("mixed_float16" if mixed else "float32")
+    if not isinstance(mixed, str):
+        mixed = "mixed_float16" if mixed else "float32"
+    keras.config.set_dtype_policy(mixed)
     try:
         yield
     finally:
@@ -853,7 +856,8 @@ def _finish(config, history, out, splits):
         "tta": config.tta,
         "ema": config.ema,
         "precision": "mixed_float16" if config.mixed_precision else "float32",
-        "onednn": _onednn_enabled(),
+        "onednn": onednn_enabled(),
+        "cpu_bfloat16_units": bfloat16_units(),
         **readouts,
         "val_mae": state.best_val_mae,
         # With EMA: the best val MAE the trained weights reached without the average.
@@ -898,7 +902,18 @@ def _finish(config, history, out, splits):
 # ---------------------------------------------------------------------------------------
 
 
-def _onednn_enabled():
+def bfloat16_units():
+    """The processor's bfloat16 matrix features (Intel AMX, AVX512-BF16) that Linux lists,
+    such as ["amx_bf16", "avx512_bf16"]; [] without them or elsewhere."""
+    try:
+        with open("/proc/cpuinfo") as file:
+            flags = next((line for line in file if line.startswith("flags")), "")
+    except OSError:
+        return []
+    return sorted(set(flags.split()) & {"amx_bf16", "avx512_bf16"})
+
+
+def onednn_enabled():
     """Whether TensorFlow runs its oneDNN CPU kernels (None if it cannot tell)."""
     try:
         from tensorflow.python.util import _pywrap_util_port

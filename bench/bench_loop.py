@@ -13,7 +13,11 @@ batch size and optimizer (`train_loop.make_optimizer`):
 2. loop: `train_loop.Trainer.train_step` per batch as `train_loop.train` calls it
    (`float(loss)` and its finiteness check, `float()` of both running metrics), without
    the Progbar, with `jit_compile=False`;
-3. loop_xla: the same with `jit_compile=True`.
+3. loop_xla: the same with `jit_compile=True`;
+4. loop_bf16: our loop (with the machine's default `jit_compile`) on a model built under
+   Keras's "mixed_bfloat16" policy: bfloat16 compute, float32 weights and outputs. It pays
+   only on processors with bfloat16 units (Intel AMX, AVX512-BF16); elsewhere bfloat16 is
+   emulated. Its ratio to float32 is the `loop_bf16/loop` (or `/loop_xla`) line.
 
 Every run starts a fresh iterator over the dataset, as each `fit()` call does, and times
 its steps after the first (a callback reads the clocks inside `fit()`), so neither start-up
@@ -46,7 +50,7 @@ import numpy as np  # noqa: E402
 import train_loop  # noqa: E402
 import utk_data  # noqa: E402
 
-CONTENDERS = ("fit", "loop", "loop_xla")
+CONTENDERS = ("fit", "loop", "loop_xla", "loop_bf16")
 
 
 def parse_arguments(argv=None):
@@ -88,10 +92,11 @@ def make_config(arguments):
     return train_loop.resolve_config(train_loop.TrainConfig(out="unused", **overrides))
 
 
-def build_model(config, initial_age):
-    """A model built exactly as `train_loop.train` builds it, from the config's seed."""
+def build_model(config, initial_age, policy=None):
+    """A model built exactly as `train_loop.train` builds it, from the config's seed (under
+    another dtype policy when one is named)."""
     keras.utils.set_random_seed(config.seed)
-    with train_loop.dtype_policy(config.mixed_precision):
+    with train_loop.dtype_policy(policy or config.mixed_precision):
         return train_loop.make_model(config, initial_age)
 
 
@@ -234,8 +239,13 @@ def prepare(arguments):
     )
     print(f"our loop's default jit_compile on this machine: {default_jit}")
 
-    models = [build_model(config, initial_age) for _ in CONTENDERS]
-    print(f"identical initial weights in the three models: {same_weights(models)}")
+    models = [
+        build_model(
+            config, initial_age, "mixed_bfloat16" if name == "loop_bf16" else None
+        )
+        for name in CONTENDERS
+    ]
+    print(f"identical initial weights in the four models: {same_weights(models)}")
     contenders = {
         "fit": FitContender(models[0], config, dataset, steps_per_epoch),
         "loop": LoopContender(
@@ -247,6 +257,12 @@ def prepare(arguments):
         "loop_xla": LoopContender(
             models[2],
             dataclasses.replace(config, jit_compile=True),
+            dataset,
+            steps_per_epoch,
+        ),
+        "loop_bf16": LoopContender(
+            models[3],
+            dataclasses.replace(config, jit_compile=default_jit, mixed_precision=False),
             dataset,
             steps_per_epoch,
         ),
@@ -271,6 +287,10 @@ def main(argv=None):
     arguments = parse_arguments(argv)
     print("=== bench_loop ===")
     print("machine:", train_loop.describe_machine())
+    print(
+        f"oneDNN kernels: {train_loop.onednn_enabled()}; bfloat16 units of the "
+        f"processor: {', '.join(train_loop.bfloat16_units()) or 'none'}"
+    )
     config, default_jit, contenders = prepare(arguments)
     print()
 
@@ -292,18 +312,20 @@ def main(argv=None):
     print_summary(results, images, arguments, default_jit)
 
 
-def ratio_line(name, results, clock):
-    """The median per-round ratio name/fit of a clock ("wall" or "cpu"), and a line."""
-    # Within a round, img/s of name over img/s of fit is fit's seconds over name's.
+def ratio_line(name, results, clock, reference="fit"):
+    """The median per-round ratio name/reference of a clock ("wall" or "cpu"), and a
+    line."""
+    # Within a round, img/s of name over img/s of the reference is the reference's
+    # seconds over name's.
     per_round = sorted(
-        getattr(timings["fit"], clock) / getattr(timings[name], clock)
+        getattr(timings[reference], clock) / getattr(timings[name], clock)
         for timings in results
     )
     median = statistics.median(per_round)
     quartiles = statistics.quantiles(per_round, n=4) if len(per_round) > 1 else []
     spread = f"middle half {quartiles[0]:.2f}-{quartiles[2]:.2f}, " if quartiles else ""
     return median, (
-        f"{name}/fit: {median:.2f}   ({spread}"
+        f"{name}/{reference}: {median:.2f}   ({spread}"
         f"range {per_round[0]:.2f}-{per_round[-1]:.2f})"
     )
 
@@ -319,6 +341,7 @@ def print_summary(results, images, arguments, default_jit):
         "fit": "model.fit() (Keras's jit_compile)",
         "loop": "our loop, jit_compile=False",
         "loop_xla": "our loop, jit_compile=True",
+        "loop_bf16": "our loop, mixed_bfloat16",
     }
     for name in CONTENDERS:
         rates = [images / timings[name].wall for timings in results]
@@ -339,8 +362,11 @@ def print_summary(results, images, arguments, default_jit):
     for name in ("loop", "loop_xla"):
         print("  " + ratio_line(name, results, "cpu")[1])
     headline = "loop_xla" if default_jit else "loop"
+    bfloat16 = ratio_line("loop_bf16", results, "wall", reference=headline)
+    print(f"bfloat16 against float32, both our loop: {bfloat16[1]}")
     print(f"headline: our loop's default jit_compile={default_jit}, so {headline}/fit")
     print(f"custom_loop/fit img/s ratio: {ratios[headline]:.2f}")
+    print(f"bfloat16/float32 img/s ratio: {bfloat16[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -177,6 +177,20 @@ def test_gpu_paths_mixed_precision_and_xla_run_on_the_cpu(tiny_data, tmp_path):
     assert loaded.layers[0].dtype_policy.name == "float32"
 
 
+def test_a_bfloat16_model_trains_as_the_benchmark_trains_it():
+    config = train_loop.resolve_config(
+        train_loop.TrainConfig(out="unused", image_size=32, batch_size=4)
+    )
+    with train_loop.dtype_policy("mixed_bfloat16"):
+        model = train_loop.make_model(config, initial_age=30.0)
+    assert keras.config.dtype_policy().name == "float32"  # restored after building
+    assert {layer.dtype_policy.name for layer in model.layers} >= {"mixed_bfloat16"}
+    trainer = train_loop.Trainer(model, train_loop.make_optimizer(config, 10), config)
+    images = tf.random.stateless_uniform((4, 32, 32, 3), seed=(1, 2))
+    loss = trainer.train_step(images, tf.fill((4, 1), 30.0))
+    assert np.isfinite(float(loss)) and model(images).dtype == tf.float32
+
+
 def test_mixed_precision_uses_a_loss_scale_optimizer():
     config = train_loop.TrainConfig(out="unused", mixed_precision=True, epochs=1)
     optimizer = train_loop.make_optimizer(train_loop.resolve_config(config), 10)
@@ -494,6 +508,15 @@ def test_train_every_head_and_option(tiny_data, tmp_path, options):
     again = train_loop.predict_records(reloaded, run.test.records, 8)
     assert run.metrics["test_mae"] == run.metrics["test_mae_no_tta"]  # TTA is off
     np.testing.assert_allclose(again.predicted, run.test.predicted, rtol=1e-5)
+    # With an average of the weights, each epoch also validates the trained weights.
+    without = [row.get("val_mae_without_ema") for row in run.history]
+    if "ema" in options:
+        assert np.isfinite(without).all() and without != [run.metrics["val_mae"]]
+        assert run.metrics["val_mae_without_ema"] == min(without)
+    else:
+        assert without == [None] and run.metrics["val_mae_without_ema"] is None
+    assert run.metrics["onednn"] in (True, False, None)
+    assert set(run.metrics["cpu_bfloat16_units"]) <= {"amx_bf16", "avx512_bf16"}
 
 
 @pytest.mark.slow
