@@ -1021,11 +1021,14 @@ def predict_records(model, records, batch_size=64, attributes_known=True, tta=Fa
 
 
 def _mae_by(true, predicted, masks):
-    """{name: {"mae", "count"}} of the faces each boolean mask selects."""
-    errors = np.abs(true - predicted)
+    """{name: {"mae", "mean_error", "count"}} of the faces each boolean mask selects;
+    "mean_error" is the mean of predicted - true age: a pull towards the middle ages shows
+    as positive errors for the young and negative ones for the old."""
+    errors = predicted - true
     return {
         name: {
-            "mae": float(errors[inside].mean()) if inside.any() else None,
+            "mae": float(np.abs(errors[inside]).mean()) if inside.any() else None,
+            "mean_error": float(errors[inside].mean()) if inside.any() else None,
             "count": int(inside.sum()),
         }
         for name, inside in masks.items()
@@ -1033,7 +1036,8 @@ def _mae_by(true, predicted, masks):
 
 
 def mae_by_age(true, predicted):
-    """MAE per age bin (0-9, ..., 80+): {bin: {"mae", "count"}}."""
+    """MAE and mean signed error per age bin (0-9, ..., 80+):
+    {bin: {"mae", "mean_error", "count"}}."""
     masks = {
         utk_data.age_bin_name(low, high): (true >= low) & (true <= high)
         for low, high in utk_data.AGE_BINS

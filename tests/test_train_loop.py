@@ -376,9 +376,10 @@ def test_evaluate_gives_mae_by_age_bin():
     result = train_loop.evaluate_predictions(
         *train_loop.predict_dataset(model, dataset)
     )
-    assert result["mae_by_age"]["0-9"] == {"mae": 5.0, "count": 1}
+    assert result["mae_by_age"]["0-9"] == {"mae": 5.0, "mean_error": 5.0, "count": 1}
     assert result["mae_by_age"]["80+"]["count"] == 3
     assert result["mae_by_age"]["80+"]["mae"] == pytest.approx(245 / 3)
+    assert result["mae_by_age"]["80+"]["mean_error"] == pytest.approx(-245 / 3)
     assert result["mae"] == pytest.approx(np.mean([5, 5, 15, 75, 80, 90]))
 
 
@@ -395,10 +396,14 @@ def test_evaluate_gives_mae_by_gender_and_race_in_one_pass():
     dataset = tf.data.Dataset.from_tensor_slices((tf.zeros((5, 4, 4, 3)), labels))
     predictions = train_loop.predict_dataset(model, dataset.batch(2), with_groups=True)
     result = train_loop.evaluate_predictions(*predictions)
-    assert result["mae_by_gender"]["male"] == {"mae": 10.0, "count": 2}
+    assert result["mae_by_gender"]["male"] == {"mae": 10.0, "mean_error": 0, "count": 2}
     assert result["mae_by_gender"]["female"]["mae"] == pytest.approx(50 / 3)
-    assert result["mae_by_race"]["Others"] == {"mae": 20.0, "count": 1}
-    assert result["mae_by_race"]["Asian"] == {"mae": 0.0, "count": 1}
+    assert result["mae_by_race"]["Others"] == {
+        "mae": 20.0,
+        "mean_error": 20.0,
+        "count": 1,
+    }
+    assert result["mae_by_race"]["Asian"] == {"mae": 0.0, "mean_error": 0, "count": 1}
 
 
 def test_predict_dataset_can_hide_gender_and_race():
