@@ -1224,7 +1224,7 @@ def plot_photo(picture, rows):
         titles["as is"] = f"a face crop already: {rows[0].age:.0f} years"
     axes[0].set_title(titles[rows[0].crop] if rows else "could not be read")
     for axis, row in zip(axes[1:], faces):
-        axis.imshow(utk_data.crop_frame(picture, utk_data.frame_of(row.box)))
+        axis.imshow(utk_data.crop_frame(picture, row.frame))
         axis.set_title(f"predicted age: {row.age:.0f}")
     for axis in axes:
         axis.axis("off")
@@ -1282,6 +1282,8 @@ class Prediction(NamedTuple):
     age: Optional[float]  # None when no face was found
     crop: str  # "as is", "face" or "no face found"
     box: Optional[tuple] = None  # (x, y, width, height) of the face found
+    frame: Optional[tuple] = None  # (x, y, side): the square the model saw (the middle
+    # one of the frames whose predictions are averaged)
 
 
 def _predict_as_is(model, paths, batch_size, tta):
@@ -1317,7 +1319,7 @@ def _find_faces(paths, crop, image_size):
         for face in found:
             crops = [
                 utk_data.resize_square(utk_data.crop_frame(picture, frame), image_size)
-                for frame in utk_data.frame_variants(face.box)
+                for frame in utk_data.frame_variants(face)
             ]
             faces.append((path, face, tf.stack(crops)))  # (variants, size, size, 3)
     return as_is, faces, rows, skipped
@@ -1345,7 +1347,7 @@ def predict_paths(model, paths, batch_size=64, tta=False, crop="none"):
         # The mean over each face's frame variants.
         ages = ages.reshape(len(chunk), -1).mean(axis=1)
         rows += [
-            Prediction(path, float(age), "face", face.box)
+            Prediction(path, float(age), "face", face.box, face.frame)
             for (path, face, _), age in zip(chunk, ages)
         ]
     order = {path: index for index, path in enumerate(paths)}

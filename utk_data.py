@@ -18,6 +18,7 @@ Typical use:
 import argparse
 import collections
 import hashlib
+import math
 import os
 import re
 import shutil
@@ -748,11 +749,21 @@ def _decode_streaming(batches, records, image_size, batch_size):
 # (README): the medians over the training faces it found.
 # On 372 faces found of 400 (seed 0): the scale's median is 0.995 (10-90 %: 0.90 to 1.10),
 # the shifts' 0.007 (-0.01 to 0.03, x) and 0.082 (0.06 to 0.11, y): UTKFace's frames are
-# about the detector's box, moved down by a twelfth of it. The scale used is 0.94, a little
-# tighter than the median: of 0.86, 0.90, 0.94 and 0.995 it predicted the validation faces
-# of the pictures test best (bench/bench_pictures.py --split val, README).
-FRAME_SCALE = 0.94
+# about the detector's box, moved down by a twelfth of it.
+FRAME_SCALE = 0.995
 FRAME_SHIFT = (0.007, 0.082)
+# The same for the eyes found inside the box (OpenCV's eye cascade that also finds eyes
+# behind glasses): the frame's side over the distance between the eyes' centres, and the
+# frame's centre minus the eyes' midpoint, in eye distances. UTKFace aligned its faces by
+# their landmarks, so the eyes say where the frame is as well as the box does, and their
+# errors are only loosely related: the mean of the two estimates is closer than either.
+EYE_SCALE = 2.50
+EYE_SHIFT = (0.028, 0.518)
+EYE_CASCADE = "haarcascade_eye_tree_eyeglasses.xml"
+# The frame used is this much tighter than the measured one: of the zooms tried, it
+# predicted the validation faces of the pictures test best (bench/bench_pictures.py
+# --split val, README).
+FRAME_ZOOM = 0.945
 # A picture whose largest face box spans at least this much of its shorter side is already
 # a tight face crop. In UTKFace's own frames the detector finds a face in 204 of 372, with a
 # box of 0.83 of the side (median; 5 % below 0.70).
@@ -760,17 +771,19 @@ TIGHT_CROP = 0.6
 # Pictures this small and about square are taken as crops already: the detector misses
 # about half of UTKFace's faces in their own tight frames.
 SMALL_PICTURE = 256
-# Frames around the measured one, as (scale, downward shift in box sides), within the
-# spread of the measurement: averaging their predictions evens out a box that sits off.
+# Frames around the estimated one, as (scale, downward shift in frame sides), within the
+# spread of the measurement: averaging their predictions evens out a frame that sits off.
 FRAME_VARIANTS = ((1.0, 0.0), (0.92, 0.0), (1.08, 0.0), (1.0, -0.03), (1.0, 0.03))
 CASCADE = "haarcascade_frontalface_default.xml"
 
 
 class Face(NamedTuple):
-    """A face found in a picture: the detector's box and the square framed around it."""
+    """A face found in a picture: the detector's box, its eyes (when both were found) and
+    the square framed around it as UTKFace frames its faces."""
 
     box: tuple  # (x, y, width, height) in pixels
     frame: tuple  # (x, y, side) in pixels; may reach outside the picture
+    eyes: Optional[tuple] = None  # ((x, y) of the eye on the left, (x, y) on the right)
 
 
 def read_photo(path):
@@ -789,35 +802,89 @@ def read_photo(path):
 _cascades = {}
 
 
-def find_faces(image):
-    """Frontal faces in an RGB uint8 image, largest first, each framed as UTKFace's."""
+def _cascade(name):
     import cv2
 
-    if CASCADE not in _cascades:
-        _cascades[CASCADE] = cv2.CascadeClassifier(cv2.data.haarcascades + CASCADE)
-    gray = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
+    if name not in _cascades:
+        _cascades[name] = cv2.CascadeClassifier(cv2.data.haarcascades + name)
+    return _cascades[name]
+
+
+def find_faces(image, use_eyes=True):
+    """Frontal faces in an RGB uint8 image, largest first, each framed as UTKFace's (from
+    its box and, with `use_eyes`, from its eyes when both are found)."""
+    gray = _gray(image)
     smallest = max(24, min(gray.shape) // 16)
-    boxes = _cascades[CASCADE].detectMultiScale(
+    boxes = _cascade(CASCADE).detectMultiScale(
         gray, scaleFactor=1.1, minNeighbors=5, minSize=(smallest, smallest)
     )
     boxes = sorted((tuple(map(int, box)) for box in boxes), key=lambda b: -b[2] * b[3])
-    return [Face(box, frame_of(box)) for box in boxes]
+    faces = []
+    for box in boxes:
+        eyes = find_eyes(gray, box) if use_eyes else None
+        faces.append(Face(box, frame_of(box, eyes=eyes), eyes))
+    return faces
 
 
-def frame_of(box, scale=1.0, shift=0.0):
-    """The square (x, y, side) that frames a face box as UTKFace's crops do (`scale` times
-    larger and `shift` box sides lower, for the variants of FRAME_VARIANTS)."""
+def _gray(image):
+    import cv2
+
+    return cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
+
+
+def find_eyes(gray, box):
+    """The centres ((x, y) left, (x, y) right) of the two eyes in the upper part of a face
+    box of a grayscale image, or None unless one is found on each side at a plausible
+    distance and tilt."""
     x, y, width, height = box
-    side = scale * FRAME_SCALE * width
+    upper = gray[y : y + round(0.6 * height), x : x + width]
+    found = _cascade(EYE_CASCADE).detectMultiScale(
+        upper,
+        scaleFactor=1.05,
+        minNeighbors=3,
+        minSize=(width // 10, width // 10),
+        maxSize=(width // 3, width // 3),
+    )
+    sides = ([], [])
+    for ex, ey, ew, eh in (map(int, eye) for eye in found):
+        centre = (x + ex + ew / 2, y + ey + eh / 2)
+        sides[int(centre[0] >= x + width / 2)].append((ew, centre))
+    if not all(sides):
+        return None
+    left, right = (max(side)[1] for side in sides)  # The largest on each side.
+    distance = math.dist(left, right)
+    tilt = abs(right[1] - left[1])
+    if not 0.25 * width <= distance <= 0.6 * width or tilt > 0.25 * distance:
+        return None
+    return left, right
+
+
+def frame_of(box, scale=1.0, shift=0.0, eyes=None):
+    """The square (x, y, side) that frames a face as UTKFace's crops do: from its box or,
+    with its `eyes`, from the mean of the box's and the eyes' estimates (`scale` times
+    larger and `shift` frame sides lower, for the variants of FRAME_VARIANTS)."""
+    x, y, width, height = box
+    side = FRAME_SCALE * width
     centre_x = x + width / 2 + FRAME_SHIFT[0] * width
-    centre_y = y + height / 2 + (FRAME_SHIFT[1] + shift) * width
+    centre_y = y + height / 2 + FRAME_SHIFT[1] * width
+    if eyes is not None:
+        (left_x, left_y), (right_x, right_y) = eyes
+        distance = math.dist(*eyes)
+        # The geometric mean of the sides, the mean of the centres.
+        side = math.sqrt(side * EYE_SCALE * distance)
+        centre_x = (centre_x + (left_x + right_x) / 2 + EYE_SHIFT[0] * distance) / 2
+        centre_y = (centre_y + (left_y + right_y) / 2 + EYE_SHIFT[1] * distance) / 2
+    side *= FRAME_ZOOM * scale
+    centre_y += shift * side
     return (round(centre_x - side / 2), round(centre_y - side / 2), round(side))
 
 
-def frame_variants(box):
-    """The frames of FRAME_VARIANTS around a face box, whose predictions `predict`
-    averages: the detector's box varies from face to face by about that much."""
-    return [frame_of(box, scale, shift) for scale, shift in FRAME_VARIANTS]
+def frame_variants(face):
+    """The frames of FRAME_VARIANTS around a Face, whose predictions `predict` averages:
+    the estimated frame varies from face to face by about that much."""
+    return [
+        frame_of(face.box, scale, shift, face.eyes) for scale, shift in FRAME_VARIANTS
+    ]
 
 
 def crop_frame(image, frame):
@@ -839,10 +906,14 @@ def is_tight_crop(image, faces):
     return bool(faces) and faces[0].box[2] >= TIGHT_CROP * min(height, width)
 
 
-def _framing(records, seed=0):
-    """Where the detector's box sits in UTKFace frames: per face found in a larger canvas,
-    (frame side / box side, centre shift x, centre shift y in box sides, box side / 200
-    found in the frame itself or None)."""
+def _framing(records, seed=0, use_eyes=True):
+    """Where the detector's box, and the eyes found in it, sit in UTKFace frames: per face
+    found in a larger canvas, a dict of the frame's side over the box's side ("scale") and
+    its centre's shift in box sides ("shift_x", "shift_y"); the same over the distance
+    between the eyes ("eye_scale", "eye_shift_x", "eye_shift_y", when both were found); the
+    error of the frame `frame_of` estimates ("error": side over the true side,
+    "error_x"/"error_y": centre shift in true sides); and "span", the box side over the
+    frame side when the detector finds the face in the 200x200 frame itself, or None."""
     rng = np.random.default_rng(seed)
     rows = []
     for record in records:
@@ -852,23 +923,33 @@ def _framing(records, seed=0):
         left, top = (int(v) for v in rng.integers(0, 2 * size, 2))
         canvas[top : top + size, left : left + size] = face
         inside = [
-            f.box
-            for f in find_faces(canvas)
-            if left <= f.box[0] + f.box[2] / 2 < left + size
-            and top <= f.box[1] + f.box[3] / 2 < top + size
+            found
+            for found in find_faces(canvas, use_eyes)
+            if left <= found.box[0] + found.box[2] / 2 < left + size
+            and top <= found.box[1] + found.box[3] / 2 < top + size
         ]
         if not inside:
             continue
-        x, y, width, height = inside[0]
-        in_frame = find_faces(face)
-        rows.append(
-            (
-                size / width,
-                (left + size / 2 - x - width / 2) / width,
-                (top + size / 2 - y - height / 2) / width,
-                in_frame[0].box[2] / size if in_frame else None,
-            )
-        )
+        (x, y, width, height), frame, eyes = inside[0]
+        centre_x, centre_y = left + size / 2, top + size / 2
+        # Without use_eyes, the eyes are looked for all the same, for their own rows.
+        eyes = eyes or find_eyes(_gray(canvas), (x, y, width, height))
+        row = {
+            "scale": size / width,
+            "shift_x": (centre_x - x - width / 2) / width,
+            "shift_y": (centre_y - y - height / 2) / width,
+            "error": frame[2] / size,
+            "error_x": (frame[0] + frame[2] / 2 - centre_x) / size,
+            "error_y": (frame[1] + frame[2] / 2 - centre_y) / size,
+        }
+        if eyes is not None:
+            distance = math.dist(*eyes)
+            row["eye_scale"] = size / distance
+            row["eye_shift_x"] = (centre_x - (eyes[0][0] + eyes[1][0]) / 2) / distance
+            row["eye_shift_y"] = (centre_y - (eyes[0][1] + eyes[1][1]) / 2) / distance
+        in_frame = find_faces(face, use_eyes=False)
+        row["span"] = in_frame[0].box[2] / size if in_frame else None
+        rows.append(row)
     return rows
 
 
@@ -940,13 +1021,31 @@ def framing_command(arguments):
     records, _ = load_records(locate(arguments.data), verbose=False)
     train, _, _ = split_records(records)
     chosen = [train[i] for i in np.random.default_rng(0).permutation(len(train))]
-    rows = _framing(chosen[: arguments.images])
+    rows = _framing(chosen[: arguments.images], use_eyes=not arguments.no_eyes)
     print(f"faces found in a 3x canvas: {len(rows)} of {arguments.images}")
-    names = ("frame side / box side", "centre shift x", "centre shift y")
-    for name, values in zip(names, np.array([row[:3] for row in rows]).T):
+    with_eyes = [row for row in rows if "eye_scale" in row]
+    print(f"both eyes found in {len(with_eyes)} of them")
+    names = {
+        "scale": "frame side / box side",
+        "shift_x": "centre shift x (box sides)",
+        "shift_y": "centre shift y (box sides)",
+        "eye_scale": "frame side / eye distance",
+        "eye_shift_x": "centre shift x from the eyes (eye distances)",
+        "eye_shift_y": "centre shift y from the eyes (eye distances)",
+        "error": f"frame_of's side / true side (zoom {FRAME_ZOOM} included)",
+        "error_x": "frame_of's centre - true centre, x (true sides)",
+        "error_y": "frame_of's centre - true centre, y (true sides)",
+    }
+    for key, name in names.items():
+        values = np.array([row[key] for row in rows if key in row])
         low, median, high = np.percentile(values, [10, 50, 90])
         print(f"{name}: median {median:.3f} (10-90 %: {low:.3f} to {high:.3f})")
-    spans = np.array([row[3] for row in rows if row[3] is not None])
+    errors = np.log(np.array([row["error"] for row in rows]) / FRAME_ZOOM)
+    print(
+        "frame_of's side, mean |log(side / (zoom * true side))|: "
+        f"{np.abs(errors).mean():.4f}"
+    )
+    spans = np.array([row["span"] for row in rows if row["span"] is not None])
     low, median = np.percentile(spans, [5, 50])
     print(
         f"found in the 200x200 frame itself: {len(spans)} of {len(rows)}; box side / frame "
@@ -972,6 +1071,9 @@ def main(argv=None):
     )
     framing.add_argument("--data", help="folder, archive or URL (default: see README)")
     framing.add_argument("--images", type=int, default=400, help="training faces")
+    framing.add_argument(
+        "--no-eyes", action="store_true", help="frame from the box alone"
+    )
     arguments = parser.parse_args(argv)
     if arguments.command == "framing":
         return framing_command(arguments)

@@ -68,13 +68,19 @@ def main(argv=None):
         help="where the faces come from",
     )
     parser.add_argument(
-        "--frame-scale",
+        "--frame-zoom",
         type=float,
-        default=utk_data.FRAME_SCALE,
-        help="try another frame scale (choose it on --split val)",
+        default=utk_data.FRAME_ZOOM,
+        help="try another zoom of the frame (choose it on --split val)",
+    )
+    parser.add_argument(
+        "--no-eyes", action="store_true", help="frame the faces from their box alone"
     )
     arguments = parser.parse_args(argv)
-    utk_data.FRAME_SCALE = arguments.frame_scale
+    utk_data.FRAME_ZOOM = arguments.frame_zoom
+    if arguments.no_eyes:
+        find_faces = utk_data.find_faces
+        utk_data.find_faces = lambda image: find_faces(image, use_eyes=False)
     print("=== bench_pictures ===")
     print("machine:", train_loop.describe_machine())
     model = keras.models.load_model(arguments.model)
@@ -109,7 +115,7 @@ def main(argv=None):
     whole = np.array([row.age for row in whole])
     print(
         f"faces: {len(chosen)} of the {arguments.split} split (seed {arguments.seed}), "
-        f"frame scale {utk_data.FRAME_SCALE}"
+        f"frame zoom {utk_data.FRAME_ZOOM}, eyes {not arguments.no_eyes}"
     )
     print(f"found in their pictures: {hit.sum()} ({hit.mean():.1%})")
     print(f"MAE aligned, all faces: {np.abs(aligned - ages).mean():.2f}")

@@ -102,3 +102,49 @@ def test_no_face_and_two_faces(faces, network, tmp_path):
     assert lefts[0] < 500 < lefts[1]  # One row for each face, with its own box.
     with pytest.raises(ValueError, match="crop must be one of"):
         train_loop.predict_paths(network, [str(nothing)], crop="center")
+
+
+def test_the_eyes_of_faces_in_pictures_are_found_where_eyes_are(faces):
+    _, images = faces
+    found = 0
+    for number, face in enumerate(images):
+        picture, (left, top, side) = _place(face, 1.4, 300, 200, seed=number)
+        faces_found = utk_data.find_faces(picture)
+        if not faces_found or faces_found[0].eyes is None:
+            continue
+        found += 1
+        (left_x, left_y), (right_x, right_y) = faces_found[0].eyes
+        # UTKFace's alignment puts the eyes about 0.2 of the frame above its centre,
+        # 0.4 of the frame apart (utk_data.EYE_SCALE, EYE_SHIFT).
+        middle_x, middle_y = (left_x + right_x) / 2, (left_y + right_y) / 2
+        assert abs(middle_x - (left + side / 2)) < 0.06 * side
+        assert abs(middle_y - (top + 0.3 * side)) < 0.08 * side
+        assert 0.3 * side < right_x - left_x < 0.5 * side
+    # Both eyes were found in 323 of 372 faces in the framing measurement.
+    assert found >= 5, f"eyes found in {found} of {len(images)} faces"
+
+
+def test_a_frame_from_the_eyes_and_the_box_is_their_mean():
+    box = (100, 80, 200, 200)
+    side = utk_data.FRAME_SCALE * 200
+    centre = (200 + utk_data.FRAME_SHIFT[0] * 200, 180 + utk_data.FRAME_SHIFT[1] * 200)
+
+    def eyes_saying(side, centre):
+        distance = side / utk_data.EYE_SCALE
+        middle_x = centre[0] - utk_data.EYE_SHIFT[0] * distance
+        middle_y = centre[1] - utk_data.EYE_SHIFT[1] * distance
+        return (middle_x - distance / 2, middle_y), (middle_x + distance / 2, middle_y)
+
+    # Eyes that agree with the box change nothing.
+    assert utk_data.frame_of(box, eyes=eyes_saying(side, centre)) == utk_data.frame_of(
+        box
+    )
+    # Eyes that say a frame twice the box's, 40 px lower: the geometric mean of the
+    # sides, the mean of the centres.
+    x, y, framed = utk_data.frame_of(
+        box, eyes=eyes_saying(2 * side, (centre[0], centre[1] + 40))
+    )
+    expected = utk_data.FRAME_ZOOM * side * 2**0.5
+    assert framed == pytest.approx(expected, abs=1)
+    assert x + framed / 2 == pytest.approx(centre[0], abs=1)
+    assert y + framed / 2 == pytest.approx(centre[1] + 20, abs=1)
