@@ -1,15 +1,21 @@
 """Benchmark TensorFlow's oneDNN CPU kernels against its own (Eigen) ones on our train step.
 
     python bench/bench_onednn.py
-    python bench/bench_onednn.py --preset gpu --steps 10 --rounds 3 --distribution-head
+    python bench/bench_onednn.py --preset gpu --steps 10 --rounds 3
 
 TensorFlow reads TF_ENABLE_ONEDNN_OPTS once, when it is imported, so every measurement is a
-fresh process: each round runs one process with TF_ENABLE_ONEDNN_OPTS=0 and one with =1
-(which goes first alternates from round to round). A process builds the preset's model as
-`train_loop.train` does, warms up `train_loop.Trainer.train_step` (tracing included) and
-then times `--steps` steps on random batches of the preset's shape: the time of dense
-convolutions does not depend on the pixel values. Ratios are taken within a round and the
-median over rounds is reported, with process CPU time per step as a cross-check.
+fresh process. Each round runs three, in an order that rotates from round to round:
+
+- off: TF_ENABLE_ONEDNN_OPTS=0, the preset's network alone;
+- on: TF_ENABLE_ONEDNN_OPTS=1, the same;
+- on+teacher+ema: TF_ENABLE_ONEDNN_OPTS=1 with the distribution head and an average of the
+  weights (`--distribution-head --ema 0.999`): what a train step costs with those.
+
+A process builds the preset's model as `train_loop.train` does, warms up
+`train_loop.Trainer.train_step` (tracing included) and then times `--steps` steps on random
+batches of the preset's shape: the time of dense convolutions does not depend on the pixel
+values. Ratios to "off" are taken within a round and the median over rounds is reported,
+with process CPU time per step as a cross-check.
 
 TensorFlow turns oneDNN on by itself only on processors with AVX-512 VNNI or newer features;
 `train_loop` sets TF_ENABLE_ONEDNN_OPTS=1 unless it is set already.
@@ -25,20 +31,22 @@ import time
 from pathlib import Path
 
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
-SETTINGS = ("0", "1")
+# name: (TF_ENABLE_ONEDNN_OPTS, distribution head, EMA momentum)
+VARIANTS = {
+    "off": ("0", False, 0.0),
+    "on": ("1", False, 0.0),
+    "on+teacher+ema": ("1", True, 0.999),
+}
 
 
 def parse_arguments(argv=None):
     """The command line."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", choices=("cpu", "gpu"), default="cpu")
-    parser.add_argument(
-        "--distribution-head", action="store_true", help="train with the teacher head"
-    )
     parser.add_argument("--steps", type=int, default=20, help="timed steps a process")
     parser.add_argument("--warmup-steps", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=tuple(VARIANTS), help=argparse.SUPPRESS)
     arguments = parser.parse_args(argv)
     for name in ("steps", "warmup_steps", "rounds"):
         if getattr(arguments, name) < 1:
@@ -58,7 +66,8 @@ def time_steps(arguments):
         train_loop.TrainConfig(
             out="unused",
             preset=arguments.preset,
-            distribution_head=arguments.distribution_head,
+            distribution_head=VARIANTS[arguments.child][1],
+            ema=VARIANTS[arguments.child][2],
         )
     )
     keras.utils.set_random_seed(0)
@@ -81,12 +90,12 @@ def time_steps(arguments):
     }
 
 
-def measure(setting, arguments):
-    """Run one child process with TF_ENABLE_ONEDNN_OPTS=setting; its timing."""
-    command = [sys.executable, __file__, "--child"]
+def measure(variant, arguments):
+    """Run one child process timing a variant; its timing."""
+    command = [sys.executable, __file__, "--child", variant]
     command += ["--preset", arguments.preset, "--steps", str(arguments.steps)]
     command += ["--warmup-steps", str(arguments.warmup_steps)]
-    command += ["--distribution-head"] if arguments.distribution_head else []
+    setting = VARIANTS[variant][0]
     environment = dict(
         os.environ, TF_ENABLE_ONEDNN_OPTS=setting, TF_CPP_MIN_LOG_LEVEL="3"
     )
@@ -106,31 +115,37 @@ def main(argv=None):
         return
     print("=== bench_onednn ===")
     print(
-        f"preset {arguments.preset}, distribution head {arguments.distribution_head}, "
-        f"{arguments.steps} timed steps a process after {arguments.warmup_steps}"
+        f"preset {arguments.preset}, {arguments.steps} timed steps a process after "
+        f"{arguments.warmup_steps}"
     )
+    names = tuple(VARIANTS)
     rounds = []
     for number in range(arguments.rounds):
-        order = SETTINGS if number % 2 == 0 else SETTINGS[::-1]
-        timings = {setting: measure(setting, arguments) for setting in order}
+        shift = number % len(names)
+        order = names[shift:] + names[:shift]
+        timings = {name: measure(name, arguments) for name in order}
         if number == 0:
-            print("machine:", timings["1"]["machine"])
-        if timings["0"]["onednn"] == timings["1"]["onednn"]:
+            print("machine:", timings["on"]["machine"])
+        if timings["off"]["onednn"] == timings["on"]["onednn"]:
             print(
-                f"oneDNN was {timings['1']['onednn']} both times: the setting is ignored"
+                f"oneDNN was {timings['on']['onednn']} both times: the setting is ignored"
             )
         rounds.append(timings)
         print(
-            f"round {number + 1}: oneDNN off {1000 * timings['0']['wall']:.0f} ms/step, "
-            f"on {1000 * timings['1']['wall']:.0f} ms/step"
+            f"round {number + 1} ({', '.join(order)}): "
+            + ", ".join(f"{name} {1000 * timings[name]['wall']:.0f}" for name in names)
+            + " ms/step"
         )
-    for clock in ("wall", "cpu"):
-        ratios = [timings["0"][clock] / timings["1"][clock] for timings in rounds]
-        print(
-            f"speed-up with oneDNN ({clock} time per step), median of {len(ratios)} "
-            f"rounds: {statistics.median(ratios):.2f} "
-            f"(range {min(ratios):.2f}-{max(ratios):.2f})"
-        )
+    for name in names[1:]:
+        for clock in ("wall", "cpu"):
+            ratios = [
+                timings["off"][clock] / timings[name][clock] for timings in rounds
+            ]
+            print(
+                f"speed of {name} over off ({clock} time per step), median of "
+                f"{len(ratios)} rounds: {statistics.median(ratios):.2f} "
+                f"(range {min(ratios):.2f}-{max(ratios):.2f})"
+            )
 
 
 if __name__ == "__main__":
