@@ -89,6 +89,9 @@ def make_config(arguments):
         "limit": arguments.images,
     }
     overrides = {name: value for name, value in given.items() if value is not None}
+    # The same work for every contender: fit() trains the network alone, so our loop does
+    # too (no teacher head, no average of the weights).
+    overrides.update(distribution_head=False, ema=0.0)
     return train_loop.resolve_config(train_loop.TrainConfig(out="unused", **overrides))
 
 
