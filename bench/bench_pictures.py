@@ -76,6 +76,12 @@ def main(argv=None):
     parser.add_argument(
         "--no-eyes", action="store_true", help="frame the faces from their box alone"
     )
+    parser.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="average with the mirror images, as predict does by default (default: on)",
+    )
     arguments = parser.parse_args(argv)
     utk_data.FRAME_ZOOM = arguments.frame_zoom
     if arguments.no_eyes:
@@ -90,7 +96,8 @@ def main(argv=None):
     rng = np.random.default_rng(arguments.seed)
     chosen = [faces[i] for i in rng.permutation(len(faces))[: arguments.images]]
     ages = np.array([record.age for record in chosen], np.float64)
-    aligned, _ = train_loop.predict_paths(model, [str(r.path) for r in chosen])
+    tta = arguments.tta
+    aligned, _ = train_loop.predict_paths(model, [str(r.path) for r in chosen], tta=tta)
     aligned = np.array([row.age for row in aligned])
     with tempfile.TemporaryDirectory(prefix="bench_pictures-") as folder:
         paths, places, exact = [], [], []
@@ -103,9 +110,9 @@ def main(argv=None):
             saved = utk_data.read_photo(paths[-1])
             exact.append(str(Path(folder) / f"exact{number}.png"))
             Image.fromarray(utk_data.crop_frame(saved, placed)).save(exact[-1])
-        control, _ = train_loop.predict_paths(model, exact)
-        framed, _ = train_loop.predict_paths(model, paths, crop="auto")
-        whole, _ = train_loop.predict_paths(model, paths, crop="none")
+        control, _ = train_loop.predict_paths(model, exact, tta=tta)
+        framed, _ = train_loop.predict_paths(model, paths, tta=tta, crop="auto")
+        whole, _ = train_loop.predict_paths(model, paths, tta=tta, crop="none")
     by_path = {
         path: [row for row in framed if row.path == path and row.box] for path in paths
     }
@@ -115,7 +122,7 @@ def main(argv=None):
     whole = np.array([row.age for row in whole])
     print(
         f"faces: {len(chosen)} of the {arguments.split} split (seed {arguments.seed}), "
-        f"frame zoom {utk_data.FRAME_ZOOM}, eyes {not arguments.no_eyes}"
+        f"frame zoom {utk_data.FRAME_ZOOM}, eyes {not arguments.no_eyes}, mirror images {tta}"
     )
     print(f"found in their pictures: {hit.sum()} ({hit.mean():.1%})")
     print(f"MAE aligned, all faces: {np.abs(aligned - ages).mean():.2f}")

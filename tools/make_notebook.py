@@ -606,7 +606,7 @@ if IS_COLAB and not PHOTO:
     uploaded = [name for name in files.upload() if name.lower().endswith(utk_data.IMAGE_SUFFIXES)]
     PHOTO = uploaded[0] if uploaded else ""
 PHOTO = PHOTO or str(run.test.records[0].path)
-rows, skipped = train_loop.predict_paths(run.model, [PHOTO], crop="auto")
+rows, skipped = train_loop.predict_paths(run.model, [PHOTO], tta=run.config.tta, crop="auto")
 train_loop.plot_photo(utk_data.read_photo(PHOTO), rows)
 plt.show()
 rows or skipped
