@@ -44,11 +44,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPOSITORY_ROOT))
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-
+# train_loop first: it sets TensorFlow's environment (oneDNN) before the import.
 import train_loop  # noqa: E402
 import utk_data  # noqa: E402
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
 
 CONTENDERS = ("fit", "loop", "loop_xla", "loop_bf16")
 

@@ -22,12 +22,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+# train_loop first: it sets TensorFlow's environment (oneDNN) before the import.
+import train_loop  # noqa: E402
+import utk_data  # noqa: E402
+
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
-
-import train_loop  # noqa: E402
-import utk_data  # noqa: E402
 
 
 def make_picture(face, rng):

@@ -28,11 +28,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-
+# train_loop first: it sets TensorFlow's environment (oneDNN) before the import.
 import train_loop  # noqa: E402
 import utk_data  # noqa: E402
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
 
 SEED = 0
 
