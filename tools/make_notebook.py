@@ -467,7 +467,10 @@ would have ended.
 
 EVALUATION_TEXT = """
 The metrics `train` computed on the test split with the best weights, beside the simplest
-baseline: predicting the median training age for every face.
+baseline: predicting the median training age for every face. The presets validate and save
+an average of the weights (EMA), and each face's age is averaged with that of its mirror
+image; the second line shows what the mirror images changed (answers.md, "Accuracy, round
+2", has both measured).
 """
 
 EVALUATION = """
@@ -476,6 +479,7 @@ print(
     f"test MAE {run.metrics['test_mae']:.2f} years, RMSE {run.metrics['test_rmse']:.2f}, "
     f"on {run.metrics['test_images']:,} faces (best epoch {run.metrics['best_epoch']})"
 )
+print(f"without the mirror images: test MAE {run.metrics['test_mae_no_tta']:.2f}")
 print(f"predicting the median age ({baseline['median_age']:g}) for everyone: MAE {baseline['mae']:.2f}")
 """
 
