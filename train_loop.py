@@ -33,8 +33,8 @@ from typing import NamedTuple, Optional
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # TensorFlow turns its oneDNN kernels on by itself only on processors with AVX-512 VNNI or
-# newer; on an AVX2-only AMD EPYC they made the CPU preset's train step 1.6x faster
-# (bench/bench_loop.py, answers.md). Set it to 0 before the import to compare.
+# newer; on an AVX2-only AMD EPYC they made the CPU preset's train step 1.37x faster
+# (bench/bench_onednn.py, answers.md). Set it to 0 before the import to compare.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 import keras  # noqa: E402
@@ -904,15 +904,21 @@ def _finish(config, history, out, splits):
 # ---------------------------------------------------------------------------------------
 
 
+def _cpu_info(key):
+    """The value of the first `key` line of Linux's /proc/cpuinfo, or None elsewhere."""
+    try:
+        with open("/proc/cpuinfo") as file:
+            line = next((line for line in file if line.startswith(key)), None)
+    except OSError:
+        return None
+    return line.split(":", 1)[1].strip() if line else None
+
+
 def bfloat16_units():
     """The processor's bfloat16 matrix features (Intel AMX, AVX512-BF16) that Linux lists,
     such as ["amx_bf16", "avx512_bf16"]; [] without them or elsewhere."""
-    try:
-        with open("/proc/cpuinfo") as file:
-            flags = next((line for line in file if line.startswith("flags")), "")
-    except OSError:
-        return []
-    return sorted(set(flags.split()) & {"amx_bf16", "avx512_bf16"})
+    flags = set((_cpu_info("flags") or "").split())
+    return sorted(flags & {"amx_bf16", "avx512_bf16"})
 
 
 def onednn_enabled():
@@ -926,13 +932,7 @@ def onednn_enabled():
 
 def describe_machine():
     """One line: the processor, its cores, the GPU and the software versions."""
-    processor = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as file:
-            names = [line for line in file if line.startswith("model name")]
-        processor = names[0].split(":", 1)[1].strip() if names else processor
-    except OSError:
-        pass
+    processor = _cpu_info("model name") or platform.processor() or platform.machine()
     gpus = [device.name for device in tf.config.list_physical_devices("GPU")]
     return (
         f"{os.cpu_count()} CPU cores ({processor}, {platform.machine()}), "

@@ -932,8 +932,8 @@ def _framing(records, seed=0, use_eyes=True):
             continue
         (x, y, width, height), frame, eyes = inside[0]
         centre_x, centre_y = left + size / 2, top + size / 2
-        # Without use_eyes, the eyes are looked for all the same, for their own rows.
-        eyes = eyes or find_eyes(_gray(canvas), (x, y, width, height))
+        if not use_eyes:  # The eyes are looked for all the same, for their own rows.
+            eyes = find_eyes(_gray(canvas), (x, y, width, height))
         row = {
             "scale": size / width,
             "shift_x": (centre_x - x - width / 2) / width,
