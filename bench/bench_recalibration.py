@@ -30,7 +30,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # train_loop first: it sets TensorFlow's environment (oneDNN) before the import.
 import train_loop  # noqa: E402
-import utk_data  # noqa: E402
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -97,8 +96,7 @@ def main(argv=None):
     _, val, test = train_loop.prepare_data(train_loop.TrainConfig(data=arguments.data))
     found = {}
     for split, records in (("validation", val), ("test", test)):
-        images = utk_data.decode_records(records, model.image_size)
-        predictions = train_loop.predict_records(model, images, tta=arguments.tta)
+        predictions = train_loop.predict_records(model, records, tta=arguments.tta)
         found[split] = (predictions.true, predictions.predicted)
     print("=== bench_recalibration ===")
     print("machine:", train_loop.describe_machine())
