@@ -18,6 +18,7 @@ command line.
 import argparse
 import csv
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -841,15 +842,17 @@ def _finish(config, history, out, splits):
     model = keras.models.load_model(out / "model.keras")
     # Both readouts of the same weights, with and without the mirror images, each split
     # decoded once; the configured one is the run's test result.
-    readouts = {}
+    readouts, test_readouts = {}, {}
     for split, records in (("val", splits[1]), ("test", splits[2])):
         images = utk_data.decode_records(records, config.image_size)
         for tta in (False, True):
             found = predict_records(model, images, config.batch_size, tta=tta)
             name = f"{split}_mae_{'tta' if tta else 'no_tta'}"
             readouts[name] = evaluate_predictions(*found[1:3])["mae"]
-            if split == "test" and tta == bool(config.tta):
-                predictions = found
+            if split == "test":
+                test_readouts[PREDICTION_COLUMNS[tta]] = found
+                if tta == bool(config.tta):
+                    predictions = found
     test = evaluate_predictions(*predictions[1:])
     state = progress(history, config)
     metrics = {
@@ -892,6 +895,7 @@ def _finish(config, history, out, splits):
         },
     }
     _write_json(out / "metrics.json", metrics)
+    write_predictions(out / PREDICTIONS, test_readouts)
     print(
         f"test MAE {test['mae']:.3f} years, RMSE {test['rmse']:.3f} "
         f"(best epoch {state.best_epoch}, {state.train_seconds / 60:.1f} min of training)"
@@ -1112,58 +1116,6 @@ def plot_history(history, file_name=None):
     return figure
 
 
-def compare_runs(folders, file_name=None, against="epoch"):
-    """A Markdown table of the runs' metrics, and their validation curves in one plot.
-
-    against="minutes" plots the curves against cumulative training time instead of epochs
-    and marks each run's final test MAE at its total training time: test MAE against
-    training budget, across runs of different lengths.
-    """
-    import matplotlib.pyplot as plt
-
-    if against not in ("epoch", "minutes"):
-        raise ValueError(f'against must be "epoch" or "minutes", got {against!r}')
-    lines = [
-        "| run | test MAE | test RMSE | best val MAE (epoch) | epochs | minutes of training |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    figure, axes = plt.subplots(figsize=(6.5, 4))
-    for folder in map(Path, folders):
-        metrics = json.loads((folder / "metrics.json").read_text())
-        history = json.loads((folder / "history.json").read_text())
-        lines.append(
-            f"| {folder.name} | {metrics['test_mae']:.2f} | {metrics['test_rmse']:.2f} | "
-            f"{metrics['val_mae']:.2f} ({metrics['best_epoch']}) | {metrics['epochs_run']} | "
-            f"{metrics['train_seconds'] / 60:.1f} |"
-        )
-        if against == "epoch":
-            steps = [row["epoch"] for row in history]
-        else:
-            steps = np.cumsum([row["seconds"] for row in history]) / 60
-        (line,) = axes.plot(
-            steps, [row["val_mae"] for row in history], label=folder.name
-        )
-        if against == "minutes":
-            axes.plot(
-                metrics["train_seconds"] / 60,
-                metrics["test_mae"],
-                marker="o",
-                color=line.get_color(),
-            )
-    if against == "minutes":
-        axes.set_xscale("log")
-        axes.set_xlabel("minutes of training (log scale); dots: final test MAE")
-    else:
-        axes.set_xlabel("epoch")
-    axes.set_ylabel("validation MAE (years)")
-    axes.set_ylim(top=min(axes.get_ylim()[1], 20))
-    axes.legend()
-    axes.grid(alpha=0.3)
-    if file_name:
-        save_fig(figure, file_name)
-    return "\n".join(lines)
-
-
 def plot_evaluation(true, predicted, file_name=None):
     """Predicted against true age, and the MAE of each age bin."""
     import matplotlib.pyplot as plt
@@ -1245,6 +1197,373 @@ def save_figures(model_path, true, predicted, folder):
     if history.exists():
         plot_history(json.loads(history.read_text()), folder / "learning_curve.png")
     print(f"saved figures in {folder}")
+
+
+# ---------------------------------------------------------------------------------------
+# Results: per-face predictions, seeds, intervals and the report
+# ---------------------------------------------------------------------------------------
+
+# Every run writes its test predictions here, beside metrics.json: a row per test face.
+PREDICTIONS = "test_predictions.csv"
+# The prediction columns, by whether the mirror images were averaged in (test-time flip).
+PREDICTION_COLUMNS = {False: "predicted_no_tta", True: "predicted_tta"}
+
+
+def face_id(path):
+    """A short, stable name for a face in published results: the first 12 hex digits of
+    the SHA-256 of its file name (the name itself holds the date the photo was taken).
+    """
+    return hashlib.sha256(Path(path).name.encode()).hexdigest()[:12]
+
+
+def write_predictions(path, readouts):
+    """Write a CSV row per face: face (face_id), age, gender, race (empty when unknown),
+    then one column of predicted ages per entry of `readouts`, {column: Predictions},
+    every entry holding the same faces in the same order."""
+    columns = list(readouts)
+    first = readouts[columns[0]]
+    if any(len(readouts[column].records) != len(first.records) for column in columns):
+        raise ValueError("every readout must hold the same faces")
+
+    def write(temporary):
+        with open(temporary, "w", newline="") as file:
+            writer = csv.writer(file)
+            writer.writerow(["face", "age", "gender", "race", *columns])
+            for index, record in enumerate(first.records):
+                labels = ["" if label is None else label for label in record[2:4]]
+                ages = [f"{readouts[c].predicted[index]:.4f}" for c in columns]
+                writer.writerow([face_id(record.path), record.age, *labels, *ages])
+
+    _atomic_write(Path(path), write)
+
+
+def read_predictions(path):
+    """The columns of a predictions CSV: {"face": str array, "age": float array,
+    "gender"/"race": float arrays (NaN unknown), and one float array per prediction}."""
+    with open(path, newline="") as file:
+        rows = list(csv.DictReader(file))
+    if not rows:
+        raise ValueError(f"{path}: no predictions")
+    columns = {"face": np.array([row["face"] for row in rows])}
+    for name in rows[0]:
+        if name != "face":
+            values = [row[name] if row[name] != "" else "nan" for row in rows]
+            columns[name] = np.array(values, np.float64)
+    return columns
+
+
+def run_predictions(folder, column=None):
+    """(faces, true ages, predicted ages) of a finished run's test faces, from its CSV;
+    by default the readout the run reports (with the mirror images if it used them)."""
+    folder = Path(folder)
+    if not (folder / PREDICTIONS).exists():
+        raise FileNotFoundError(
+            f"{folder} has no {PREDICTIONS}; write it with `python train_loop.py "
+            f"evaluate --model {folder / 'model.keras'} --predictions "
+            f"{folder / PREDICTIONS}`"
+        )
+    if column is None:
+        metrics = json.loads((folder / "metrics.json").read_text())
+        column = PREDICTION_COLUMNS[bool(metrics.get("tta"))]
+    table = read_predictions(folder / PREDICTIONS)
+    if column not in table:
+        raise ValueError(f"{folder / PREDICTIONS} has no column {column}")
+    return table["face"], table["age"], table[column]
+
+
+def paired_bootstrap(true, first, second, resamples=10_000, level=0.95, seed=0):
+    """MAE(second) - MAE(first) on the same faces, and its bootstrap interval.
+
+    The faces are drawn with replacement, each keeping its two predictions together, so
+    that how hard a face is counts for both models alike and only their difference varies.
+    `first` and `second` are (faces,) or (seeds, faces) arrays; with several seeds, a
+    variant's error on a face is the mean of its seeds' errors. Returns (difference, low,
+    high); `level` of the resampled differences lie between low and high.
+    """
+    true = np.asarray(true, np.float64)
+
+    def face_errors(predicted):
+        predicted = np.atleast_2d(np.asarray(predicted, np.float64))
+        if predicted.shape[1] != true.size:
+            raise ValueError(f"{predicted.shape[1]} predictions for {true.size} faces")
+        return np.abs(predicted - true).mean(axis=0)
+
+    differences = face_errors(second) - face_errors(first)
+    generator = np.random.default_rng(seed)
+    means = []
+    for start in range(
+        0, resamples, 1000
+    ):  # 1000 resamples at a time bound the memory.
+        picks = generator.integers(
+            0, true.size, (min(1000, resamples - start), true.size)
+        )
+        means.append(differences[picks].mean(axis=1))
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(np.concatenate(means), [tail, 100 - tail])
+    return float(differences.mean()), float(low), float(high)
+
+
+class Variant(NamedTuple):
+    """One row of a comparison: runs of the same settings with different seeds, and which
+    of their readouts the row reports."""
+
+    label: str
+    folders: list
+    val: str = "val_mae"  # the metrics.json entry of the row's validation MAE
+    test: Optional[str] = None  # a prediction column; None: each run's own readout
+    has_test: bool = True  # False: the row has no test predictions (only validation)
+
+
+def _variant_key(metrics, folder):
+    """Runs whose settings differ only in seed, output folder or data path are one variant;
+    a run without recorded settings is a variant of its own."""
+    config = metrics.get("config")
+    if config is None:
+        return str(folder)
+    return json.dumps(
+        {k: v for k, v in config.items() if k not in ("seed", "out", "data")},
+        sort_keys=True,
+    )
+
+
+def group_runs(folders, labels=None):
+    """Variants of the runs in `folders`, in the order first met: runs that differ only in
+    their seed are one variant. Labels default to the first run's folder name."""
+    groups = {}
+    for folder in map(Path, folders):
+        metrics = json.loads((folder / "metrics.json").read_text())
+        groups.setdefault(_variant_key(metrics, folder), []).append(folder)
+    if labels is not None and len(labels) != len(groups):
+        raise ValueError(f"{len(labels)} labels for {len(groups)} variants of the runs")
+    names = labels or [folders[0].name for folders in groups.values()]
+    return [Variant(name, folders) for name, folders in zip(names, groups.values())]
+
+
+def _mean_sd(values, digits=2, sign=""):
+    """'5.06' for one value, '5.06 ± 0.04' (sample standard deviation) for several;
+    sign="+" writes the sign of positive means too."""
+    values = np.asarray(values, np.float64)
+    text = f"{values.mean():{sign}.{digits}f}"
+    return text if values.size < 2 else f"{text} ± {values.std(ddof=1):.{digits}f}"
+
+
+def _test_predictions(variant):
+    """(true ages, (seeds, faces) predictions) of a variant's test faces, the faces in the
+    same order for every seed; None when a run has no predictions file."""
+    if not variant.has_test:
+        return None
+    found = []
+    for folder in variant.folders:
+        if not (Path(folder) / PREDICTIONS).exists():
+            return None
+        found.append(run_predictions(folder, variant.test))
+    faces, true = found[0][0], found[0][1]
+    order = np.argsort(faces)
+    predicted = []
+    for other_faces, _, other_predicted in found:
+        if sorted(other_faces) != sorted(faces):
+            raise ValueError(f"the runs of {variant.label!r} predicted different faces")
+        predicted.append(other_predicted[np.argsort(other_faces)])
+    return true[order], np.stack(predicted)
+
+
+def comparison_table(variants, against="first"):
+    """A Markdown table of variants: seeds, validation and test MAE (mean ± standard
+    deviation over the seeds), and the difference to the first row (against="first") or
+    to the row above ("previous"): on validation the mean ± sd of the per-seed differences
+    when the seeds match, on test the paired bootstrap 95 % interval over the test faces.
+    """
+    if against not in ("first", "previous"):
+        raise ValueError(f'against must be "first" or "previous", got {against!r}')
+    reference = "first row" if against == "first" else "row above"
+    lines = [
+        f"| | seeds | best val MAE | val MAE − {reference} | test MAE | test MAE − "
+        f"{reference} [95 % interval] | epochs | minutes of training |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    rows = []
+    for index, variant in enumerate(variants):
+        metrics = [
+            json.loads((Path(folder) / "metrics.json").read_text())
+            for folder in variant.folders
+        ]
+        seeds = [m.get("config", {}).get("seed") for m in metrics]
+        val = [m[variant.val] for m in metrics]
+        test = _test_predictions(variant)
+        if test:
+            test_maes = [float(np.abs(p - test[0]).mean()) for p in test[1]]
+        elif variant.has_test and variant.test is None:
+            test_maes = [m["test_mae"] for m in metrics]
+        else:
+            test_maes = []
+        row = dict(seeds=seeds, val=val, test=test)
+        val_difference = test_difference = "—"
+        if index:
+            base = rows[0] if against == "first" else rows[-1]
+            if base["seeds"] == seeds and None not in seeds:
+                val_difference = _mean_sd(np.subtract(val, base["val"]), 2, "+")
+            if test and base["test"] is not None:
+                if not np.array_equal(test[0], base["test"][0]):
+                    raise ValueError(f"{variant.label!r} has other test faces")
+                shown = paired_bootstrap(test[0], base["test"][1], test[1])
+                test_difference = "{:+.2f} [{:+.2f}, {:+.2f}]".format(*shown)
+        rows.append(row)
+        lines.append(
+            f"| {variant.label} | {len(metrics)} | {_mean_sd(val)} | {val_difference} | "
+            f"{_mean_sd(test_maes) if test_maes else '—'} | {test_difference} | "
+            f"{np.mean([m['epochs_run'] for m in metrics]):.0f} | "
+            f"{np.mean([m['train_seconds'] for m in metrics]) / 60:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot_variants(variants, file_name=None, against="epoch"):
+    """The validation MAE of every run, a colour per variant; against="minutes" plots it
+    against cumulative training time and marks each run's test MAE at its total time."""
+    import matplotlib.pyplot as plt
+
+    if against not in ("epoch", "minutes"):
+        raise ValueError(f'against must be "epoch" or "minutes", got {against!r}')
+    figure, axes = plt.subplots(figsize=(6.5, 4))
+    for color, variant in zip(
+        plt.rcParams["axes.prop_cycle"].by_key()["color"] * 9, variants
+    ):
+        for number, folder in enumerate(map(Path, variant.folders)):
+            metrics = json.loads((folder / "metrics.json").read_text())
+            history = json.loads((folder / "history.json").read_text())
+            if against == "epoch":
+                steps = [row["epoch"] for row in history]
+            else:
+                steps = np.cumsum([row["seconds"] for row in history]) / 60
+            axes.plot(
+                steps,
+                [row["val_mae"] for row in history],
+                color=color,
+                alpha=0.9 if number == 0 else 0.45,
+                label=variant.label if number == 0 else None,
+            )
+            if against == "minutes":
+                axes.plot(
+                    metrics["train_seconds"] / 60, metrics["test_mae"], "o", color=color
+                )
+    if against == "minutes":
+        axes.set_xscale("log")
+        axes.set_xlabel("minutes of training (log scale); dots: final test MAE")
+    else:
+        axes.set_xlabel("epoch")
+    axes.set_ylabel("validation MAE (years)")
+    axes.set_ylim(top=min(axes.get_ylim()[1], 20))
+    axes.legend()
+    axes.grid(alpha=0.3)
+    if file_name:
+        save_fig(figure, file_name)
+    return figure
+
+
+def compare_runs(folders, file_name=None, against="epoch", labels=None):
+    """A Markdown table of finished runs, runs that differ only in seed forming one row,
+    and their validation curves in one plot (see comparison_table and plot_variants)."""
+    variants = group_runs(folders, labels)
+    plot_variants(variants, file_name, against)
+    return comparison_table(variants)
+
+
+def _by_age_bin(true, predicted):
+    """{bin: (mask, mae per seed, mean signed error per seed)} of (seeds, faces) ages."""
+    bins = {}
+    for low, high in utk_data.AGE_BINS:
+        inside = (true >= low) & (true <= high)
+        if not inside.any():
+            continue
+        errors = predicted[:, inside] - true[inside]
+        name = utk_data.age_bin_name(low, high)
+        bins[name] = inside, np.abs(errors).mean(axis=1), errors.mean(axis=1)
+    return bins
+
+
+def errors_by_age_table(variant):
+    """A Markdown table of a variant's test MAE and mean signed error (predicted − true)
+    per age bin, mean ± sd over its seeds: positive for the young and negative for the
+    old is a pull of the predictions towards the middle ages."""
+    found = _test_predictions(variant)
+    if found is None:
+        raise FileNotFoundError(f"{variant.label!r}: a run has no {PREDICTIONS}")
+    lines = ["| age | faces | MAE | mean signed error |", "|---|---:|---:|---:|"]
+    for name, (inside, mae, signed) in _by_age_bin(*found).items():
+        lines.append(
+            f"| {name} | {inside.sum()} | {_mean_sd(mae)} | {_mean_sd(signed, 1, '+')} |"
+        )
+    return "\n".join(lines)
+
+
+def gender_by_age_table(variant):
+    """A Markdown table of a variant's test MAE of men and women within each age bin, and
+    the difference at equal ages: the bins' differences weighted by their faces."""
+    found = _test_predictions(variant)
+    if found is None:
+        raise FileNotFoundError(f"{variant.label!r}: a run has no {PREDICTIONS}")
+    true, predicted = found
+    table = read_predictions(Path(variant.folders[0]) / PREDICTIONS)
+    gender = table["gender"][
+        np.argsort(table["face"])
+    ]  # the order of _test_predictions
+    errors = np.abs(predicted - true).mean(axis=0)  # each face's MAE over the seeds
+    lines = [
+        "| age | men | women | MAE, men | MAE, women | women − men |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    weighted, weights = 0.0, 0
+    for name, (inside, _, _) in _by_age_bin(true, predicted).items():
+        men, women = inside & (gender == 0), inside & (gender == 1)
+        if not (men.any() and women.any()):
+            continue
+        difference = errors[women].mean() - errors[men].mean()
+        weighted += difference * inside.sum()
+        weights += inside.sum()
+        lines.append(
+            f"| {name} | {men.sum()} | {women.sum()} | {errors[men].mean():.2f} | "
+            f"{errors[women].mean():.2f} | {difference:+.2f} |"
+        )
+    lines.append(
+        f"| at equal ages (weighted by faces) | | | | | {weighted / weights:+.2f} |"
+    )
+    return "\n".join(lines)
+
+
+# Lists the tables and figures that answers.md shows, and the runs each is drawn from.
+REPORT = "report.json"
+TABLES = {"errors_by_age": errors_by_age_table, "gender_by_age": gender_by_age_table}
+
+
+def report(results="results", figures=None):
+    """Re-draw the tables (and, into `figures`, the figures) that results/report.json
+    lists, from the runs in `results`; returns {name: Markdown table}."""
+    results = Path(results)
+    entries = json.loads((results / REPORT).read_text())
+    tables = {}
+    for entry in entries:
+        variants = [
+            Variant(
+                row["label"],
+                [results / run for run in row["runs"]],
+                row.get("val", "val_mae"),
+                row.get("test"),
+                row.get("has_test", True),
+            )
+            for row in entry["rows"]
+        ]
+        kind = entry.get("kind", "comparison")
+        if kind == "comparison":
+            tables[entry["name"]] = comparison_table(
+                variants, entry.get("against", "first")
+            )
+        elif kind in TABLES:
+            tables[entry["name"]] = TABLES[kind](variants[0])
+        else:
+            raise ValueError(f"{results / REPORT}: unknown kind {kind!r}")
+        if entry.get("figure") and figures is not None:
+            plot_variants(variants, Path(figures) / entry["figure"], entry["x"])
+    return tables
 
 
 # ---------------------------------------------------------------------------------------
@@ -1457,20 +1776,41 @@ def _parser():
     evaluate.add_argument(
         "--figures", help="save evaluation.png (and learning_curve.png) in this folder"
     )
+    evaluate.add_argument(
+        "--predictions",
+        help=f"write a CSV row per test face here (as train writes {PREDICTIONS})",
+    )
     baseline = commands.add_parser(
         "baseline", help="test metrics of predicting the median training age"
     )
     baseline.add_argument("--data", help="folder, archive or URL of UTKFace")
     compare = commands.add_parser(
-        "compare", help="a table of finished runs and their validation curves"
+        "compare",
+        help="a table of finished runs (runs differing only in seed form one row, "
+        "with mean ± sd and a paired bootstrap interval against the first row) and "
+        "their validation curves",
     )
     compare.add_argument("runs", nargs="+", metavar="RUN_DIR")
     compare.add_argument("--plot", help="save the validation curves here")
+    compare.add_argument(
+        "--labels", nargs="+", help="a name for each row (default: folder names)"
+    )
     compare.add_argument(
         "--against",
         choices=("epoch", "minutes"),
         default="epoch",
         help="x axis of the plot: epochs, or minutes of training (test MAE marked)",
+    )
+    report_command = commands.add_parser(
+        "report",
+        help=f"re-draw the tables and figures that RESULTS/{REPORT} lists, from the "
+        "runs kept in RESULTS",
+    )
+    report_command.add_argument(
+        "--results", default="results", help="(default: results)"
+    )
+    report_command.add_argument(
+        "--figures", help="re-draw the figures into this folder (default: none)"
     )
     predict = commands.add_parser(
         "predict", help="ages of the faces in pictures (a CSV row per face)"
@@ -1519,6 +1859,9 @@ def command_evaluate(arguments, parser):
         tta=arguments.tta,
     )
     print(json.dumps(evaluate_predictions(*predictions[1:]), indent=2))
+    if arguments.predictions:
+        column = PREDICTION_COLUMNS[arguments.tta]
+        write_predictions(arguments.predictions, {column: predictions})
     if arguments.figures:
         save_figures(
             arguments.model, predictions.true, predictions.predicted, arguments.figures
@@ -1538,7 +1881,30 @@ def command_compare(arguments, parser):
     import matplotlib
 
     matplotlib.use("Agg")
-    print(compare_runs(arguments.runs, arguments.plot, arguments.against))
+    try:
+        print(
+            compare_runs(
+                arguments.runs, arguments.plot, arguments.against, arguments.labels
+            )
+        )
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def command_report(arguments, parser):
+    """`report`: every table of RESULTS/report.json in Markdown, and its figures."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    try:
+        tables = report(arguments.results, arguments.figures)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    for name, table in tables.items():
+        print(f"{name}:\n\n{table}\n")
     return 0
 
 
@@ -1551,7 +1917,7 @@ def command_predict(arguments, parser):
 
 
 def main(argv=None):
-    """The command line: train, evaluate, baseline, compare, predict."""
+    """The command line: train, evaluate, baseline, compare, report, predict."""
     parser = _parser()
     arguments = parser.parse_args(argv)
     commands = {
@@ -1559,6 +1925,7 @@ def main(argv=None):
         "evaluate": command_evaluate,
         "baseline": command_baseline,
         "compare": command_compare,
+        "report": command_report,
         "predict": command_predict,
     }
     return commands[arguments.command](arguments, parser)

@@ -265,15 +265,30 @@ def test_the_three_commands(tiny_data, tmp_path, capsys):
     )
     assert metrics["test_negative_predictions"] == 0  # a ReLU output
     assert json.loads((out / "history.json").read_text())[0]["epoch"] == 1
-    capsys.readouterr()
-    assert (
-        train_loop.main(
-            ["evaluate", "--model", str(out / "model.keras"), "--data", str(tiny_data)]
-        )
-        == 0
+    # The test predictions behind metrics.json, both readouts, a row per test face.
+    faces, true, predicted = train_loop.run_predictions(out)
+    assert len(set(faces)) == len(faces) == metrics["test_images"]
+    assert np.abs(predicted - true).mean() == pytest.approx(
+        metrics["test_mae"], abs=1e-3
     )
+    _, _, plain = train_loop.run_predictions(out, "predicted_no_tta")
+    assert np.abs(plain - true).mean() == pytest.approx(
+        metrics["test_mae_no_tta"], abs=1e-3
+    )
+    capsys.readouterr()
+    written = tmp_path / "evaluated.csv"
+    assert (
+        train_loop.main([
+            "evaluate", "--model", str(out / "model.keras"), "--data", str(tiny_data),
+            "--predictions", str(written),
+        ])
+        == 0
+    )  # fmt: skip
     evaluated = json.loads(capsys.readouterr().out.split("\n", 1)[1])
     assert evaluated["mae"] == pytest.approx(metrics["test_mae"], abs=1e-4)
+    again = train_loop.read_predictions(written)
+    assert list(again["face"]) == list(faces)
+    assert again["predicted_tta"] == pytest.approx(predicted, abs=1e-3)
     assert (
         sum(row["count"] for row in evaluated["mae_by_race"].values())
         == evaluated["count"]
@@ -303,7 +318,9 @@ def test_the_three_commands(tiny_data, tmp_path, capsys):
         == 0
     )
     row = capsys.readouterr().out.splitlines()[2]
-    assert row.startswith(f"| run | {metrics['test_mae']:.2f} |")
+    assert row.startswith(
+        f"| run | 1 | {metrics['val_mae']:.2f} | — | {metrics['test_mae']:.2f} |"
+    )
     assert (figures / "curves.png").exists()
 
     photos = tmp_path / "photos"
@@ -461,7 +478,8 @@ def test_compare_against_minutes_marks_test_mae_at_training_time(tmp_path):
     table = train_loop.compare_runs(
         [tmp_path / "short", tmp_path / "long"], against="minutes"
     )
-    assert "| long | 5.00 | 9.00 | 8.00 (4) | 4 | 6.0 |" in table
+    # No seeds recorded, no predictions: no differences, the test MAE from metrics.json.
+    assert "| long | 1 | 8.00 | — | 5.00 | — | 4 | 6 |" in table
     lines = plt.gcf().axes[0].get_lines()
     curve, dot = lines[2].get_xydata(), lines[3].get_xydata()
     assert curve[:, 0].tolist() == [1.5, 3.0, 4.5, 6.0]

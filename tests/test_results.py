@@ -1,0 +1,207 @@
+"""Tests of the results tools: per-face predictions, the paired bootstrap, runs grouped by
+seed, and the report that re-draws the tables and figures of answers.md."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import train_loop
+import utk_data
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+# --- the paired bootstrap, on predictions whose answer is known ------------------------
+
+
+def test_a_constant_difference_has_no_width():
+    rng = np.random.default_rng(0)
+    true = rng.uniform(1, 90, 500)
+    first = true + rng.choice([-3.0, 3.0], 500)  # every error 3 years
+    second = true + rng.choice([-4.0, 4.0], 500)  # every error 4 years
+    assert train_loop.paired_bootstrap(true, first, second) == pytest.approx(
+        (1.0, 1.0, 1.0)
+    )
+
+
+def test_the_interval_is_the_standard_error_of_the_mean_difference():
+    rng = np.random.default_rng(1)
+    faces = 4000
+    true = rng.uniform(1, 90, faces)
+    first = true + 5.0  # every error 5 years
+    differences = rng.normal(0.3, 1.0, faces)  # second - first, face by face
+    second = true + 5.0 + differences
+    difference, low, high = train_loop.paired_bootstrap(true, first, second)
+    assert difference == pytest.approx(differences.mean())
+    half_width = 1.96 * differences.std() / np.sqrt(faces)  # about 0.031
+    assert (high - low) / 2 == pytest.approx(half_width, rel=0.1)
+    assert low < 0.3 < high
+    assert low < difference < high
+
+
+def test_pairing_removes_what_the_faces_share():
+    """Two models with large face-to-face differences in error, one 0.1 years worse on
+    every face: the paired interval is narrow and excludes 0."""
+    rng = np.random.default_rng(2)
+    true = rng.uniform(1, 90, 1000)
+    hardness = rng.exponential(6.0, 1000)  # some faces are much harder than others
+    first = true + hardness
+    second = true + hardness + 0.1
+    difference, low, high = train_loop.paired_bootstrap(true, first, second)
+    assert difference == pytest.approx(0.1)
+    assert 0.0 < low <= high < 0.2
+
+
+def test_several_seeds_average_their_errors_face_by_face():
+    true = np.zeros(3)
+    first = np.array([[1.0, 1.0, 1.0], [3.0, 3.0, 3.0]])  # MAE 1 and 3: mean 2
+    second = np.array([2.5, 2.5, 2.5])
+    assert train_loop.paired_bootstrap(true, first, second)[0] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="2 predictions for 3 faces"):
+        train_loop.paired_bootstrap(true, first, np.ones(2))
+
+
+# --- run folders as `train` writes them ------------------------------------------------
+
+
+def write_run(folder, true, predicted, seed, learning_rate=3e-3, val=5.0, order=None):
+    """A finished run's metrics.json, history.json and test predictions (synthetic), its
+    faces listed in `order`."""
+    folder.mkdir(parents=True)
+    order = np.arange(true.size) if order is None else order
+    records = [
+        utk_data.Record(Path(f"{int(true[i])}_{i % 2}_0_2017{i:09d}.jpg.chip.jpg"), int(true[i]), i % 2, 0)
+        for i in order
+    ]  # fmt: skip
+    true, predicted = true[order], predicted[order]
+    readout = train_loop.Predictions(records, true, predicted, {})
+    worse = predicted + np.sign(predicted - true)  # 1 year worse on every face
+    plain = train_loop.Predictions(records, true, worse, {})
+    train_loop.write_predictions(
+        folder / train_loop.PREDICTIONS,
+        {"predicted_no_tta": plain, "predicted_tta": readout},
+    )
+    history = [
+        {"epoch": epoch, "val_mae": val + 3 - epoch, "seconds": 60}
+        for epoch in (1, 2, 3)
+    ]
+    metrics = {
+        "test_mae": float(np.abs(predicted - true).mean()),
+        "val_mae": val,
+        "val_mae_tta": val - 0.2,
+        "tta": True,
+        "epochs_run": 3,
+        "train_seconds": 180,
+        "config": {"seed": seed, "out": str(folder), "learning_rate": learning_rate},
+    }
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    (folder / "history.json").write_text(json.dumps(history))
+
+
+@pytest.fixture
+def runs(tmp_path):
+    """Two seeds of a variant "a" (errors 2 and 4 years) and two of "b", 1 year worse on
+    every face; the runs of each seed list their faces in another order."""
+    rng = np.random.default_rng(3)
+    true = np.round(rng.uniform(1, 95, 300))
+    signs = rng.choice([-1.0, 1.0], 300)
+    order = rng.permutation(300)
+    for seed, error in ((0, 2.0), (1, 4.0)):
+        for name, extra, val in (("a", 0.0, 5.0 + seed), ("b", 1.0, 5.5 + seed)):
+            write_run(
+                tmp_path / (name if seed == 0 else f"{name}_seed{seed}"),
+                true,
+                true + signs * (error + extra),
+                seed,
+                learning_rate=3e-3 if name == "a" else 1e-3,
+                val=val,
+                order=order if seed else None,
+            )
+    return tmp_path
+
+
+def test_predictions_round_trip_with_unknown_labels(tmp_path):
+    records = [
+        utk_data.Record(Path("/x/25_1_2_2017.jpg.chip.jpg"), 25, 1, 2),
+        utk_data.Record(Path("/y/3_0_2017.jpg.chip.jpg"), 3, 0, None),
+    ]
+    found = train_loop.Predictions(
+        records, np.array([25.0, 3.0]), np.array([24.12346, 0.0]), {}
+    )
+    train_loop.write_predictions(tmp_path / "p.csv", {"predicted_tta": found})
+    table = train_loop.read_predictions(tmp_path / "p.csv")
+    assert list(table["face"]) == [train_loop.face_id(r.path) for r in records]
+    assert train_loop.face_id(records[0].path) == train_loop.face_id(
+        "25_1_2_2017.jpg.chip.jpg"
+    )  # the file name, not where it lies
+    assert "2017" not in (tmp_path / "p.csv").read_text()
+    assert table["race"][0] == 2 and np.isnan(table["race"][1])
+    assert table["predicted_tta"] == pytest.approx([24.1235, 0.0])
+
+
+def test_runs_of_one_setting_form_a_row_with_mean_sd_and_interval(runs):
+    folders = [runs / "a", runs / "b", runs / "a_seed1", runs / "b_seed1"]
+    variants = train_loop.group_runs(folders, labels=["rate 3e-3", "rate 1e-3"])
+    assert [v.folders for v in variants] == [folders[0::2], folders[1::2]]
+    lines = train_loop.comparison_table(variants).splitlines()
+    # Test MAE 2 and 4: 3.00 ± 1.41; validation 5 and 6. "b" is 1 year worse on every
+    # face, so its paired interval has no width; its validation 0.5 worse for both seeds.
+    assert lines[2] == "| rate 3e-3 | 2 | 5.50 ± 0.71 | — | 3.00 ± 1.41 | — | 3 | 3 |"
+    assert lines[3] == (
+        "| rate 1e-3 | 2 | 6.00 ± 0.71 | +0.50 ± 0.00 | 4.00 ± 1.41 | +1.00 [+1.00, +1.00] | 3 | 3 |"
+    )
+    with pytest.raises(ValueError, match="2 labels for 1 variants"):
+        train_loop.group_runs(folders[:1], labels=["x", "y"])
+
+
+def test_a_missing_predictions_file_names_the_command_that_writes_it(runs):
+    (runs / "b" / train_loop.PREDICTIONS).unlink()
+    with pytest.raises(FileNotFoundError, match="--predictions"):
+        train_loop.run_predictions(runs / "b")
+    table = train_loop.compare_runs([runs / "a", runs / "b"])
+    assert table.splitlines()[3].startswith("| b | 1 | 5.50 | +0.50 | 3.00 | — |")
+
+
+def test_report_redraws_tables_and_figures(runs, tmp_path, capsys):
+    entries = [
+        {
+            "name": "readouts",
+            "against": "previous",
+            "figure": "curves.png",
+            "x": "minutes",
+            "rows": [
+                {"label": "one image", "runs": ["a", "a_seed1"], "test": "predicted_no_tta"},
+                {"label": "with its mirror image", "runs": ["a", "a_seed1"], "val": "val_mae_tta"},
+            ],
+        },
+        {"name": "by age", "kind": "errors_by_age", "rows": [{"label": "a", "runs": ["a"]}]},
+        {"name": "by gender", "kind": "gender_by_age", "rows": [{"label": "a", "runs": ["a"]}]},
+    ]  # fmt: skip
+    (runs / train_loop.REPORT).write_text(json.dumps(entries))
+    figures = tmp_path / "figures"
+    figures.mkdir()
+    assert (
+        train_loop.main(["report", "--results", str(runs), "--figures", str(figures)])
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert (figures / "curves.png").stat().st_size > 0
+    # The mirror readout is 1 year better on every face than the single image.
+    assert (
+        "| with its mirror image | 2 | 5.30 ± 0.71 | -0.20 ± 0.00 | 3.00 ± 1.41 | -1.00 [-1.00, -1.00] |"
+        in printed
+    )
+    by_age = train_loop.report(runs)["by age"].splitlines()
+    # Errors of +-2 years: a mean absolute error of exactly 2 in every bin.
+    assert len(by_age) > 6 and all(" | 2.00 | " in line for line in by_age[2:])
+    assert (
+        "at equal ages (weighted by faces) | | | | | +0.00 |"
+        in train_loop.report(runs)["by gender"]
+    )
+    (runs / train_loop.REPORT).write_text(
+        json.dumps([{"name": "x", "kind": "pie", "rows": entries[1]["rows"]}])
+    )
+    assert train_loop.main(["report", "--results", str(runs)]) == 1
+    assert "unknown kind 'pie'" in capsys.readouterr().err
