@@ -1778,7 +1778,8 @@ def _parser():
     )
     evaluate.add_argument(
         "--predictions",
-        help=f"write a CSV row per test face here (as train writes {PREDICTIONS})",
+        help=f"write a CSV row per test face here, with and without the mirror images "
+        f"(as train writes {PREDICTIONS})",
     )
     baseline = commands.add_parser(
         "baseline", help="test metrics of predicting the median training age"
@@ -1852,6 +1853,7 @@ def command_evaluate(arguments, parser):
     if arguments.unknown_attributes and not getattr(model, "attribute_inputs", False):
         parser.error(f"{arguments.model} has no gender and race inputs")
     _, _, test = prepare_data(TrainConfig(data=arguments.data, limit=arguments.limit))
+    test = utk_data.decode_records(test, model.image_size)  # once for both readouts
     predictions = predict_records(
         model,
         test,
@@ -1859,9 +1861,15 @@ def command_evaluate(arguments, parser):
         tta=arguments.tta,
     )
     print(json.dumps(evaluate_predictions(*predictions[1:]), indent=2))
-    if arguments.predictions:
-        column = PREDICTION_COLUMNS[arguments.tta]
-        write_predictions(arguments.predictions, {column: predictions})
+    if arguments.predictions:  # Both readouts, as train writes them.
+        readouts = {PREDICTION_COLUMNS[arguments.tta]: predictions}
+        readouts[PREDICTION_COLUMNS[not arguments.tta]] = predict_records(
+            model,
+            test,
+            attributes_known=not arguments.unknown_attributes,
+            tta=not arguments.tta,
+        )
+        write_predictions(arguments.predictions, dict(sorted(readouts.items())))
     if arguments.figures:
         save_figures(
             arguments.model, predictions.true, predictions.predicted, arguments.figures

@@ -289,6 +289,7 @@ def test_the_three_commands(tiny_data, tmp_path, capsys):
     again = train_loop.read_predictions(written)
     assert list(again["face"]) == list(faces)
     assert again["predicted_tta"] == pytest.approx(predicted, abs=1e-3)
+    assert again["predicted_no_tta"] == pytest.approx(plain, abs=1e-3)
     assert (
         sum(row["count"] for row in evaluated["mae_by_race"].values())
         == evaluated["count"]
