@@ -542,8 +542,9 @@ TASK3_TEXT = """
 **For.** A softmax over the ages 0–116 outputs a whole distribution: it can say "25 or 35"
 and show its uncertainty, and its expected value (or median) turns it back into one age.
 UTKFace's labels are noisy and partly guessed (801 faces aged 35 against 373 aged 34): trained
-on soft targets, a distribution over neighbouring ages, a classifier can take that noise into
-account, which a single regression target cannot.
+on soft targets, a Gaussian over the neighbouring ages instead of one class, a classifier is
+taught "about 35" rather than "exactly 35", so a label a few years off costs it little (with
+one-hot classes, as `--head classification` is trained, it does not: 34 is then as wrong as 70).
 
 **Against.** Plain classes ignore the order of ages: confusing 30 with 31 costs as much
 cross-entropy as confusing 30 with 70, so the network must learn the order from the data.
