@@ -477,6 +477,15 @@ def ages_from_outputs(head, outputs, method="mean"):
     return ops.sum(exceed, axis=-1, keepdims=True)
 
 
+def age_quantiles(logits, quantiles):
+    """The quantiles of a classification head's age distributions: for each q, the first
+    age whose cumulative probability reaches q (the median's rule), (batch, len(quantiles))
+    float32 from logits (batch, max_age + 1)."""
+    cumulative = ops.cumsum(ops.softmax(ops.cast(logits, "float32"), axis=-1), axis=-1)
+    levels = ops.reshape(ops.convert_to_tensor(quantiles, "float32"), (1, -1, 1))
+    return ops.sum(ops.cast(cumulative[:, None, :] < levels, "float32"), axis=-1)
+
+
 def soft_age_labels(ages, num_classes, sigma):
     """Gaussian label distributions over the ages 0..num_classes-1: (batch, num_classes)."""
     classes = ops.arange(num_classes, dtype="float32")  # (num_classes,)

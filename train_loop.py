@@ -43,7 +43,13 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import utk_data  # noqa: E402
-from model import ages_from_outputs, build_model, loss_terms, model_inputs  # noqa: E402
+from model import (  # noqa: E402
+    age_quantiles,
+    ages_from_outputs,
+    build_model,
+    loss_terms,
+    model_inputs,
+)
 
 CHECKPOINT = "checkpoint.npz"
 
@@ -842,7 +848,7 @@ def _finish(config, history, out, splits):
     model = keras.models.load_model(out / "model.keras")
     # Both readouts of the same weights, with and without the mirror images, each split
     # decoded once; the configured one is the run's test result.
-    readouts, test_readouts = {}, {}
+    readouts, test_readouts, intervals = {}, {}, {}
     for split, records in (("val", splits[1]), ("test", splits[2])):
         images = utk_data.decode_records(records, config.image_size)
         for tta in (False, True):
@@ -853,6 +859,8 @@ def _finish(config, history, out, splits):
                 test_readouts[PREDICTION_COLUMNS[tta]] = found
                 if tta == bool(config.tta):
                     predictions = found
+        if split == "test" and config.head == "classification":
+            intervals = predict_quantiles(model, images, config.batch_size)
     test = evaluate_predictions(*predictions[1:])
     state = progress(history, config)
     metrics = {
@@ -895,7 +903,7 @@ def _finish(config, history, out, splits):
         },
     }
     _write_json(out / "metrics.json", metrics)
-    write_predictions(out / PREDICTIONS, test_readouts)
+    write_predictions(out / PREDICTIONS, test_readouts, intervals)
     print(
         f"test MAE {test['mae']:.3f} years, RMSE {test['rmse']:.3f} "
         f"(best epoch {state.best_epoch}, {state.train_seconds / 60:.1f} min of training)"
@@ -1216,14 +1224,16 @@ def face_id(path):
     return hashlib.sha256(Path(path).name.encode()).hexdigest()[:12]
 
 
-def write_predictions(path, readouts):
+def write_predictions(path, readouts, extra=None):
     """Write a CSV row per face: face (face_id), age, gender, race (empty when unknown),
     then one column of predicted ages per entry of `readouts`, {column: Predictions},
-    every entry holding the same faces in the same order."""
-    columns = list(readouts)
-    first = readouts[columns[0]]
-    if any(len(readouts[column].records) != len(first.records) for column in columns):
-        raise ValueError("every readout must hold the same faces")
+    every entry holding the same faces in the same order, and the columns of `extra`,
+    {column: (faces,) array} in that order too (such as a head's age quantiles)."""
+    columns = {name: found.predicted for name, found in readouts.items()}
+    columns.update(extra or {})
+    first = next(iter(readouts.values()))
+    if any(len(values) != len(first.records) for values in columns.values()):
+        raise ValueError("every column must hold the same faces")
 
     def write(temporary):
         with open(temporary, "w", newline="") as file:
@@ -1231,7 +1241,7 @@ def write_predictions(path, readouts):
             writer.writerow(["face", "age", "gender", "race", *columns])
             for index, record in enumerate(first.records):
                 labels = ["" if label is None else label for label in record[2:4]]
-                ages = [f"{readouts[c].predicted[index]:.4f}" for c in columns]
+                ages = [f"{values[index]:.4f}" for values in columns.values()]
                 writer.writerow([face_id(record.path), record.age, *labels, *ages])
 
     _atomic_write(Path(path), write)
@@ -1269,6 +1279,30 @@ def run_predictions(folder, column=None):
     if column not in table:
         raise ValueError(f"{folder / PREDICTIONS} has no column {column}")
     return table["face"], table["age"], table[column]
+
+
+# The quantiles of a classification head's age distribution kept per test face: the 50 %
+# and 90 % central intervals, whose calibration the report shows.
+INTERVALS = {"50 %": (0.25, 0.75), "90 %": (0.05, 0.95)}
+
+
+def _quantile_column(quantile):
+    return f"q{round(quantile * 100):02d}"
+
+
+def predict_quantiles(model, images, batch_size=64):
+    """{"q05", "q25", "q75", "q95": (faces,) ages} of a classification head's predicted
+    distribution for DecodedImages (each image alone, not averaged with its mirror)."""
+    quantiles = sorted({q for bounds in INTERVALS.values() for q in bounds})
+    found = []
+    for batch, labels in _evaluation_dataset(images, model.image_size, batch_size):
+        inputs = model_inputs(
+            model, batch, labels
+        )  # true gender and race, if it takes them
+        logits = model(inputs, training=False)["logits"]
+        found.append(keras.ops.convert_to_numpy(age_quantiles(logits, quantiles)))
+    found = np.concatenate(found)
+    return {_quantile_column(q): found[:, i] for i, q in enumerate(quantiles)}
 
 
 def paired_bootstrap(true, first, second, resamples=10_000, level=0.95, seed=0):
@@ -1530,9 +1564,35 @@ def gender_by_age_table(variant):
     return "\n".join(lines)
 
 
+def calibration_table(variant):
+    """A Markdown table of how often the true age of a test face falls in the 50 % and 90 %
+    central intervals of a classification head's predicted distribution (mean ± sd over
+    the seeds), and the intervals' mean width: a calibrated head has 50 % and 90 %."""
+    lines = [
+        "| interval | true age inside it | mean width (years) |",
+        "|---|---:|---:|",
+    ]
+    tables = [read_predictions(Path(f) / PREDICTIONS) for f in variant.folders]
+    for name, (low, high) in INTERVALS.items():
+        columns = _quantile_column(low), _quantile_column(high)
+        if any(column not in table for table in tables for column in columns):
+            raise ValueError(f"{variant.label!r}: a run has no {'/'.join(columns)}")
+        inside = [
+            100 * np.mean((t[columns[0]] <= t["age"]) & (t["age"] <= t[columns[1]]))
+            for t in tables
+        ]
+        width = np.mean([np.mean(t[columns[1]] - t[columns[0]]) for t in tables])
+        lines.append(f"| {name} | {_mean_sd(inside, 1)} % | {width:.1f} |")
+    return "\n".join(lines)
+
+
 # Lists the tables and figures that answers.md shows, and the runs each is drawn from.
 REPORT = "report.json"
-TABLES = {"errors_by_age": errors_by_age_table, "gender_by_age": gender_by_age_table}
+TABLES = {
+    "errors_by_age": errors_by_age_table,
+    "gender_by_age": gender_by_age_table,
+    "calibration": calibration_table,
+}
 
 
 def report(results="results", figures=None):

@@ -10,6 +10,7 @@ from model import (
     HEADS,
     AgeCNN,
     CourseCNN,
+    age_quantiles,
     ages_from_outputs,
     build_model,
     example_inputs,
@@ -308,3 +309,19 @@ def test_soft_age_labels_are_gaussians_around_the_age():
     np.testing.assert_allclose(labels.sum(axis=1), 1.0, rtol=1e-6)
     assert labels.argmax(axis=1).tolist() == [0, 30]
     np.testing.assert_allclose(labels[1, 28] / labels[1, 30], np.exp(-0.5), rtol=1e-5)
+
+
+def test_age_quantiles_of_a_known_distribution():
+    probabilities = np.zeros((2, 117), np.float32)
+    probabilities[0, 10:18] = 0.125  # ages 10..17 alike
+    probabilities[1, 40] = 1.0  # certain: 40
+    logits = np.log(np.maximum(probabilities, 1e-30))
+    found = ops.convert_to_numpy(age_quantiles(logits, [0.05, 0.3, 0.55, 0.8, 0.95]))
+    # The first age whose cumulative probability (0.125 more per age) reaches q.
+    assert found.tolist() == [[10, 12, 14, 16, 17], [40, 40, 40, 40, 40]]
+    # The median is the same rule at q = 1/2.
+    median = ages_from_outputs("classification", logits, method="median")
+    assert (
+        ops.convert_to_numpy(median).tolist()
+        == ops.convert_to_numpy(age_quantiles(logits, [0.5])).tolist()
+    )

@@ -205,3 +205,29 @@ def test_report_redraws_tables_and_figures(runs, tmp_path, capsys):
     )
     assert train_loop.main(["report", "--results", str(runs)]) == 1
     assert "unknown kind 'pie'" in capsys.readouterr().err
+
+
+def test_calibration_counts_the_true_ages_inside_the_intervals(tmp_path):
+    """Intervals that hold the true age for exactly 3 of 4 faces (50 %) and 4 of 4 (90 %)."""
+    true = np.array([20.0, 30.0, 40.0, 50.0])
+    records = [
+        utk_data.Record(Path(f"{int(a)}_0_0_x{a}.jpg"), int(a), 0, 0) for a in true
+    ]
+    found = train_loop.Predictions(records, true, true, {})
+    quantiles = {
+        "q05": true - 10,
+        "q25": np.array([18.0, 30.0, 41.0, 45.0]),  # the third interval misses
+        "q75": np.array([22.0, 35.0, 44.0, 50.0]),
+        "q95": true + 10,
+    }
+    folder = tmp_path / "classification"
+    folder.mkdir()
+    train_loop.write_predictions(
+        folder / train_loop.PREDICTIONS, {"predicted_no_tta": found}, quantiles
+    )
+    table = train_loop.calibration_table(train_loop.Variant("softmax", [folder]))
+    assert "| 50 % | 75.0 % | 4.2 |" in table  # widths 4, 5, 3, 5
+    assert "| 90 % | 100.0 % | 20.0 |" in table
+    (folder / train_loop.PREDICTIONS).write_text("face,age,predicted_no_tta\nab,3,3\n")
+    with pytest.raises(ValueError, match="q25/q75"):
+        train_loop.calibration_table(train_loop.Variant("softmax", [folder]))

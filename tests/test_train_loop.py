@@ -558,6 +558,14 @@ def test_train_every_head_and_option(tiny_data, tmp_path, options):
         assert without == [None] and run.metrics["val_mae_without_ema"] is None
     assert run.metrics["onednn"] in (True, False, None)
     assert set(run.metrics["cpu_bfloat16_units"]) <= {"amx_bf16", "avx512_bf16"}
+    # A classification head's test predictions keep its 50 % and 90 % intervals.
+    written = train_loop.read_predictions(tmp_path / train_loop.PREDICTIONS)
+    quantiles = [written.get(name) for name in ("q05", "q25", "q75", "q95")]
+    if options.get("head") == "classification":
+        assert (np.diff(quantiles, axis=0) >= 0).all()  # q05 <= q25 <= q75 <= q95
+        assert ((quantiles[0] <= quantiles[1]) & (quantiles[1] <= quantiles[3])).all()
+    else:
+        assert quantiles == [None] * 4
 
 
 @pytest.mark.slow
