@@ -527,7 +527,7 @@ linear one. The linear output predicted a negative age for only 5 of the 2,136 t
 while the ReLU output clipped 127 faces, nearly all babies, to exactly 0, where they give no
 gradient: its MAE on ages 0–9 was 3.52 against 2.70. So here the guarantee buys little, and
 with one seed the 0.15-year difference overall is not settled. The model keeps the ReLU
-output, as the assignment asks. The details and the learning curves are in
+output of the course network, which this task is about. The details and the learning curves are in
 [answers.md](answers.md#task-2-why-a-relu-output-works-here-and-its-advantage-over-a-linear-output).
 
 This run's test predictions that the ReLU clipped to 0, and the negative ones (always 0 with a
@@ -563,7 +563,7 @@ regression with the ReLU output, **5.21** for the classifier read out as an expe
 **5.58** for the ordinal head. With a second seed the regression reached 5.70 and the
 classifier 5.37: over two seeds the classifier was ahead by about 0.4 years. The reasons
 against did not show at this scale. The model keeps the regression head with the ReLU output,
-as the assignment asks; the other heads are options of `AgeCNN` and of the command line. The
+as the course network has it; the other heads are options of `AgeCNN` and of the command line. The
 commands and tables are in [answers.md](answers.md#task-3-age-as-classification--for-and-against).
 """
 
