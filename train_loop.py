@@ -1530,36 +1530,42 @@ def errors_by_age_table(variant):
     return "\n".join(lines)
 
 
-def gender_by_age_table(variant):
+def gender_by_age_table(variant, resamples=10_000, seed=0):
     """A Markdown table of a variant's test MAE of men and women within each age bin, and
-    the difference at equal ages: the bins' differences weighted by their faces."""
+    the difference at equal ages: the bins' differences weighted by their faces, with a
+    bootstrap 95 % interval (the men and the women of each bin drawn with replacement).
+    """
     found = _test_predictions(variant)
     if found is None:
         raise FileNotFoundError(f"{variant.label!r}: a run has no {PREDICTIONS}")
     true, predicted = found
     table = read_predictions(Path(variant.folders[0]) / PREDICTIONS)
-    gender = table["gender"][
-        np.argsort(table["face"])
-    ]  # the order of _test_predictions
+    gender = table["gender"][np.argsort(table["face"])]  # as _test_predictions sorts
     errors = np.abs(predicted - true).mean(axis=0)  # each face's MAE over the seeds
     lines = [
         "| age | men | women | MAE, men | MAE, women | women − men |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    weighted, weights = 0.0, 0
+    generator = np.random.default_rng(seed)
+    weighted, resampled, weights = 0.0, np.zeros(resamples), 0
     for name, (inside, _, _) in _by_age_bin(true, predicted).items():
-        men, women = inside & (gender == 0), inside & (gender == 1)
-        if not (men.any() and women.any()):
+        men, women = errors[inside & (gender == 0)], errors[inside & (gender == 1)]
+        if not (men.size and women.size):
             continue
-        difference = errors[women].mean() - errors[men].mean()
+        difference = women.mean() - men.mean()
         weighted += difference * inside.sum()
         weights += inside.sum()
+        for group, sign in ((women, 1), (men, -1)):
+            picks = generator.integers(0, group.size, (resamples, group.size))
+            resampled += sign * group[picks].mean(axis=1) * inside.sum()
         lines.append(
-            f"| {name} | {men.sum()} | {women.sum()} | {errors[men].mean():.2f} | "
-            f"{errors[women].mean():.2f} | {difference:+.2f} |"
+            f"| {name} | {men.size} | {women.size} | {men.mean():.2f} | "
+            f"{women.mean():.2f} | {difference:+.2f} |"
         )
+    low, high = np.percentile(resampled / weights, [2.5, 97.5])
     lines.append(
-        f"| at equal ages (weighted by faces) | | | | | {weighted / weights:+.2f} |"
+        f"| at equal ages (bins weighted by their faces) [95 % interval] | | | | | "
+        f"{weighted / weights:+.2f} [{low:+.2f}, {high:+.2f}] |"
     )
     return "\n".join(lines)
 

@@ -196,9 +196,10 @@ def test_report_redraws_tables_and_figures(runs, tmp_path, capsys):
     by_age = train_loop.report(runs)["by age"].splitlines()
     # Errors of +-2 years: a mean absolute error of exactly 2 in every bin.
     assert len(by_age) > 6 and all(" | 2.00 | " in line for line in by_age[2:])
+    # The same error for everyone: no difference, and an interval without width.
     assert (
-        "at equal ages (weighted by faces) | | | | | +0.00 |"
-        in train_loop.report(runs)["by gender"]
+        "| at equal ages (bins weighted by their faces) [95 % interval] | | | | | "
+        "+0.00 [+0.00, +0.00] |" in train_loop.report(runs)["by gender"]
     )
     (runs / train_loop.REPORT).write_text(
         json.dumps([{"name": "x", "kind": "pie", "rows": entries[1]["rows"]}])
@@ -231,3 +232,16 @@ def test_calibration_counts_the_true_ages_inside_the_intervals(tmp_path):
     (folder / train_loop.PREDICTIONS).write_text("face,age,predicted_no_tta\nab,3,3\n")
     with pytest.raises(ValueError, match="q25/q75"):
         train_loop.calibration_table(train_loop.Variant("softmax", [folder]))
+
+
+def test_women_one_year_worse_at_every_age_is_one_year_at_equal_ages(tmp_path):
+    rng = np.random.default_rng(4)
+    true = np.round(rng.uniform(1, 95, 400))
+    women = np.arange(400) % 2 == 1  # as write_run labels them
+    signs = rng.choice([-1.0, 1.0], 400)
+    write_run(tmp_path / "run", true, true + signs * np.where(women, 3.0, 2.0), seed=0)
+    table = train_loop.gender_by_age_table(
+        train_loop.Variant("run", [tmp_path / "run"])
+    )
+    assert "| 2.00 | 3.00 | +1.00 |" in table.splitlines()[2]
+    assert table.endswith("| +1.00 [+1.00, +1.00] |")
