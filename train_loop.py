@@ -1451,9 +1451,10 @@ def comparison_table(variants, against="first"):
     return "\n".join(lines)
 
 
-def plot_variants(variants, file_name=None, against="epoch"):
+def plot_variants(variants, file_name=None, against="epoch", top=None):
     """The validation MAE of every run, a colour per variant; against="minutes" plots it
-    against cumulative training time and marks each run's test MAE at its total time."""
+    against cumulative training time and marks each run's test MAE at its total time.
+    `top` is the highest MAE shown (default: all of it, up to 20 years)."""
     import matplotlib.pyplot as plt
 
     if against not in ("epoch", "minutes"):
@@ -1486,7 +1487,7 @@ def plot_variants(variants, file_name=None, against="epoch"):
     else:
         axes.set_xlabel("epoch")
     axes.set_ylabel("validation MAE (years)")
-    axes.set_ylim(top=min(axes.get_ylim()[1], 20))
+    axes.set_ylim(top=top or min(axes.get_ylim()[1], 20))
     axes.legend()
     axes.grid(alpha=0.3)
     if file_name:
@@ -1628,7 +1629,9 @@ def report(results="results", figures=None):
         else:
             raise ValueError(f"{results / REPORT}: unknown kind {kind!r}")
         if entry.get("figure") and figures is not None:
-            plot_variants(variants, Path(figures) / entry["figure"], entry["x"])
+            plot_variants(
+                variants, Path(figures) / entry["figure"], entry["x"], entry.get("top")
+            )
     return tables
 
 
