@@ -19,6 +19,7 @@ import argparse
 import csv
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -1401,6 +1402,14 @@ def _test_predictions(variant):
     return true[order], np.stack(predicted)
 
 
+def _needed_test_predictions(variant):
+    """_test_predictions, or a clear error when a run of the variant has none."""
+    found = _test_predictions(variant)
+    if found is None:
+        raise FileNotFoundError(f"{variant.label!r}: a run has no {PREDICTIONS}")
+    return found
+
+
 def comparison_table(variants, against="first"):
     """A Markdown table of variants: seeds, validation and test MAE (mean ± standard
     deviation over the seeds), and the difference to the first row (against="first") or
@@ -1461,7 +1470,7 @@ def plot_variants(variants, file_name=None, against="epoch", top=None):
         raise ValueError(f'against must be "epoch" or "minutes", got {against!r}')
     figure, axes = plt.subplots(figsize=(6.5, 4))
     for color, variant in zip(
-        plt.rcParams["axes.prop_cycle"].by_key()["color"] * 9, variants
+        itertools.cycle(plt.rcParams["axes.prop_cycle"].by_key()["color"]), variants
     ):
         for number, folder in enumerate(map(Path, variant.folders)):
             metrics = json.loads((folder / "metrics.json").read_text())
@@ -1520,11 +1529,10 @@ def errors_by_age_table(variant):
     """A Markdown table of a variant's test MAE and mean signed error (predicted − true)
     per age bin, mean ± sd over its seeds: positive for the young and negative for the
     old is a pull of the predictions towards the middle ages."""
-    found = _test_predictions(variant)
-    if found is None:
-        raise FileNotFoundError(f"{variant.label!r}: a run has no {PREDICTIONS}")
     lines = ["| age | faces | MAE | mean signed error |", "|---|---:|---:|---:|"]
-    for name, (inside, mae, signed) in _by_age_bin(*found).items():
+    for name, (inside, mae, signed) in _by_age_bin(
+        *_needed_test_predictions(variant)
+    ).items():
         lines.append(
             f"| {name} | {inside.sum()} | {_mean_sd(mae)} | {_mean_sd(signed, 1, '+')} |"
         )
@@ -1536,10 +1544,7 @@ def gender_by_age_table(variant, resamples=10_000, seed=0):
     the difference at equal ages: the bins' differences weighted by their faces, with a
     bootstrap 95 % interval (the men and the women of each bin drawn with replacement).
     """
-    found = _test_predictions(variant)
-    if found is None:
-        raise FileNotFoundError(f"{variant.label!r}: a run has no {PREDICTIONS}")
-    true, predicted = found
+    true, predicted = _needed_test_predictions(variant)
     table = read_predictions(Path(variant.folders[0]) / PREDICTIONS)
     gender = table["gender"][np.argsort(table["face"])]  # as _test_predictions sorts
     errors = np.abs(predicted - true).mean(axis=0)  # each face's MAE over the seeds
