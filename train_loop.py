@@ -1396,9 +1396,10 @@ def _test_predictions(variant):
     order = np.argsort(faces)
     predicted = []
     for other_faces, _, other_predicted in found:
-        if sorted(other_faces) != sorted(faces):
+        other_order = np.argsort(other_faces)  # sorted once, to compare and to reorder
+        if not np.array_equal(other_faces[other_order], faces[order]):
             raise ValueError(f"the runs of {variant.label!r} predicted different faces")
-        predicted.append(other_predicted[np.argsort(other_faces)])
+        predicted.append(other_predicted[other_order])
     return true[order], np.stack(predicted)
 
 
