@@ -844,24 +844,43 @@ def _current_learning_rate(optimizer):
     return inner.learning_rate
 
 
-def _finish(config, history, out, splits):
-    """Evaluate the best model on the test split and write metrics.json."""
-    model = keras.models.load_model(out / "model.keras")
-    # Both readouts of the same weights, with and without the mirror images, each split
-    # decoded once; the configured one is the run's test result.
+def _readouts(model, config, splits):
+    """Both readouts of the best weights, with and without the mirror images, each split
+    decoded once: ({"val_mae_tta": ..., ...}, {column: test Predictions}, the configured
+    readout's test Predictions, {column: quantiles} of a classification head). A model
+    with gender and race inputs is also read out with them "unknown", as for a new photo.
+    """
     readouts, test_readouts, intervals = {}, {}, {}
     for split, records in (("val", splits[1]), ("test", splits[2])):
         images = utk_data.decode_records(records, config.image_size)
         for tta in (False, True):
             found = predict_records(model, images, config.batch_size, tta=tta)
-            name = f"{split}_mae_{'tta' if tta else 'no_tta'}"
-            readouts[name] = evaluate_predictions(*found[1:3])["mae"]
-            if split == "test":
-                test_readouts[PREDICTION_COLUMNS[tta]] = found
+            readouts[f"{split}_mae_{'tta' if tta else 'no_tta'}"] = (
+                evaluate_predictions(*found[1:3])["mae"]
+            )
+            if split != "test":
+                continue
+            test_readouts[PREDICTION_COLUMNS[tta]] = found
+            if tta == bool(config.tta):
+                predictions = found
+            if config.attribute_inputs:
+                unknown = predict_records(
+                    model, images, config.batch_size, attributes_known=False, tta=tta
+                )
+                test_readouts[UNKNOWN_ATTRIBUTES_COLUMNS[tta]] = unknown
                 if tta == bool(config.tta):
-                    predictions = found
+                    readouts["test_mae_attributes_unknown"] = evaluate_predictions(
+                        *unknown[1:3]
+                    )["mae"]
         if split == "test" and config.head == "classification":
             intervals = predict_quantiles(model, images, config.batch_size)
+    return readouts, test_readouts, predictions, intervals
+
+
+def _finish(config, history, out, splits):
+    """Evaluate the best model on the test split and write metrics.json."""
+    model = keras.models.load_model(out / "model.keras")
+    readouts, test_readouts, predictions, intervals = _readouts(model, config, splits)
     test = evaluate_predictions(*predictions[1:])
     state = progress(history, config)
     metrics = {
@@ -1109,13 +1128,28 @@ def save_fig(figure, file_name):
 
 
 def plot_history(history, file_name=None):
-    """Training and validation MAE per epoch."""
+    """Training and validation MAE per epoch; with an average of the weights, the
+    validation MAE of the average and of the weights it averages."""
     import matplotlib.pyplot as plt
 
     epochs = [row["epoch"] for row in history]
+    averaged = any(row.get("val_mae_without_ema") is not None for row in history)
     figure, axes = plt.subplots(figsize=(6, 4))
     axes.plot(epochs, [row["mae"] for row in history], label="train MAE (augmented)")
-    axes.plot(epochs, [row["val_mae"] for row in history], label="validation MAE")
+    if averaged:
+        axes.plot(
+            epochs,
+            [row.get("val_mae_without_ema") for row in history],
+            label="validation MAE, trained weights",
+            alpha=0.6,
+        )
+    axes.plot(
+        epochs,
+        [row["val_mae"] for row in history],
+        label=(
+            "validation MAE, average of the weights" if averaged else "validation MAE"
+        ),
+    )
     axes.set_xlabel("epoch")
     axes.set_ylabel("MAE (years)")
     axes.legend()
@@ -1216,6 +1250,10 @@ def save_figures(model_path, true, predicted, folder):
 PREDICTIONS = "test_predictions.csv"
 # The prediction columns, by whether the mirror images were averaged in (test-time flip).
 PREDICTION_COLUMNS = {False: "predicted_no_tta", True: "predicted_tta"}
+# A model with gender and race inputs given "unknown" for them (Optional task).
+UNKNOWN_ATTRIBUTES_COLUMNS = {
+    tta: f"{column}_attributes_unknown" for tta, column in PREDICTION_COLUMNS.items()
+}
 
 
 def face_id(path):
@@ -1344,7 +1382,9 @@ class Variant(NamedTuple):
 
     label: str
     folders: list
-    val: str = "val_mae"  # the metrics.json entry of the row's validation MAE
+    val: Optional[str] = (
+        "val_mae"  # the metrics.json entry of its validation MAE, or None
+    )
     test: Optional[str] = None  # a prediction column; None: each run's own readout
     has_test: bool = True  # False: the row has no test predictions (only validation)
 
@@ -1432,7 +1472,7 @@ def comparison_table(variants, against="first"):
             for folder in variant.folders
         ]
         seeds = [m.get("config", {}).get("seed") for m in metrics]
-        val = [m[variant.val] for m in metrics]
+        val = [m[variant.val] for m in metrics] if variant.val else []
         test = _test_predictions(variant)
         if test:
             test_maes = [float(np.abs(p - test[0]).mean()) for p in test[1]]
@@ -1444,7 +1484,7 @@ def comparison_table(variants, against="first"):
         val_difference = test_difference = "—"
         if index:
             base = rows[0] if against == "first" else rows[-1]
-            if base["seeds"] == seeds and None not in seeds:
+            if base["seeds"] == seeds and None not in seeds and val and base["val"]:
                 val_difference = _mean_sd(np.subtract(val, base["val"]), 2, "+")
             if test and base["test"] is not None:
                 if not np.array_equal(test[0], base["test"][0]):
@@ -1453,7 +1493,8 @@ def comparison_table(variants, against="first"):
                 test_difference = "{:+.2f} [{:+.2f}, {:+.2f}]".format(*shown)
         rows.append(row)
         lines.append(
-            f"| {variant.label} | {len(metrics)} | {_mean_sd(val)} | {val_difference} | "
+            f"| {variant.label} | {len(metrics)} | {_mean_sd(val) if val else '—'} | "
+            f"{val_difference} | "
             f"{_mean_sd(test_maes) if test_maes else '—'} | {test_difference} | "
             f"{np.mean([m['epochs_run'] for m in metrics]):.0f} | "
             f"{np.mean([m['train_seconds'] for m in metrics]) / 60:.0f} |"
@@ -1599,13 +1640,60 @@ def calibration_table(variant):
     return "\n".join(lines)
 
 
+def output_range_table(variants):
+    """A Markdown table of what each variant's output does at the low end of the ages
+    (Task 2): its test MAE, its MAE on the faces aged 0-9, and how many test faces it
+    predicted below 0 and at exactly 0, mean ± sd over the seeds. The rows' column should
+    be the output itself (predicted_no_tta): a mirror image's average hides the zeros.
+    """
+    lines = [
+        "| | seeds | test MAE | MAE, ages 0-9 | negative predictions | predictions of "
+        "exactly 0 |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for variant in variants:
+        true, predicted = _needed_test_predictions(variant)
+        young = true <= 9
+        lines.append(
+            f"| {variant.label} | {len(predicted)} | "
+            f"{_mean_sd(np.abs(predicted - true).mean(axis=1))} | "
+            f"{_mean_sd(np.abs(predicted[:, young] - true[young]).mean(axis=1))} | "
+            f"{_mean_sd((predicted < 0).sum(axis=1), 0)} | "
+            f"{_mean_sd((predicted == 0).sum(axis=1), 0)} |"
+        )
+    return "\n".join(lines)
+
+
 # Lists the tables and figures that answers.md shows, and the runs each is drawn from.
 REPORT = "report.json"
+# How each kind of entry draws its table from its rows' variants (and the entry).
 TABLES = {
-    "errors_by_age": errors_by_age_table,
-    "gender_by_age": gender_by_age_table,
-    "calibration": calibration_table,
+    "comparison": lambda variants, entry: comparison_table(
+        variants, entry.get("against", "first")
+    ),
+    "output_range": lambda variants, entry: output_range_table(variants),
+    "errors_by_age": lambda variants, entry: errors_by_age_table(variants[0]),
+    "gender_by_age": lambda variants, entry: gender_by_age_table(variants[0]),
+    "calibration": lambda variants, entry: calibration_table(variants[0]),
+    "learning_curve": None,  # a figure only
 }
+
+
+def _draw(entry, variants, file_name):
+    """The figure of a report entry: the validation curves of a comparison, the training
+    curves of a learning curve's first run, or the test predictions of a run's first seed
+    against the true ages (any other kind)."""
+    kind = entry.get("kind", "comparison")
+    if kind == "comparison":
+        plot_variants(variants, file_name, entry.get("x", "epoch"), entry.get("top"))
+    elif kind == "learning_curve":
+        history = json.loads(
+            (Path(variants[0].folders[0]) / "history.json").read_text()
+        )
+        plot_history(history, file_name)
+    else:
+        true, predicted = _needed_test_predictions(variants[0])
+        plot_evaluation(true, predicted[0], file_name)
 
 
 def report(results="results", figures=None):
@@ -1626,18 +1714,12 @@ def report(results="results", figures=None):
             for row in entry["rows"]
         ]
         kind = entry.get("kind", "comparison")
-        if kind == "comparison":
-            tables[entry["name"]] = comparison_table(
-                variants, entry.get("against", "first")
-            )
-        elif kind in TABLES:
-            tables[entry["name"]] = TABLES[kind](variants[0])
-        else:
+        if kind not in TABLES:
             raise ValueError(f"{results / REPORT}: unknown kind {kind!r}")
+        if TABLES[kind]:
+            tables[entry["name"]] = TABLES[kind](variants, entry)
         if entry.get("figure") and figures is not None:
-            plot_variants(
-                variants, Path(figures) / entry["figure"], entry["x"], entry.get("top")
-            )
+            _draw(entry, variants, Path(figures) / entry["figure"])
     return tables
 
 

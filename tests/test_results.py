@@ -84,7 +84,12 @@ def write_run(folder, true, predicted, seed, learning_rate=3e-3, val=5.0, order=
         {"predicted_no_tta": plain, "predicted_tta": readout},
     )
     history = [
-        {"epoch": epoch, "val_mae": val + 3 - epoch, "seconds": 60}
+        {
+            "epoch": epoch,
+            "mae": val + 4 - epoch,
+            "val_mae": val + 3 - epoch,
+            "seconds": 60,
+        }
         for epoch in (1, 2, 3)
     ]
     metrics = {
@@ -176,8 +181,10 @@ def test_report_redraws_tables_and_figures(runs, tmp_path, capsys):
                 {"label": "with its mirror image", "runs": ["a", "a_seed1"], "val": "val_mae_tta"},
             ],
         },
-        {"name": "by age", "kind": "errors_by_age", "rows": [{"label": "a", "runs": ["a"]}]},
+        {"name": "by age", "kind": "errors_by_age", "figure": "scatter.png", "rows": [{"label": "a", "runs": ["a"]}]},
         {"name": "by gender", "kind": "gender_by_age", "rows": [{"label": "a", "runs": ["a"]}]},
+        {"name": "curve", "kind": "learning_curve", "figure": "curve.png", "rows": [{"label": "a", "runs": ["a"]}]},
+        {"name": "no val", "rows": [{"label": "a", "runs": ["a"]}, {"label": "b, other readout", "runs": ["b"], "val": None}]},
     ]  # fmt: skip
     (runs / train_loop.REPORT).write_text(json.dumps(entries))
     figures = tmp_path / "figures"
@@ -187,7 +194,11 @@ def test_report_redraws_tables_and_figures(runs, tmp_path, capsys):
         == 0
     )
     printed = capsys.readouterr().out
-    assert (figures / "curves.png").stat().st_size > 0
+    for figure in ("curves.png", "scatter.png", "curve.png"):
+        assert (figures / figure).stat().st_size > 10_000
+    assert "curve" not in train_loop.report(runs)  # a figure, no table
+    # A row without a validation MAE: no validation difference either.
+    assert "| b, other readout | 1 | — | — | 3.00 | +1.00 [+1.00, +1.00] |" in printed
     # The mirror readout is 1 year better on every face than the single image.
     assert (
         "| with its mirror image | 2 | 5.30 ± 0.71 | -0.20 ± 0.00 | 3.00 ± 1.41 | -1.00 [-1.00, -1.00] |"
@@ -206,6 +217,22 @@ def test_report_redraws_tables_and_figures(runs, tmp_path, capsys):
     )
     assert train_loop.main(["report", "--results", str(runs)]) == 1
     assert "unknown kind 'pie'" in capsys.readouterr().err
+
+
+def test_the_output_range_counts_predictions_below_and_at_zero(tmp_path):
+    true = np.array([1.0, 2.0, 5.0, 30.0, 60.0])
+    relu = np.array([0.0, 0.0, 4.0, 31.0, 58.0])  # two babies clipped to 0
+    linear = np.array([-1.0, 0.5, 4.0, 31.0, 58.0])  # one below 0
+    for name, predicted in (("relu", relu), ("linear", linear)):
+        write_run(tmp_path / name, true, predicted, seed=0)
+    variants = [
+        train_loop.Variant(name, [tmp_path / name.lower()], test="predicted_tta")
+        for name in ("ReLU", "linear")
+    ]
+    lines = train_loop.output_range_table(variants).splitlines()
+    # Errors 1, 2, 1, 1, 2 and 2, 1.5, 1, 1, 2; the first three faces are aged 0-9.
+    assert lines[2] == "| ReLU | 1 | 1.40 | 1.33 | 0 | 2 |"
+    assert lines[3] == "| linear | 1 | 1.50 | 1.50 | 1 | 0 |"
 
 
 def test_calibration_counts_the_true_ages_inside_the_intervals(tmp_path):

@@ -566,6 +566,21 @@ def test_train_every_head_and_option(tiny_data, tmp_path, options):
         assert ((quantiles[0] <= quantiles[1]) & (quantiles[1] <= quantiles[3])).all()
     else:
         assert quantiles == [None] * 4
+    # A model with gender and race inputs is also read out with them "unknown".
+    unknown = [written.get(c) for c in train_loop.UNKNOWN_ATTRIBUTES_COLUMNS.values()]
+    if options.get("attribute_inputs"):
+        hidden = train_loop.predict_records(
+            reloaded, run.test.records, 8, attributes_known=False, tta=run.config.tta
+        )
+        column = train_loop.UNKNOWN_ATTRIBUTES_COLUMNS[run.config.tta]
+        np.testing.assert_allclose(written[column], hidden.predicted, atol=1e-4)
+        assert run.metrics["test_mae_attributes_unknown"] == pytest.approx(
+            np.abs(hidden.predicted - hidden.true).mean(), abs=1e-4
+        )
+        assert not np.allclose(written[column], written["predicted_no_tta"])
+    else:
+        assert unknown == [None, None]
+        assert "test_mae_attributes_unknown" not in run.metrics
 
 
 @pytest.mark.slow
