@@ -1723,6 +1723,23 @@ def report(results="results", figures=None):
     return tables
 
 
+# In a Markdown file, the table of report entry NAME follows a line "<!-- report: NAME -->".
+TABLE_MARKER = re.compile(r"^<!-- report: (.+?) -->\n((?:\|.*\n)*)", re.MULTILINE)
+
+
+def update_tables(text, tables):
+    """`text` with the table after each report marker replaced by the table of that name
+    in `tables` (as `report` draws them); an unknown name is an error."""
+
+    def replace(found):
+        name = found.group(1)
+        if name not in tables:
+            raise ValueError(f"no report table is named {name!r}")
+        return f"<!-- report: {name} -->\n{tables[name]}\n"
+
+    return TABLE_MARKER.sub(replace, text)
+
+
 # ---------------------------------------------------------------------------------------
 # Prediction on image files
 # ---------------------------------------------------------------------------------------
@@ -1970,6 +1987,14 @@ def _parser():
     report_command.add_argument(
         "--figures", help="re-draw the figures into this folder (default: none)"
     )
+    report_command.add_argument(
+        "--update",
+        nargs="*",
+        default=[],
+        metavar="MARKDOWN",
+        help="also rewrite, in these files, the table after each line "
+        "'<!-- report: NAME -->' (e.g. answers.md README.md)",
+    )
     predict = commands.add_parser(
         "predict", help="ages of the faces in pictures (a CSV row per face)"
     )
@@ -2065,9 +2090,15 @@ def command_report(arguments, parser):
     matplotlib.use("Agg")
     try:
         tables = report(arguments.results, arguments.figures)
+        updated = {
+            Path(file): update_tables(Path(file).read_text(), tables)
+            for file in arguments.update
+        }
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    for file, text in updated.items():
+        file.write_text(text)
     for name, table in tables.items():
         print(f"{name}:\n\n{table}\n")
     return 0

@@ -212,6 +212,18 @@ def test_report_redraws_tables_and_figures(runs, tmp_path, capsys):
         "| at equal ages (bins weighted by their faces) [95 % interval] | | | | | "
         "+0.00 [+0.00, +0.00] |" in train_loop.report(runs)["by gender"]
     )
+    # --update rewrites the table after a marker, and nothing else.
+    page = tmp_path / "page.md"
+    page.write_text("Intro\n<!-- report: by age -->\n| old |\n|---|\n\nEnd\n")
+    train_loop.main(["report", "--results", str(runs), "--update", str(page)])
+    updated = page.read_text()
+    assert updated.startswith("Intro\n<!-- report: by age -->\n| age | faces |")
+    assert updated.endswith("|\n\nEnd\n") and "| old |" not in updated
+    assert train_loop.update_tables(updated, train_loop.report(runs)) == updated
+    page.write_text("<!-- report: pie -->\n| old |\n")
+    assert train_loop.main(["report", "--results", str(runs), "--update", str(page)])
+    assert "no report table is named 'pie'" in capsys.readouterr().err
+    assert page.read_text() == "<!-- report: pie -->\n| old |\n"  # left as it was
     (runs / train_loop.REPORT).write_text(
         json.dumps([{"name": "x", "kind": "pie", "rows": entries[1]["rows"]}])
     )
