@@ -248,26 +248,36 @@ def test_the_output_range_counts_predictions_below_and_at_zero(tmp_path):
 
 
 def test_calibration_counts_the_true_ages_inside_the_intervals(tmp_path):
-    """Intervals that hold the true age for exactly 3 of 4 faces (50 %) and 4 of 4 (90 %)."""
+    """50 % intervals that hold the true age of 3 faces of 4, 90 % intervals that hold all
+    four, 10 to 40 years wide; the narrowest is the face with the smallest error."""
     true = np.array([20.0, 30.0, 40.0, 50.0])
     records = [
         utk_data.Record(Path(f"{int(a)}_0_0_x{a}.jpg"), int(a), 0, 0) for a in true
     ]
-    found = train_loop.Predictions(records, true, true, {})
+    predicted = true + np.array([1.0, 2.0, 3.0, 8.0])  # MAE 3.5
+    found = train_loop.Predictions(records, true, predicted, {})
+    half_widths = np.array([5.0, 10.0, 10.0, 20.0])
     quantiles = {
-        "q05": true - 10,
+        "q05": true - half_widths,
         "q25": np.array([18.0, 30.0, 41.0, 45.0]),  # the third interval misses
         "q75": np.array([22.0, 35.0, 44.0, 50.0]),
-        "q95": true + 10,
+        "q95": true + half_widths,
     }
     folder = tmp_path / "classification"
     folder.mkdir()
+    (folder / "metrics.json").write_text(json.dumps({"tta": False}))
     train_loop.write_predictions(
         folder / train_loop.PREDICTIONS, {"predicted_no_tta": found}, quantiles
     )
-    table = train_loop.calibration_table(train_loop.Variant("softmax", [folder]))
-    assert "| 50 % | 75.0 % | 4.2 |" in table  # widths 4, 5, 3, 5
-    assert "| 90 % | 100.0 % | 20.0 |" in table
+    lines = train_loop.calibration_table(
+        train_loop.Variant("softmax", [folder])
+    ).splitlines()
+    assert lines[2:] == [
+        "| 50 % | all | 75.0 % | 4.2 | 3.50 |",  # widths 4, 5, 3, 5
+        "| 90 % | all | 100.0 % | 22.5 | 3.50 |",
+        "| 90 % | the narrowest quarter | 100.0 % | 10.0 | 1.00 |",
+        "| 90 % | the widest quarter | 100.0 % | 40.0 | 8.00 |",
+    ]
     (folder / train_loop.PREDICTIONS).write_text("face,age,predicted_no_tta\nab,3,3\n")
     with pytest.raises(ValueError, match="q25/q75"):
         train_loop.calibration_table(train_loop.Variant("softmax", [folder]))
