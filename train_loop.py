@@ -1505,9 +1505,11 @@ def comparison_table(variants, against="first"):
 def plot_variants(variants, file_name=None, against="epoch", top=None):
     """The validation MAE of every run, a colour per variant; against="minutes" plots it
     against cumulative training time and marks each run's test MAE at its total time.
-    `top` is the highest MAE shown (default: all of it, up to 20 years)."""
+    `top` is the highest MAE shown (default: all of it, up to 20 years). A variant without a
+    validation MAE of its own (another readout of runs shown already) is left out."""
     import matplotlib.pyplot as plt
 
+    variants = [variant for variant in variants if variant.val is not None]
     if against not in ("epoch", "minutes"):
         raise ValueError(f'against must be "epoch" or "minutes", got {against!r}')
     figure, axes = plt.subplots(figsize=(6.5, 4))
@@ -1665,7 +1667,8 @@ def output_range_table(variants):
     be the output itself (predicted_no_tta): a mirror image's average hides the zeros.
     """
     lines = [
-        "| | seeds | test MAE | MAE, ages 0-9 | negative predictions | predictions of "
+        "| | seeds | test MAE (one image per face) | MAE, ages 0-9 | negative predictions "
+        "| predictions of "
         "exactly 0 |",
         "|---|---:|---:|---:|---:|---:|",
     ]

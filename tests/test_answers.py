@@ -2,6 +2,7 @@
 results/, never typed by hand."""
 
 import json
+import re
 from pathlib import Path
 
 import model
@@ -26,15 +27,45 @@ def test_task1_table_of_our_network_at_its_cpu_preset():
 RESULTS = REPOSITORY / "results"
 
 
+DOCUMENTS = {
+    name: (REPOSITORY / name).read_text() for name in ("answers.md", "README.md")
+}
+
+
 def test_every_table_of_the_report_is_in_answers_as_drawn():
-    """The tables in answers.md are what `python train_loop.py report` prints from the
-    committed results/, to the last digit: no number typed by hand can drift."""
+    """The tables in answers.md and the README are what `python train_loop.py report`
+    draws from the committed results/, to the last digit: no number typed by hand can
+    drift (`report --update answers.md README.md` rewrites them)."""
     tables = train_loop.report(RESULTS)
     assert tables
+    for name, text in DOCUMENTS.items():
+        assert train_loop.update_tables(text, tables) == text, f"{name} is out of date"
     for name, table in tables.items():
         assert (
-            table in ANSWERS
+            f"<!-- report: {name} -->\n{table}\n" in ANSWERS
         ), f"answers.md lacks the table {name!r} as drawn:\n{table}"
+
+
+def _notebook_markdown():
+    cells = json.loads((REPOSITORY / "age_regression.ipynb").read_text())["cells"]
+    return "\n".join(
+        "".join(cell["source"]) for cell in cells if cell["cell_type"] == "markdown"
+    )
+
+
+def test_every_mean_sd_and_interval_quoted_in_words_is_one_the_report_draws():
+    """A "5.08 ± 0.08" or a "[-0.17, -0.06]" quoted in the text of answers.md, the README
+    or the notebook must be in a table that the report draws from results/."""
+    drawn = "\n".join(train_loop.report(RESULTS).values())
+    texts = {**DOCUMENTS, "the notebook": _notebook_markdown()}
+    pattern = r"[+-]?\d+\.\d+ ± \d+\.\d+|\[[+-]?\d+\.\d+, [+-]?\d+\.\d+\]"
+    for name, text in texts.items():
+        quoted = set(re.findall(pattern, text.replace("−", "-")))
+        assert quoted, f"{name} quotes no result"
+        missing = sorted(number for number in quoted if number not in drawn)
+        assert (
+            not missing
+        ), f"{name} quotes numbers that no report table holds: {missing}"
 
 
 def test_a_figure_is_redrawn_from_the_committed_results(tmp_path):

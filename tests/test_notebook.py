@@ -74,11 +74,19 @@ def test_task1_markdown_agrees_with_the_model():
     assert shapes[1] == (49, 49, 8) and shapes[2] == (12, 12, 16)
 
 
+@pytest.fixture(scope="module")
+def report_tables():
+    return train_loop.report(REPOSITORY / "results")
+
+
 @pytest.mark.parametrize(
     "heading", ["## 8. Task 2", "## 9. Task 3", "## 10. Optional task"]
 )
-def test_each_answer_carries_the_measured_numbers_of_answers_md(heading):
+def test_each_answer_carries_the_measured_numbers_of_answers_md(heading, report_tables):
     section = _section(_markdown(), heading)
+    # Its tables are those the report draws from results/, as answers.md shows them.
+    assert section.count("<!-- report: ") >= 1
+    assert train_loop.update_tables(section, report_tables) == section
     answers = (REPOSITORY / "answers.md").read_text()
     numbers = re.findall(r"\b\d+\.\d\d\b", section)
     assert len(numbers) >= 3, "an answer without measured numbers"

@@ -197,7 +197,18 @@ def test_report_redraws_tables_and_figures(runs, tmp_path, capsys):
     for figure in ("curves.png", "scatter.png", "curve.png"):
         assert (figures / figure).stat().st_size > 10_000
     assert "curve" not in train_loop.report(runs)  # a figure, no table
-    # A row without a validation MAE: no validation difference either.
+    # A row without a validation MAE: no validation difference either, and no curve.
+    legend = (
+        train_loop.plot_variants(
+            [
+                train_loop.Variant("a", [runs / "a"]),
+                train_loop.Variant("b", [runs / "b"], None),
+            ]
+        )
+        .axes[0]
+        .get_legend()
+    )
+    assert [text.get_text() for text in legend.get_texts()] == ["a"]
     assert "| b, other readout | 1 | — | — | 3.00 | +1.00 [+1.00, +1.00] |" in printed
     # The mirror readout is 1 year better on every face than the single image.
     assert (
@@ -243,6 +254,7 @@ def test_the_output_range_counts_predictions_below_and_at_zero(tmp_path):
     ]
     lines = train_loop.output_range_table(variants).splitlines()
     # Errors 1, 2, 1, 1, 2 and 2, 1.5, 1, 1, 2; the first three faces are aged 0-9.
+    assert lines[0].startswith("| | seeds | test MAE (one image per face) |")
     assert lines[2] == "| ReLU | 1 | 1.40 | 1.33 | 0 | 2 |"
     assert lines[3] == "| linear | 1 | 1.50 | 1.50 | 1 | 0 |"
 

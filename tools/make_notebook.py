@@ -66,8 +66,29 @@ def course_table():
     return model.format_feature_map_table(model.feature_map_table(course))
 
 
+def with_tables(cells):
+    """The cells, every "<!-- report: NAME -->" line of their markdown followed by the
+    table of that name as `python train_loop.py report` draws it from results/."""
+    sys.path.insert(0, str(REPOSITORY))
+    import train_loop
+
+    tables = train_loop.report(REPOSITORY / "results")
+    return [
+        (
+            kind,
+            train_loop.update_tables(source, tables) if kind == "markdown" else source,
+        )
+        for kind, source in cells
+    ]
+
+
 def cells():
     """The notebook as a list of ("markdown" | "code", source)."""
+    return with_tables(written_cells())
+
+
+def written_cells():
+    """The cells as written below, before the tables are filled in."""
     specs = requirements()
     install_table = "\n".join(
         f"    {name!r}: ({spec!r}, {CHECKED[name]!r})," for name, spec in specs.items()
@@ -520,14 +541,23 @@ the model instead of being left to be learned.
 is *dead* and never learns. We start the output bias at the mean training age (about 33
 years), so every first prediction is on the live side.
 
-**Measured** (`AgeCNN` at the CPU preset, 20 epochs, seed 0, on a 2-core CPU;
-`python train_loop.py train --epochs 20 --out runs/e20_relu`, and the same with
-`--output-activation linear`): test MAE **5.65** with the ReLU output and **5.50** with the
-linear one. The linear output predicted a negative age for only 5 of the 2,136 test faces,
-while the ReLU output clipped 127 faces, nearly all babies, to exactly 0, where they give no
-gradient: its MAE on ages 0–9 was 3.52 against 2.70. So here the guarantee buys little, and
-with one seed the 0.15-year difference overall is not settled. The model keeps the ReLU
-output of the course network, which this task is about. The details and the learning curves are in
+**Measured** with three seeds of each output (`AgeCNN` at 64 px for 8 epochs, a short budget
+so that three seeds of every variant fit; the rest as the CPU preset; on a 2-core CPU:
+`python train_loop.py train --epochs 8 --image-size 64 --seed 0 --out runs/e8_relu`, the
+same with `--output-activation linear`, and seeds 1 and 2). Mean ± standard deviation over
+the seeds, and the paired bootstrap 95 % interval of the difference on the same test faces,
+drawn by `python train_loop.py report` from the runs kept in `results/`:
+
+<!-- report: Task 2: ReLU against linear output -->
+
+<!-- report: Task 2: predictions below and at 0 -->
+
+At this budget the linear output was measurably better, and the second table shows where:
+the ReLU output held about 186 test faces, nearly all children, at exactly 0, where they give
+no gradient, and its MAE on ages 0–9 was a year worse, while the linear output predicted a
+negative age for only a couple of faces. So here the guarantee buys little. The model keeps
+the ReLU output of the course network, which this task is about, with its bias started at the
+mean age. The details and the learning curves are in
 [answers.md](answers.md#task-2-why-a-relu-output-works-here-and-its-advantage-over-a-linear-output).
 
 This run's test predictions that the ReLU clipped to 0, and the negative ones (always 0 with a
@@ -555,16 +585,24 @@ classifier competitive, which brings back the regression view. And cross-entropy
 measure what we report, the error in years. Ordinal regression (CORAL: "older than k?" for
 every k) is a middle way that keeps the order.
 
-**Measured** at an equal budget (the `AgeCNN` backbone at the CPU preset, 20 epochs, on a
-2-core CPU; `python train_loop.py train --epochs 20 --head classification --out
-runs/e20_classification`, and the same with `--head ordinal`, against the regression run of
-Task 2): test MAE **5.65** for the L1
-regression with the ReLU output, **5.21** for the classifier read out as an expected value,
-**5.58** for the ordinal head. With a second seed the regression reached 5.70 and the
-classifier 5.37: over two seeds the classifier was ahead by about 0.4 years. The reasons
-against did not show at this scale. The model keeps the regression head with the ReLU output,
-as the course network has it; the other heads are options of `AgeCNN` and of the command line. The
-commands and tables are in [answers.md](answers.md#task-3-age-as-classification--for-and-against).
+**Measured** at an equal budget, three seeds each (the `AgeCNN` backbone at 64 px for 8
+epochs, on a 2-core CPU; `python train_loop.py train --epochs 8 --image-size 64 --seed 0
+--head classification --out runs/e8_classification`, the same with `--head ordinal`, and
+seeds 1 and 2, against the regression runs of Task 2; `python train_loop.py report`):
+
+<!-- report: Task 3: heads -->
+
+How often the true age falls in the classifier's 50 % and 90 % intervals:
+
+<!-- report: Task 3: calibration of the classification head -->
+
+At this budget the classifier, read out as an expected value, was best, measurably ahead of
+the L1 regression, and the ordinal head was between. The reasons against did not show at this
+scale. Its 50 % and 90 % intervals were too wide (the classifier is underconfident after 8
+epochs), but their width tells the easy faces from the hard ones. The model keeps the
+regression head with the ReLU output, as the course network has it; the other heads are
+options of `AgeCNN` and of the command line. The commands and tables are in
+[answers.md](answers.md#task-3-age-as-classification--for-and-against).
 """
 
 OPTIONAL_TEXT = """
@@ -576,14 +614,18 @@ Two ways to use the other labels, both options of `AgeCNN` and of the command li
   to the image features (`--attribute-inputs`). This only helps when someone gives them for
   the photo.
 
-**Measured** (`AgeCNN` at the CPU preset, 20 epochs, seed 0, on a 2-core CPU;
-`python train_loop.py train --epochs 20 --gender-head --out runs/e20_gender_head`, the same
-with `--attribute-inputs`, and `python train_loop.py evaluate --model
-runs/e20_attribute_inputs/model.keras --unknown-attributes`): test MAE **5.65** for age only, **5.48** with the gender head, **5.59** with gender and race as inputs
-when the test faces' true labels are given, and **5.98** for the same model when they are
-"unknown", as for a new photo. Both helped a little, by amounts that one seed cannot settle.
-The multi-task head is the one worth having: it costs one output and needs nothing more at
-prediction time. The commands and tables are in
+**Measured**, three seeds each (`AgeCNN` at 64 px for 8 epochs, on a 2-core CPU;
+`python train_loop.py train --epochs 8 --image-size 64 --seed 0 --gender-head --out
+runs/e8_gender_head`, the same with `--attribute-inputs`, and seeds 1 and 2; the last row is
+the attribute models given "unknown" gender and race, as for a new photo;
+`python train_loop.py report`):
+
+<!-- report: Optional task: gender and race -->
+
+Both helped a little at this budget, measurably: the gender head for any photo, gender and
+race as inputs only when the true labels are given; given "unknown", as for a new photo, the
+attribute models were no better than age alone. The multi-task head is the one worth having:
+it costs one output and needs nothing more at prediction time. The commands and tables are in
 [answers.md](answers.md#optional-task-gender-race-and-age).
 
 The multi-task model has two outputs:
