@@ -1382,9 +1382,8 @@ class Variant(NamedTuple):
 
     label: str
     folders: list
-    val: Optional[str] = (
-        "val_mae"  # the metrics.json entry of its validation MAE, or None
-    )
+    # The metrics.json entry of the row's validation MAE; None: the row has none of its own.
+    val: Optional[str] = "val_mae"
     test: Optional[str] = None  # a prediction column; None: each run's own readout
     has_test: bool = True  # False: the row has no test predictions (only validation)
 
@@ -1667,9 +1666,8 @@ def output_range_table(variants):
     be the output itself (predicted_no_tta): a mirror image's average hides the zeros.
     """
     lines = [
-        "| | seeds | test MAE (one image per face) | MAE, ages 0-9 | negative predictions "
-        "| predictions of "
-        "exactly 0 |",
+        "| | seeds | test MAE (one image per face) | MAE, ages 0-9 | negative "
+        "predictions | predictions of exactly 0 |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for variant in variants:
