@@ -8,6 +8,7 @@ come from requirements.txt, so that neither is typed twice.
 """
 
 import argparse
+import importlib
 import json
 import re
 import sys
@@ -56,12 +57,17 @@ def minimum_version(spec):
     return match.group(1)
 
 
+def project(name):
+    """A module of this repository (model, train_loop), imported on first use: writing the
+    notebook needs TensorFlow, checking the argument line does not."""
+    if str(REPOSITORY) not in sys.path:
+        sys.path.insert(0, str(REPOSITORY))
+    return importlib.import_module(name)
+
+
 def course_table():
     """The Task 1 table of the course network, computed from the model."""
-    sys.path.insert(0, str(REPOSITORY))
-    import model
-    import train_loop
-
+    model, train_loop = project("model"), project("train_loop")
     course = train_loop.make_model(train_loop.TrainConfig(arch="course_cnn"))
     return model.format_feature_map_table(model.feature_map_table(course))
 
@@ -69,9 +75,7 @@ def course_table():
 def with_tables(cells):
     """The cells, every "<!-- report: NAME -->" line of their markdown followed by the
     table of that name as `python train_loop.py report` draws it from results/."""
-    sys.path.insert(0, str(REPOSITORY))
-    import train_loop
-
+    train_loop = project("train_loop")
     tables = train_loop.report(REPOSITORY / "results")
     return [
         (
