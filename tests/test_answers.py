@@ -32,32 +32,28 @@ DOCUMENTS = {
 }
 
 
-def test_every_table_of_the_report_is_in_answers_as_drawn():
+def test_every_table_of_the_report_is_in_answers_as_drawn(report_tables):
     """The tables in answers.md and the README are what `python train_loop.py report`
     draws from the committed results/, to the last digit: no number typed by hand can
     drift (`report --update answers.md README.md` rewrites them)."""
-    tables = train_loop.report(RESULTS)
-    assert tables
+    assert report_tables
     for name, text in DOCUMENTS.items():
-        assert train_loop.update_tables(text, tables) == text, f"{name} is out of date"
-    for name, table in tables.items():
+        assert (
+            train_loop.update_tables(text, report_tables) == text
+        ), f"{name} is out of date"
+    for name, table in report_tables.items():
         assert (
             f"<!-- report: {name} -->\n{table}\n" in ANSWERS
         ), f"answers.md lacks the table {name!r} as drawn:\n{table}"
 
 
-def _notebook_markdown():
-    cells = json.loads((REPOSITORY / "age_regression.ipynb").read_text())["cells"]
-    return "\n".join(
-        "".join(cell["source"]) for cell in cells if cell["cell_type"] == "markdown"
-    )
-
-
-def test_every_mean_sd_and_interval_quoted_in_words_is_one_the_report_draws():
+def test_every_mean_sd_and_interval_quoted_in_words_is_one_the_report_draws(
+    report_tables, notebook_markdown
+):
     """A "5.08 ± 0.08" or a "[-0.17, -0.06]" quoted in the text of answers.md, the README
     or the notebook must be in a table that the report draws from results/."""
-    drawn = "\n".join(train_loop.report(RESULTS).values())
-    texts = {**DOCUMENTS, "the notebook": _notebook_markdown()}
+    drawn = "\n".join(report_tables.values())
+    texts = {**DOCUMENTS, "the notebook": notebook_markdown}
     pattern = r"[+-]?\d+\.\d+ ± \d+\.\d+|\[[+-]?\d+\.\d+, [+-]?\d+\.\d+\]"
     for name, text in texts.items():
         quoted = set(re.findall(pattern, text.replace("−", "-")))

@@ -36,13 +36,6 @@ def _load_generator():
     return module
 
 
-def _markdown():
-    cells = json.loads(NOTEBOOK.read_text())["cells"]
-    return "\n".join(
-        "".join(cell["source"]) for cell in cells if cell["cell_type"] == "markdown"
-    )
-
-
 def _section(markdown, heading):
     """The markdown from a heading up to the next heading of the same or a higher level."""
     start = markdown.index(heading)
@@ -64,8 +57,8 @@ def test_the_notebook_is_committed_without_outputs():
     assert all(not cell.get("outputs") for cell in cells if cell["cell_type"] == "code")
 
 
-def test_task1_markdown_agrees_with_the_model():
-    task1 = _section(_markdown(), "### Task 1")
+def test_task1_markdown_agrees_with_the_model(notebook_markdown):
+    task1 = _section(notebook_markdown, "### Task 1")
     course = train_loop.make_model(train_loop.TrainConfig(arch="course_cnn"))
     assert model.format_feature_map_table(model.feature_map_table(course)) in task1
     shapes = [row.shape for row in model.feature_map_table(course)]
@@ -74,16 +67,13 @@ def test_task1_markdown_agrees_with_the_model():
     assert shapes[1] == (49, 49, 8) and shapes[2] == (12, 12, 16)
 
 
-@pytest.fixture(scope="module")
-def report_tables():
-    return train_loop.report(REPOSITORY / "results")
-
-
 @pytest.mark.parametrize(
     "heading", ["## 8. Task 2", "## 9. Task 3", "## 10. Optional task"]
 )
-def test_each_answer_carries_the_measured_numbers_of_answers_md(heading, report_tables):
-    section = _section(_markdown(), heading)
+def test_each_answer_carries_the_measured_numbers_of_answers_md(
+    heading, report_tables, notebook_markdown
+):
+    section = _section(notebook_markdown, heading)
     # Its tables are those the report draws from results/, as answers.md shows them.
     assert section.count("<!-- report: ") >= 1
     assert train_loop.update_tables(section, report_tables) == section

@@ -58,8 +58,8 @@ def minimum_version(spec):
 
 
 def project(name):
-    """A module of this repository (model, train_loop), imported on first use: writing the
-    notebook needs TensorFlow, checking the argument line does not."""
+    """A module of this repository (model, train_loop), imported on first use, so that
+    importing this file or asking it for --help loads no TensorFlow."""
     if str(REPOSITORY) not in sys.path:
         sys.path.insert(0, str(REPOSITORY))
     return importlib.import_module(name)
