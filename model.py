@@ -427,6 +427,17 @@ def model_inputs(model, images, labels=None):
     return {"image": images, "gender": labels["gender"], "race": labels["race"]}
 
 
+def model_head(model):
+    """The head of a model: "regression", "classification" or "ordinal" (any Keras model
+    that outputs ages (batch, 1) is a regression model here)."""
+    return getattr(model, "head", "regression")
+
+
+def age_labels(labels):
+    """The ages (batch, 1) of a batch's labels, whether a dict with gender and race or not."""
+    return labels["age"] if isinstance(labels, dict) else labels
+
+
 def example_inputs(model, batch_size=1, input_shape=None):
     """Return zero inputs of the structure the model expects."""
     input_shape = input_shape or (model.image_size, model.image_size, 3)

@@ -18,7 +18,6 @@ Typical use:
 import argparse
 import collections
 import hashlib
-import math
 import os
 import re
 import shutil
@@ -35,9 +34,6 @@ import numpy as np
 # TensorFlow is imported lazily (see `_tf`) so that name parsing, record loading and the
 # summary command start in a fraction of a second.
 
-REPOSITORY_ROOT = Path(__file__).resolve().parent
-# Where tests, benchmarks and CI find the archive: `shared/` beside the repository.
-SHARED_ARCHIVE = REPOSITORY_ROOT.parent / "shared" / "data" / "UTKFace.tar.gz"
 # The full aligned&cropped set (23,708 images, folder `UTKFace/` inside) re-uploaded to the
 # Hugging Face hub, at a fixed revision so that its content cannot change under us; the
 # authors' Google Drive link is dead. Its SHA-256 is not known: see README.md.
@@ -65,6 +61,15 @@ AGE_BINS = [(low, low + 9) for low in range(0, 80, 10)] + [(80, MAX_AGE)]
 def age_bin_name(low, high):
     """ "30-39", or "80+" for the last, open-ended group."""
     return f"{low}+" if high == MAX_AGE else f"{low}-{high}"
+
+
+def age_bin_masks(ages):
+    """{bin name: boolean mask of the ages in it} for every bin of AGE_BINS."""
+    ages = np.asarray(ages)
+    return {
+        age_bin_name(low, high): (ages >= low) & (ages <= high)
+        for low, high in AGE_BINS
+    }
 
 
 class Label(NamedTuple):
@@ -265,12 +270,7 @@ def locate(source=None, file_hash=None, cache_dir=None, download_dir=None):
     default `cache_dir`), e.g. a Google Drive folder that outlives a Colab runtime.
     """
     if source is None:
-        if os.environ.get("UTKFACE_DATA"):
-            source = os.environ["UTKFACE_DATA"]
-        elif SHARED_ARCHIVE.is_file():
-            source = SHARED_ARCHIVE
-        else:
-            source = DEFAULT_URL
+        source = os.environ.get("UTKFACE_DATA") or DEFAULT_URL
     cache_dir = Path(cache_dir) if cache_dir else _default_cache_dir()
     path = source
     if _is_url(source):
@@ -441,72 +441,16 @@ def resize_square(image, image_size):
     return tf.cond(side == image_size, lambda: tf.cast(image, tf.uint8), shrink)
 
 
-def _exif_rotation(path):
-    """Return the EXIF orientation tag of an image file (1 when absent)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            return int(image.getexif().get(0x0112, 1))
-    except Exception as error:
-        raise ValueError(
-            f"{path}: not a readable JPEG or PNG image ({error})"
-        ) from error
-
-
-def _apply_orientation(image, orientation):
-    """Turn an image as its EXIF orientation tag says (what PIL's `exif_transpose` does)."""
-    tf = _tf()
-    transforms = {
-        2: tf.image.flip_left_right,
-        3: lambda image: tf.image.rot90(image, 2),
-        4: tf.image.flip_up_down,
-        5: tf.image.transpose,
-        6: lambda image: tf.image.rot90(image, 3),  # rot90 turns counter-clockwise.
-        7: lambda image: tf.image.rot90(tf.image.transpose(image), 2),
-        8: lambda image: tf.image.rot90(image, 1),
-    }
-    return transforms[orientation](image) if orientation in transforms else image
-
-
-def read_images(paths, image_size):
-    """Decode image files for prediction as in training, in parallel, EXIF rotation applied.
-
-    Returns float32 images (n, size, size, 3) in [0, 1], the n paths that decoded, and
-    [(path, reason)] for the files that could not be read: a bad file is reported, never fatal.
-    """
-    tf = _tf()
-    readable, orientations, failed = [], [], []
-    for path in map(str, paths):
-        try:
-            orientations.append(_exif_rotation(path))
-            readable.append(path)
-        except ValueError as error:
-            failed.append((path, str(error).split(": ", 1)[-1]))
-    images = tf.zeros((0, image_size, image_size, 3), tf.uint8)
-    if readable:
-        indices, images, missing = _decode_paths(readable, image_size)
-        for index in missing:
-            failed.append(
-                (readable[index], "could not decode the image (corrupt data)")
-            )
-        readable = [readable[index] for index in indices]
-        orientations = [orientations[index] for index in indices]
-        if any(turn != 1 for turn in orientations):
-            # Cropping and resizing to a square commute with these turns and flips.
-            images = tf.stack(
-                [_apply_orientation(im, turn) for im, turn in zip(images, orientations)]
-            )
-    return tf.cast(images, tf.float32) / 255.0, readable, failed
-
-
 def load_images(paths, image_size):
-    """Decode image files as `read_images` does; a file that cannot be read is a ValueError."""
-    images, _, failed = read_images(paths, image_size)
-    if failed:
-        path, reason = failed[0]
-        raise ValueError(f"{path}: {reason}")
-    return images
+    """Float32 images (n, size, size, 3) in [0, 1] of UTKFace's files, decoded as for
+    training; a file that cannot be decoded is a ValueError that names it. (Photos from a
+    camera, which may need an EXIF turn, are read by photos.read_images.)"""
+    tf = _tf()
+    paths = [str(path) for path in paths]
+    _, images, missing = decode_files(paths, image_size)
+    if len(missing):
+        raise ValueError(f"{paths[missing[0]]}: could not decode the image")
+    return tf.cast(images, tf.float32) / 255.0
 
 
 # ---------------------------------------------------------------------------------------
@@ -526,7 +470,7 @@ def _decode_file(path, image_size):
     return decode_and_resize(_tf().io.read_file(path), image_size)
 
 
-def _decode_paths(paths, image_size):
+def decode_files(paths, image_size):
     """Decode and resize image files in parallel: (indices of those that decoded, their
     uint8 images (n, size, size, 3), indices of those that failed); a file that fails is
     left out, not fatal."""
@@ -555,7 +499,7 @@ def decode_records(records, image_size):
     paths = [str(record.path) for record in records]
     # A file that passed the cheap check in `load_records` may still be corrupt inside:
     # it is left out here, and named below from the indices that did not arrive.
-    indices, images, missing = _decode_paths(paths, image_size)
+    indices, images, missing = decode_files(paths, image_size)
     if not len(indices):
         raise ValueError(
             f"no image could be decoded, e.g. {paths[0]} (corrupt image data)"
@@ -740,220 +684,6 @@ def _decode_streaming(batches, records, image_size, batch_size):
 
 
 # ---------------------------------------------------------------------------------------
-# Faces in photos: find a face and frame it as UTKFace's aligned crops are framed
-# ---------------------------------------------------------------------------------------
-
-# How the box of OpenCV's Haar frontal-face detector sits inside UTKFace's own 200x200
-# frames: the frame's side over the box's side, and the frame's centre minus the box's
-# centre, in box sides (x to the right, y down). Measured by `python utk_data.py framing`
-# (README): the medians over the training faces it found.
-# On 372 faces found of 400 (seed 0): the scale's median is 0.995 (10-90 %: 0.90 to 1.10),
-# the shifts' 0.007 (-0.01 to 0.03, x) and 0.082 (0.06 to 0.11, y): UTKFace's frames are
-# about the detector's box, moved down by a twelfth of it.
-FRAME_SCALE = 0.995
-FRAME_SHIFT = (0.007, 0.082)
-# The same for the eyes found inside the box (OpenCV's eye cascade that also finds eyes
-# behind glasses): the frame's side over the distance between the eyes' centres, and the
-# frame's centre minus the eyes' midpoint, in eye distances. UTKFace aligned its faces by
-# their landmarks, so the eyes say where the frame is as well as the box does, and their
-# errors are only loosely related: the mean of the two estimates is closer than either.
-EYE_SCALE = 2.50
-EYE_SHIFT = (0.028, 0.518)
-EYE_CASCADE = "haarcascade_eye_tree_eyeglasses.xml"
-# The frame used is this much tighter than the measured one: of the zooms tried, it
-# predicted the validation faces of the pictures test best (bench/bench_pictures.py
-# --split val, README).
-FRAME_ZOOM = 0.945
-# A picture whose largest face box spans at least this much of its shorter side is already
-# a tight face crop. In UTKFace's own frames the detector finds a face in 204 of 372, with a
-# box of 0.83 of the side (median; 5 % below 0.70).
-TIGHT_CROP = 0.6
-# Pictures this small and about square are taken as crops already: the detector misses
-# about half of UTKFace's faces in their own tight frames.
-SMALL_PICTURE = 256
-# Frames around the estimated one, as (scale, downward shift in frame sides), within the
-# spread of the measurement: averaging their predictions evens out a frame that sits off.
-FRAME_VARIANTS = ((1.0, 0.0), (0.92, 0.0), (1.08, 0.0), (1.0, -0.03), (1.0, 0.03))
-CASCADE = "haarcascade_frontalface_default.xml"
-
-
-class Face(NamedTuple):
-    """A face found in a picture: the detector's box, its eyes (when both were found) and
-    the square framed around it as UTKFace frames its faces."""
-
-    box: tuple  # (x, y, width, height) in pixels
-    frame: tuple  # (x, y, side) in pixels; may reach outside the picture
-    eyes: Optional[tuple] = None  # ((x, y) of the eye on the left, (x, y) on the right)
-
-
-def read_photo(path):
-    """An RGB uint8 array (height, width, 3) of an image file, EXIF rotation applied."""
-    from PIL import Image, ImageOps
-
-    try:
-        with Image.open(path) as image:
-            return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
-    except Exception as error:
-        raise ValueError(
-            f"{path}: not a readable JPEG or PNG image ({error})"
-        ) from error
-
-
-_cascades = {}
-
-
-def _cascade(name):
-    import cv2
-
-    if name not in _cascades:
-        _cascades[name] = cv2.CascadeClassifier(cv2.data.haarcascades + name)
-    return _cascades[name]
-
-
-def find_faces(image, use_eyes=True):
-    """Frontal faces in an RGB uint8 image, largest first, each framed as UTKFace's (from
-    its box and, with `use_eyes`, from its eyes when both are found)."""
-    gray = _gray(image)
-    smallest = max(24, min(gray.shape) // 16)
-    boxes = _cascade(CASCADE).detectMultiScale(
-        gray, scaleFactor=1.1, minNeighbors=5, minSize=(smallest, smallest)
-    )
-    boxes = sorted((tuple(map(int, box)) for box in boxes), key=lambda b: -b[2] * b[3])
-    faces = []
-    for box in boxes:
-        eyes = find_eyes(gray, box) if use_eyes else None
-        faces.append(Face(box, frame_of(box, eyes=eyes), eyes))
-    return faces
-
-
-def _gray(image):
-    import cv2
-
-    return cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
-
-
-def find_eyes(gray, box):
-    """The centres ((x, y) left, (x, y) right) of the two eyes in the upper part of a face
-    box of a grayscale image, or None unless one is found on each side at a plausible
-    distance and tilt."""
-    x, y, width, height = box
-    upper = gray[y : y + round(0.6 * height), x : x + width]
-    found = _cascade(EYE_CASCADE).detectMultiScale(
-        upper,
-        scaleFactor=1.05,
-        minNeighbors=3,
-        minSize=(width // 10, width // 10),
-        maxSize=(width // 3, width // 3),
-    )
-    sides = ([], [])
-    for ex, ey, ew, eh in (map(int, eye) for eye in found):
-        centre = (x + ex + ew / 2, y + ey + eh / 2)
-        sides[int(centre[0] >= x + width / 2)].append((ew, centre))
-    if not all(sides):
-        return None
-    left, right = (max(side)[1] for side in sides)  # The largest on each side.
-    distance = math.dist(left, right)
-    tilt = abs(right[1] - left[1])
-    if not 0.25 * width <= distance <= 0.6 * width or tilt > 0.25 * distance:
-        return None
-    return left, right
-
-
-def frame_of(box, scale=1.0, shift=0.0, eyes=None):
-    """The square (x, y, side) that frames a face as UTKFace's crops do: from its box or,
-    with its `eyes`, from the mean of the box's and the eyes' estimates (`scale` times
-    larger and `shift` frame sides lower, for the variants of FRAME_VARIANTS)."""
-    x, y, width, height = box
-    side = FRAME_SCALE * width
-    centre_x = x + width / 2 + FRAME_SHIFT[0] * width
-    centre_y = y + height / 2 + FRAME_SHIFT[1] * width
-    if eyes is not None:
-        (left_x, left_y), (right_x, right_y) = eyes
-        distance = math.dist(*eyes)
-        # The geometric mean of the sides, the mean of the centres.
-        side = math.sqrt(side * EYE_SCALE * distance)
-        centre_x = (centre_x + (left_x + right_x) / 2 + EYE_SHIFT[0] * distance) / 2
-        centre_y = (centre_y + (left_y + right_y) / 2 + EYE_SHIFT[1] * distance) / 2
-    side *= FRAME_ZOOM * scale
-    centre_y += shift * side
-    return (round(centre_x - side / 2), round(centre_y - side / 2), round(side))
-
-
-def frame_variants(face):
-    """The frames of FRAME_VARIANTS around a Face, whose predictions `predict` averages:
-    the estimated frame varies from face to face by about that much."""
-    return [
-        frame_of(face.box, scale, shift, face.eyes) for scale, shift in FRAME_VARIANTS
-    ]
-
-
-def crop_frame(image, frame):
-    """The square `frame` of an image; where it leaves the picture, the border repeats."""
-    x, y, side = frame
-    height, width = image.shape[:2]
-    pad = max(0, -x, -y, x + side - width, y + side - height)
-    if pad:
-        image = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
-    return image[y + pad : y + pad + side, x + pad : x + pad + side]
-
-
-def is_tight_crop(image, faces):
-    """True when a picture already is a face crop like UTKFace's: a small, about square
-    picture, or one whose largest face fills most of it."""
-    height, width = image.shape[:2]
-    if max(height, width) <= SMALL_PICTURE and 0.8 <= width / height <= 1.25:
-        return True
-    return bool(faces) and faces[0].box[2] >= TIGHT_CROP * min(height, width)
-
-
-def _framing(records, seed=0, use_eyes=True):
-    """Where the detector's box, and the eyes found in it, sit in UTKFace frames: per face
-    found in a larger canvas, a dict of the frame's side over the box's side ("scale") and
-    its centre's shift in box sides ("shift_x", "shift_y"); the same over the distance
-    between the eyes ("eye_scale", "eye_shift_x", "eye_shift_y", when both were found); the
-    error of the frame `frame_of` estimates ("error": side over the true side,
-    "error_x"/"error_y": centre shift in true sides); and "span", the box side over the
-    frame side when the detector finds the face in the 200x200 frame itself, or None."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for record in records:
-        face = read_photo(record.path)
-        size = face.shape[0]
-        canvas = rng.integers(90, 166, (3 * size, 3 * size, 3), dtype=np.uint8)
-        left, top = (int(v) for v in rng.integers(0, 2 * size, 2))
-        canvas[top : top + size, left : left + size] = face
-        inside = [
-            found
-            for found in find_faces(canvas, use_eyes)
-            if left <= found.box[0] + found.box[2] / 2 < left + size
-            and top <= found.box[1] + found.box[3] / 2 < top + size
-        ]
-        if not inside:
-            continue
-        (x, y, width, height), frame, eyes = inside[0]
-        centre_x, centre_y = left + size / 2, top + size / 2
-        if not use_eyes:  # The eyes are looked for all the same, for their own rows.
-            eyes = find_eyes(_gray(canvas), (x, y, width, height))
-        row = {
-            "scale": size / width,
-            "shift_x": (centre_x - x - width / 2) / width,
-            "shift_y": (centre_y - y - height / 2) / width,
-            "error": frame[2] / size,
-            "error_x": (frame[0] + frame[2] / 2 - centre_x) / size,
-            "error_y": (frame[1] + frame[2] / 2 - centre_y) / size,
-        }
-        if eyes is not None:
-            distance = math.dist(*eyes)
-            row["eye_scale"] = size / distance
-            row["eye_shift_x"] = (centre_x - (eyes[0][0] + eyes[1][0]) / 2) / distance
-            row["eye_shift_y"] = (centre_y - (eyes[0][1] + eyes[1][1]) / 2) / distance
-        in_frame = find_faces(face, use_eyes=False)
-        row["span"] = in_frame[0].box[2] / size if in_frame else None
-        rows.append(row)
-    return rows
-
-
-# ---------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------
 
@@ -967,8 +697,7 @@ def describe(records, skipped):
         f"max {ages.max()}",
         "age bins: "
         + ", ".join(
-            f"{age_bin_name(low, high)}: {np.sum((ages >= low) & (ages <= high)):,}"
-            for low, high in AGE_BINS
+            f"{name}: {inside.sum():,}" for name, inside in age_bin_masks(ages).items()
         ),
     ]
     for field, names in (("gender", GENDERS), ("race", RACES)):
@@ -1016,46 +745,8 @@ def plot_summary(records, file_name=None, samples=16, seed=0):
     return figure
 
 
-def framing_command(arguments):
-    """Print the medians and spreads of the framing measurement (FRAME_SCALE and so on)."""
-    records, _ = load_records(locate(arguments.data), verbose=False)
-    train, _, _ = split_records(records)
-    chosen = [train[i] for i in np.random.default_rng(0).permutation(len(train))]
-    rows = _framing(chosen[: arguments.images], use_eyes=not arguments.no_eyes)
-    print(f"faces found in a 3x canvas: {len(rows)} of {arguments.images}")
-    with_eyes = [row for row in rows if "eye_scale" in row]
-    print(f"both eyes found in {len(with_eyes)} of them")
-    names = {
-        "scale": "frame side / box side",
-        "shift_x": "centre shift x (box sides)",
-        "shift_y": "centre shift y (box sides)",
-        "eye_scale": "frame side / eye distance",
-        "eye_shift_x": "centre shift x from the eyes (eye distances)",
-        "eye_shift_y": "centre shift y from the eyes (eye distances)",
-        "error": f"frame_of's side / true side (zoom {FRAME_ZOOM} included)",
-        "error_x": "frame_of's centre - true centre, x (true sides)",
-        "error_y": "frame_of's centre - true centre, y (true sides)",
-    }
-    for key, name in names.items():
-        values = np.array([row[key] for row in rows if key in row])
-        low, median, high = np.percentile(values, [10, 50, 90])
-        print(f"{name}: median {median:.3f} (10-90 %: {low:.3f} to {high:.3f})")
-    errors = np.log(np.array([row["error"] for row in rows]) / FRAME_ZOOM)
-    print(
-        "frame_of's side, mean |log(side / (zoom * true side))|: "
-        f"{np.abs(errors).mean():.4f}"
-    )
-    spans = np.array([row["span"] for row in rows if row["span"] is not None])
-    low, median = np.percentile(spans, [5, 50])
-    print(
-        f"found in the 200x200 frame itself: {len(spans)} of {len(rows)}; box side / frame "
-        f"side: median {median:.3f}, 5 % below {low:.3f}"
-    )
-    return 0
-
-
 def main(argv=None):
-    """The `summary` and `framing` command line."""
+    """The `summary` command line."""
     parser = argparse.ArgumentParser(description="UTKFace data summary.")
     commands = parser.add_subparsers(dest="command", required=True)
     summary = commands.add_parser(
@@ -1066,17 +757,7 @@ def main(argv=None):
     summary.add_argument(
         "--histogram", help="save the age histogram alone (no faces) here"
     )
-    framing = commands.add_parser(
-        "framing", help="measure how the face detector's box sits in UTKFace's frames"
-    )
-    framing.add_argument("--data", help="folder, archive or URL (default: see README)")
-    framing.add_argument("--images", type=int, default=400, help="training faces")
-    framing.add_argument(
-        "--no-eyes", action="store_true", help="frame from the box alone"
-    )
     arguments = parser.parse_args(argv)
-    if arguments.command == "framing":
-        return framing_command(arguments)
     records, skipped = load_records(locate(arguments.data))
     print(describe(records, skipped))
     for file_name, samples in ((arguments.plot, 16), (arguments.histogram, 0)):

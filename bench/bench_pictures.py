@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # train_loop first: it sets TensorFlow's environment (oneDNN) before the import.
 import train_loop  # noqa: E402
+import photos  # noqa: E402
 import utk_data  # noqa: E402
 
 import keras  # noqa: E402
@@ -71,7 +72,7 @@ def main(argv=None):
     parser.add_argument(
         "--frame-zoom",
         type=float,
-        default=utk_data.FRAME_ZOOM,
+        default=photos.FRAME_ZOOM,
         help="try another zoom of the frame (choose it on --split val)",
     )
     parser.add_argument(
@@ -84,10 +85,10 @@ def main(argv=None):
         help="average with the mirror images, as predict does by default (default: on)",
     )
     arguments = parser.parse_args(argv)
-    utk_data.FRAME_ZOOM = arguments.frame_zoom
+    photos.FRAME_ZOOM = arguments.frame_zoom
     if arguments.no_eyes:
-        find_faces = utk_data.find_faces
-        utk_data.find_faces = lambda image: find_faces(image, use_eyes=False)
+        find_faces = photos.find_faces
+        photos.find_faces = lambda image: find_faces(image, use_eyes=False)
     print("=== bench_pictures ===")
     print("machine:", train_loop.describe_machine())
     model = keras.models.load_model(arguments.model)
@@ -98,22 +99,22 @@ def main(argv=None):
     chosen = [faces[i] for i in rng.permutation(len(faces))[: arguments.images]]
     ages = np.array([record.age for record in chosen], np.float64)
     tta = arguments.tta
-    aligned, _ = train_loop.predict_paths(model, [str(r.path) for r in chosen], tta=tta)
+    aligned, _ = photos.predict_paths(model, [str(r.path) for r in chosen], tta=tta)
     aligned = np.array([row.age for row in aligned])
     with tempfile.TemporaryDirectory(prefix="bench_pictures-") as folder:
         paths, places, exact = [], [], []
         for number, record in enumerate(chosen):
-            picture, placed = make_picture(utk_data.read_photo(record.path), rng)
+            picture, placed = make_picture(photos.read_photo(record.path), rng)
             paths.append(str(Path(folder) / f"picture{number}.jpg"))
             Image.fromarray(picture).save(paths[-1], quality=92)
             places.append(placed)
             # The control: the face cut out of the saved picture at its true place.
-            saved = utk_data.read_photo(paths[-1])
+            saved = photos.read_photo(paths[-1])
             exact.append(str(Path(folder) / f"exact{number}.png"))
-            Image.fromarray(utk_data.crop_frame(saved, placed)).save(exact[-1])
-        control, _ = train_loop.predict_paths(model, exact, tta=tta)
-        framed, _ = train_loop.predict_paths(model, paths, tta=tta, crop="auto")
-        whole, _ = train_loop.predict_paths(model, paths, tta=tta, crop="none")
+            Image.fromarray(photos.crop_frame(saved, placed)).save(exact[-1])
+        control, _ = photos.predict_paths(model, exact, tta=tta)
+        framed, _ = photos.predict_paths(model, paths, tta=tta, crop="auto")
+        whole, _ = photos.predict_paths(model, paths, tta=tta, crop="none")
     by_path = {
         path: [row for row in framed if row.path == path and row.box] for path in paths
     }
@@ -123,7 +124,7 @@ def main(argv=None):
     whole = np.array([row.age for row in whole])
     print(
         f"faces: {len(chosen)} of the {arguments.split} split (seed {arguments.seed}), "
-        f"frame zoom {utk_data.FRAME_ZOOM}, eyes {not arguments.no_eyes}, mirror images {tta}"
+        f"frame zoom {photos.FRAME_ZOOM}, eyes {not arguments.no_eyes}, mirror images {tta}"
     )
     print(f"found in their pictures: {hit.sum()} ({hit.mean():.1%})")
     print(f"MAE aligned, all faces: {np.abs(aligned - ages).mean():.2f}")

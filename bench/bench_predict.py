@@ -7,8 +7,8 @@ Two contenders predict the ages of the same real UTKFace files with the same unt
 CPU-preset model (the weights do not change the speed):
 
 1. per_image: what `predict` did before, for every file `utk_data.load_images([path])`
-   and then `train_loop.predict_ages` on that one image;
-2. batched: `train_loop.predict_paths`, which decodes the files in parallel with `tf.data`
+   and then `evaluation.predict_ages` on that one image;
+2. batched: `photos.predict_paths`, which decodes the files in parallel with `tf.data`
    and predicts them in batches, as `predict --crop none` does (and `predict` does for the
    pictures that are face crops already).
 
@@ -30,6 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # train_loop first: it sets TensorFlow's environment (oneDNN) before the import.
 import train_loop  # noqa: E402
+import evaluation  # noqa: E402
+import photos  # noqa: E402
 import utk_data  # noqa: E402
 
 import keras  # noqa: E402
@@ -43,13 +45,13 @@ def per_image(model, paths):
     ages = []
     for path in paths:
         image = utk_data.load_images([path], model.image_size)
-        ages.append(float(train_loop.predict_ages(model, image)[0]))
+        ages.append(float(evaluation.predict_ages(model, image)[0]))
     return ages
 
 
 def batched(model, paths):
-    """Ages predicted by `train_loop.predict_paths`, as `predict --crop none` does."""
-    rows, skipped = train_loop.predict_paths(model, paths)
+    """Ages predicted by `photos.predict_paths`, as `predict --crop none` does."""
+    rows, skipped = photos.predict_paths(model, paths)
     if skipped:
         raise ValueError(f"unreadable files in the benchmark: {skipped[:3]}")
     return [row.age for row in rows]

@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # train_loop first: it sets TensorFlow's environment (oneDNN) before the import.
 import train_loop  # noqa: E402
+import evaluation  # noqa: E402
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -72,7 +73,7 @@ def fit_stretch(predicted, true):
 
 def report(name, true, predicted):
     """One line: MAE and the signed error of each age bin."""
-    bins = train_loop.mae_by_age(true, predicted)
+    bins = evaluation.mae_by_age(true, predicted)
     signed = "  ".join(
         f"{label} {row['mean_error']:+.1f}"
         for label, row in bins.items()
@@ -96,7 +97,7 @@ def main(argv=None):
     _, val, test = train_loop.prepare_data(train_loop.TrainConfig(data=arguments.data))
     found = {}
     for split, records in (("validation", val), ("test", test)):
-        predictions = train_loop.predict_records(model, records, tta=arguments.tta)
+        predictions = evaluation.predict_records(model, records, tta=arguments.tta)
         found[split] = (predictions.true, predictions.predicted)
     print("=== bench_recalibration ===")
     print("machine:", train_loop.describe_machine())

@@ -5,7 +5,9 @@ import json
 import re
 from pathlib import Path
 
+import evaluation
 import model
+import report
 import train_loop
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -39,7 +41,7 @@ def test_every_table_of_the_report_is_in_answers_as_drawn(report_tables):
     assert report_tables
     for name, text in DOCUMENTS.items():
         assert (
-            train_loop.update_tables(text, report_tables) == text
+            report.update_tables(text, report_tables) == text
         ), f"{name} is out of date"
     for name, table in report_tables.items():
         assert (
@@ -65,10 +67,10 @@ def test_every_mean_sd_and_interval_quoted_in_words_is_one_the_report_draws(
 
 
 def test_a_figure_is_redrawn_from_the_committed_results(tmp_path):
-    entries = json.loads((RESULTS / train_loop.REPORT).read_text())
+    entries = json.loads((RESULTS / report.REPORT).read_text())
     figures = [entry["figure"] for entry in entries if entry.get("figure")]
     assert figures
-    train_loop.report(RESULTS, tmp_path)
+    report.report(RESULTS, tmp_path)
     for figure in figures:
         assert (tmp_path / figure).stat().st_size > 10_000
         assert f"figures/{figure}" in ANSWERS  # the figure answers.md shows
@@ -79,5 +81,5 @@ def test_every_result_names_its_command_and_machine():
         metrics = json.loads(metrics_file.read_text())
         assert metrics["command"].endswith(f"--out runs/{metrics_file.parent.name}")
         assert "CPU cores" in metrics["machine"]
-        for name in ("history.json", train_loop.PREDICTIONS):
+        for name in ("history.json", evaluation.PREDICTIONS):
             assert (metrics_file.parent / name).exists()

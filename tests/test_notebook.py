@@ -18,13 +18,21 @@ import pytest
 from nbclient import NotebookClient
 
 import model
+import report
 import train_loop
 from synthetic import write_image
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPOSITORY / "age_regression.ipynb"
 STUB = Path(__file__).resolve().parent / "colab_stub"
-MODULES = ("utk_data.py", "model.py", "train_loop.py")
+MODULES = (
+    "utk_data.py",
+    "model.py",
+    "train_loop.py",
+    "evaluation.py",
+    "report.py",
+    "photos.py",
+)
 
 
 def _load_generator():
@@ -76,7 +84,7 @@ def test_each_answer_carries_the_measured_numbers_of_answers_md(
     section = _section(notebook_markdown, heading)
     # Its tables are those the report draws from results/, as answers.md shows them.
     assert section.count("<!-- report: ") >= 1
-    assert train_loop.update_tables(section, report_tables) == section
+    assert report.update_tables(section, report_tables) == section
     answers = (REPOSITORY / "answers.md").read_text()
     numbers = re.findall(r"\b\d+\.\d\d\b", section)
     assert len(numbers) >= 3, "an answer without measured numbers"
@@ -165,11 +173,14 @@ def test_colab_modules_arrive_through_the_upload_dialog(colab):
     folder = _fresh_runtime(colab["tmp_path"] / "content")
     _, text = _run_in_colab(folder, colab["drive"])
     calls = colab["log"].read_text().splitlines()
-    assert calls[0] == "upload model.py my_photo.jpg train_loop.py utk_data.py"
+    assert calls[0] == "upload " + " ".join(sorted([*MODULES, "my_photo.jpg"]))
     assert any(call.startswith("mount ") for call in calls)
     assert all((folder / name).is_file() for name in MODULES)
     assert "class CourseCNN(keras.Model):" in text
     assert "with tf.GradientTape() as tape:" in text
+    # train_loop set the environment before TensorFlow's first import: the notebook
+    # trains with the oneDNN kernels on a CPU.
+    assert "oneDNN CPU kernels: True" in text
     runs = colab["tmp_path"] / "drive" / "MyDrive" / "age_regression" / "runs"
     assert len(list(runs.glob("*/metrics.json"))) == 1  # The run is kept on the Drive.
 

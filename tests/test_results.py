@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import evaluation
+import report
 import train_loop
 import utk_data
 
@@ -21,7 +23,7 @@ def test_a_constant_difference_has_no_width():
     true = rng.uniform(1, 90, 500)
     first = true + rng.choice([-3.0, 3.0], 500)  # every error 3 years
     second = true + rng.choice([-4.0, 4.0], 500)  # every error 4 years
-    assert train_loop.paired_bootstrap(true, first, second) == pytest.approx(
+    assert report.paired_bootstrap(true, first, second) == pytest.approx(
         (1.0, 1.0, 1.0)
     )
 
@@ -33,7 +35,7 @@ def test_the_interval_is_the_standard_error_of_the_mean_difference():
     first = true + 5.0  # every error 5 years
     differences = rng.normal(0.3, 1.0, faces)  # second - first, face by face
     second = true + 5.0 + differences
-    difference, low, high = train_loop.paired_bootstrap(true, first, second)
+    difference, low, high = report.paired_bootstrap(true, first, second)
     assert difference == pytest.approx(differences.mean())
     half_width = 1.96 * differences.std() / np.sqrt(faces)  # about 0.031
     assert (high - low) / 2 == pytest.approx(half_width, rel=0.1)
@@ -49,7 +51,7 @@ def test_pairing_removes_what_the_faces_share():
     hardness = rng.exponential(6.0, 1000)  # some faces are much harder than others
     first = true + hardness
     second = true + hardness + 0.1
-    difference, low, high = train_loop.paired_bootstrap(true, first, second)
+    difference, low, high = report.paired_bootstrap(true, first, second)
     assert difference == pytest.approx(0.1)
     assert 0.0 < low <= high < 0.2
 
@@ -58,9 +60,9 @@ def test_several_seeds_average_their_errors_face_by_face():
     true = np.zeros(3)
     first = np.array([[1.0, 1.0, 1.0], [3.0, 3.0, 3.0]])  # MAE 1 and 3: mean 2
     second = np.array([2.5, 2.5, 2.5])
-    assert train_loop.paired_bootstrap(true, first, second)[0] == pytest.approx(0.5)
+    assert report.paired_bootstrap(true, first, second)[0] == pytest.approx(0.5)
     with pytest.raises(ValueError, match="2 predictions for 3 faces"):
-        train_loop.paired_bootstrap(true, first, np.ones(2))
+        report.paired_bootstrap(true, first, np.ones(2))
 
 
 # --- run folders as `train` writes them ------------------------------------------------
@@ -76,11 +78,11 @@ def write_run(folder, true, predicted, seed, learning_rate=3e-3, val=5.0, order=
         for i in order
     ]  # fmt: skip
     true, predicted = true[order], predicted[order]
-    readout = train_loop.Predictions(records, true, predicted, {})
+    readout = evaluation.Predictions(records, true, predicted, {})
     worse = predicted + np.sign(predicted - true)  # 1 year worse on every face
-    plain = train_loop.Predictions(records, true, worse, {})
-    train_loop.write_predictions(
-        folder / train_loop.PREDICTIONS,
+    plain = evaluation.Predictions(records, true, worse, {})
+    evaluation.write_predictions(
+        folder / evaluation.PREDICTIONS,
         {"predicted_no_tta": plain, "predicted_tta": readout},
     )
     history = [
@@ -132,13 +134,13 @@ def test_predictions_round_trip_with_unknown_labels(tmp_path):
         utk_data.Record(Path("/x/25_1_2_2017.jpg.chip.jpg"), 25, 1, 2),
         utk_data.Record(Path("/y/3_0_2017.jpg.chip.jpg"), 3, 0, None),
     ]
-    found = train_loop.Predictions(
+    found = evaluation.Predictions(
         records, np.array([25.0, 3.0]), np.array([24.12346, 0.0]), {}
     )
-    train_loop.write_predictions(tmp_path / "p.csv", {"predicted_tta": found})
-    table = train_loop.read_predictions(tmp_path / "p.csv")
-    assert list(table["face"]) == [train_loop.face_id(r.path) for r in records]
-    assert train_loop.face_id(records[0].path) == train_loop.face_id(
+    evaluation.write_predictions(tmp_path / "p.csv", {"predicted_tta": found})
+    table = evaluation.read_predictions(tmp_path / "p.csv")
+    assert list(table["face"]) == [evaluation.face_id(r.path) for r in records]
+    assert evaluation.face_id(records[0].path) == evaluation.face_id(
         "25_1_2_2017.jpg.chip.jpg"
     )  # the file name, not where it lies
     assert "2017" not in (tmp_path / "p.csv").read_text()
@@ -148,9 +150,9 @@ def test_predictions_round_trip_with_unknown_labels(tmp_path):
 
 def test_runs_of_one_setting_form_a_row_with_mean_sd_and_interval(runs):
     folders = [runs / "a", runs / "b", runs / "a_seed1", runs / "b_seed1"]
-    variants = train_loop.group_runs(folders, labels=["rate 3e-3", "rate 1e-3"])
+    variants = report.group_runs(folders, labels=["rate 3e-3", "rate 1e-3"])
     assert [v.folders for v in variants] == [folders[0::2], folders[1::2]]
-    lines = train_loop.comparison_table(variants).splitlines()
+    lines = report.comparison_table(variants).splitlines()
     # Test MAE 2 and 4: 3.00 ± 1.41; validation 5 and 6. "b" is 1 year worse on every
     # face, so its paired interval has no width; its validation 0.5 worse for both seeds.
     assert lines[2] == "| rate 3e-3 | 2 | 5.50 ± 0.71 | — | 3.00 ± 1.41 | — | 3 | 3 |"
@@ -158,14 +160,14 @@ def test_runs_of_one_setting_form_a_row_with_mean_sd_and_interval(runs):
         "| rate 1e-3 | 2 | 6.00 ± 0.71 | +0.50 ± 0.00 | 4.00 ± 1.41 | +1.00 [+1.00, +1.00] | 3 | 3 |"
     )
     with pytest.raises(ValueError, match="2 labels for 1 variants"):
-        train_loop.group_runs(folders[:1], labels=["x", "y"])
+        report.group_runs(folders[:1], labels=["x", "y"])
 
 
 def test_a_missing_predictions_file_names_the_command_that_writes_it(runs):
-    (runs / "b" / train_loop.PREDICTIONS).unlink()
+    (runs / "b" / evaluation.PREDICTIONS).unlink()
     with pytest.raises(FileNotFoundError, match="--predictions"):
-        train_loop.run_predictions(runs / "b")
-    table = train_loop.compare_runs([runs / "a", runs / "b"])
+        evaluation.run_predictions(runs / "b")
+    table = report.compare_runs([runs / "a", runs / "b"])
     assert table.splitlines()[3].startswith("| b | 1 | 5.50 | +0.50 | 3.00 | — |")
 
 
@@ -186,7 +188,7 @@ def test_report_redraws_tables_and_figures(runs, tmp_path, capsys):
         {"name": "curve", "kind": "learning_curve", "figure": "curve.png", "rows": [{"label": "a", "runs": ["a"]}]},
         {"name": "no val", "rows": [{"label": "a", "runs": ["a"]}, {"label": "b, other readout", "runs": ["b"], "val": None}]},
     ]  # fmt: skip
-    (runs / train_loop.REPORT).write_text(json.dumps(entries))
+    (runs / report.REPORT).write_text(json.dumps(entries))
     figures = tmp_path / "figures"
     figures.mkdir()
     assert (
@@ -196,13 +198,13 @@ def test_report_redraws_tables_and_figures(runs, tmp_path, capsys):
     printed = capsys.readouterr().out
     for figure in ("curves.png", "scatter.png", "curve.png"):
         assert (figures / figure).stat().st_size > 10_000
-    assert "curve" not in train_loop.report(runs)  # a figure, no table
+    assert "curve" not in report.report(runs)  # a figure, no table
     # A row without a validation MAE: no validation difference either, and no curve.
     legend = (
-        train_loop.plot_variants(
+        report.plot_variants(
             [
-                train_loop.Variant("a", [runs / "a"]),
-                train_loop.Variant("b", [runs / "b"], None),
+                report.Variant("a", [runs / "a"]),
+                report.Variant("b", [runs / "b"], None),
             ]
         )
         .axes[0]
@@ -215,13 +217,13 @@ def test_report_redraws_tables_and_figures(runs, tmp_path, capsys):
         "| with its mirror image | 2 | 5.30 ± 0.71 | -0.20 ± 0.00 | 3.00 ± 1.41 | -1.00 [-1.00, -1.00] |"
         in printed
     )
-    by_age = train_loop.report(runs)["by age"].splitlines()
+    by_age = report.report(runs)["by age"].splitlines()
     # Errors of +-2 years: a mean absolute error of exactly 2 in every bin.
     assert len(by_age) > 6 and all(" | 2.00 | " in line for line in by_age[2:])
     # The same error for everyone: no difference, and an interval without width.
     assert (
         "| at equal ages (bins weighted by their faces) [95 % interval] | | | | | "
-        "+0.00 [+0.00, +0.00] |" in train_loop.report(runs)["by gender"]
+        "+0.00 [+0.00, +0.00] |" in report.report(runs)["by gender"]
     )
     # --update rewrites the table after a marker, and nothing else.
     page = tmp_path / "page.md"
@@ -230,12 +232,12 @@ def test_report_redraws_tables_and_figures(runs, tmp_path, capsys):
     updated = page.read_text()
     assert updated.startswith("Intro\n<!-- report: by age -->\n| age | faces |")
     assert updated.endswith("|\n\nEnd\n") and "| old |" not in updated
-    assert train_loop.update_tables(updated, train_loop.report(runs)) == updated
+    assert report.update_tables(updated, report.report(runs)) == updated
     page.write_text("<!-- report: pie -->\n| old |\n")
     assert train_loop.main(["report", "--results", str(runs), "--update", str(page)])
     assert "no report table is named 'pie'" in capsys.readouterr().err
     assert page.read_text() == "<!-- report: pie -->\n| old |\n"  # left as it was
-    (runs / train_loop.REPORT).write_text(
+    (runs / report.REPORT).write_text(
         json.dumps([{"name": "x", "kind": "pie", "rows": entries[1]["rows"]}])
     )
     assert train_loop.main(["report", "--results", str(runs)]) == 1
@@ -249,10 +251,10 @@ def test_the_output_range_counts_predictions_below_and_at_zero(tmp_path):
     for name, predicted in (("relu", relu), ("linear", linear)):
         write_run(tmp_path / name, true, predicted, seed=0)
     variants = [
-        train_loop.Variant(name, [tmp_path / name.lower()], test="predicted_tta")
+        report.Variant(name, [tmp_path / name.lower()], test="predicted_tta")
         for name in ("ReLU", "linear")
     ]
-    lines = train_loop.output_range_table(variants).splitlines()
+    lines = report.output_range_table(variants).splitlines()
     # Errors 1, 2, 1, 1, 2 and 2, 1.5, 1, 1, 2; the first three faces are aged 0-9.
     assert lines[0].startswith("| | seeds | test MAE (one image per face) |")
     assert lines[2] == "| ReLU | 1 | 1.40 | 1.33 | 0 | 2 |"
@@ -267,7 +269,7 @@ def test_calibration_counts_the_true_ages_inside_the_intervals(tmp_path):
         utk_data.Record(Path(f"{int(a)}_0_0_x{a}.jpg"), int(a), 0, 0) for a in true
     ]
     predicted = true + np.array([1.0, 2.0, 3.0, 8.0])  # MAE 3.5
-    found = train_loop.Predictions(records, true, predicted, {})
+    found = evaluation.Predictions(records, true, predicted, {})
     half_widths = np.array([5.0, 10.0, 10.0, 20.0])
     quantiles = {
         "q05": true - half_widths,
@@ -278,21 +280,19 @@ def test_calibration_counts_the_true_ages_inside_the_intervals(tmp_path):
     folder = tmp_path / "classification"
     folder.mkdir()
     (folder / "metrics.json").write_text(json.dumps({"tta": False}))
-    train_loop.write_predictions(
-        folder / train_loop.PREDICTIONS, {"predicted_no_tta": found}, quantiles
+    evaluation.write_predictions(
+        folder / evaluation.PREDICTIONS, {"predicted_no_tta": found}, quantiles
     )
-    lines = train_loop.calibration_table(
-        train_loop.Variant("softmax", [folder])
-    ).splitlines()
+    lines = report.calibration_table(report.Variant("softmax", [folder])).splitlines()
     assert lines[2:] == [
         "| 50 % | all | 75.0 % | 4.2 | 3.50 |",  # widths 4, 5, 3, 5
         "| 90 % | all | 100.0 % | 22.5 | 3.50 |",
         "| 90 % | the narrowest quarter | 100.0 % | 10.0 | 1.00 |",
         "| 90 % | the widest quarter | 100.0 % | 40.0 | 8.00 |",
     ]
-    (folder / train_loop.PREDICTIONS).write_text("face,age,predicted_no_tta\nab,3,3\n")
+    (folder / evaluation.PREDICTIONS).write_text("face,age,predicted_no_tta\nab,3,3\n")
     with pytest.raises(ValueError, match="q25/q75"):
-        train_loop.calibration_table(train_loop.Variant("softmax", [folder]))
+        report.calibration_table(report.Variant("softmax", [folder]))
 
 
 def test_women_one_year_worse_at_every_age_is_one_year_at_equal_ages(tmp_path):
@@ -301,8 +301,6 @@ def test_women_one_year_worse_at_every_age_is_one_year_at_equal_ages(tmp_path):
     women = np.arange(400) % 2 == 1  # as write_run labels them
     signs = rng.choice([-1.0, 1.0], 400)
     write_run(tmp_path / "run", true, true + signs * np.where(women, 3.0, 2.0), seed=0)
-    table = train_loop.gender_by_age_table(
-        train_loop.Variant("run", [tmp_path / "run"])
-    )
+    table = report.gender_by_age_table(report.Variant("run", [tmp_path / "run"]))
     assert "| 2.00 | 3.00 | +1.00 |" in table.splitlines()[2]
     assert table.endswith("| +1.00 [+1.00, +1.00] |")

@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import evaluation
+import report
 import train_loop
 from synthetic import make_folder, write_image
 
@@ -266,12 +268,12 @@ def test_the_three_commands(tiny_data, tmp_path, capsys):
     assert metrics["test_negative_predictions"] == 0  # a ReLU output
     assert json.loads((out / "history.json").read_text())[0]["epoch"] == 1
     # The test predictions behind metrics.json, both readouts, a row per test face.
-    faces, true, predicted = train_loop.run_predictions(out)
+    faces, true, predicted = evaluation.run_predictions(out)
     assert len(set(faces)) == len(faces) == metrics["test_images"]
     assert np.abs(predicted - true).mean() == pytest.approx(
         metrics["test_mae"], abs=1e-3
     )
-    _, _, plain = train_loop.run_predictions(out, "predicted_no_tta")
+    _, _, plain = evaluation.run_predictions(out, "predicted_no_tta")
     assert np.abs(plain - true).mean() == pytest.approx(
         metrics["test_mae_no_tta"], abs=1e-3
     )
@@ -286,7 +288,7 @@ def test_the_three_commands(tiny_data, tmp_path, capsys):
     )  # fmt: skip
     evaluated = json.loads(capsys.readouterr().out.split("\n", 1)[1])
     assert evaluated["mae"] == pytest.approx(metrics["test_mae"], abs=1e-4)
-    again = train_loop.read_predictions(written)
+    again = evaluation.read_predictions(written)
     assert list(again["face"]) == list(faces)
     assert again["predicted_tta"] == pytest.approx(predicted, abs=1e-3)
     assert again["predicted_no_tta"] == pytest.approx(plain, abs=1e-3)
@@ -393,8 +395,8 @@ def test_evaluate_gives_mae_by_age_bin():
     ages = tf.constant([[5.0], [15.0], [25.0], [85.0], [90.0], [100.0]])
     model.layers[-1].bias.assign([10.0])
     dataset = tf.data.Dataset.from_tensor_slices((images, ages)).batch(4)
-    result = train_loop.evaluate_predictions(
-        *train_loop.predict_dataset(model, dataset)
+    result = evaluation.evaluate_predictions(
+        *evaluation.predict_dataset(model, dataset)
     )
     assert result["mae_by_age"]["0-9"] == {"mae": 5.0, "mean_error": 5.0, "count": 1}
     assert result["mae_by_age"]["80+"]["count"] == 3
@@ -414,8 +416,8 @@ def test_evaluate_gives_mae_by_gender_and_race_in_one_pass():
         "race": tf.constant([0, 1, 2, 3, 4]),
     }
     dataset = tf.data.Dataset.from_tensor_slices((tf.zeros((5, 4, 4, 3)), labels))
-    predictions = train_loop.predict_dataset(model, dataset.batch(2), with_groups=True)
-    result = train_loop.evaluate_predictions(*predictions)
+    predictions = evaluation.predict_dataset(model, dataset.batch(2), with_groups=True)
+    result = evaluation.evaluate_predictions(*predictions)
     assert result["mae_by_gender"]["male"] == {"mae": 10.0, "mean_error": 0, "count": 2}
     assert result["mae_by_gender"]["female"]["mae"] == pytest.approx(50 / 3)
     assert result["mae_by_race"]["Others"] == {
@@ -448,15 +450,15 @@ def test_predict_dataset_can_hide_gender_and_race():
         "race": tf.constant([0, 2, 4, 1]),
     }
     dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(3)
-    _, known = train_loop.predict_dataset(model, dataset)
-    _, hidden = train_loop.predict_dataset(model, dataset, attributes_known=False)
+    _, known = evaluation.predict_dataset(model, dataset)
+    _, hidden = evaluation.predict_dataset(model, dataset, attributes_known=False)
     unknown = -tf.ones(4, tf.int32)
     expected = model({"image": images, "gender": unknown, "race": unknown})
     np.testing.assert_allclose(hidden, np.asarray(expected)[:, 0], rtol=1e-5)
     assert not np.allclose(hidden, known)
     # predict_ages, for new photos, gives "unknown" too.
     np.testing.assert_allclose(
-        train_loop.predict_ages(model, images.numpy()), hidden, rtol=1e-5
+        evaluation.predict_ages(model, images.numpy()), hidden, rtol=1e-5
     )
 
 
@@ -476,8 +478,8 @@ def test_compare_against_minutes_marks_test_mae_at_training_time(tmp_path):
         metrics["train_seconds"] = sum(seconds)
         (run / "metrics.json").write_text(json.dumps(metrics))
     plt.close("all")
-    table = train_loop.compare_runs(
-        [tmp_path / "short", tmp_path / "long"], against="minutes"
+    table = report.compare_runs(
+        [tmp_path / "short", tmp_path / "long"], x_axis="minutes"
     )
     # No seeds recorded, no predictions: no differences, the test MAE from metrics.json.
     assert "| long | 1 | 8.00 | — | 5.00 | — | 4 | 6 |" in table
@@ -485,8 +487,8 @@ def test_compare_against_minutes_marks_test_mae_at_training_time(tmp_path):
     curve, dot = lines[2].get_xydata(), lines[3].get_xydata()
     assert curve[:, 0].tolist() == [1.5, 3.0, 4.5, 6.0]
     assert dot.tolist() == [[6.0, 5.0]]
-    with pytest.raises(ValueError, match="against"):
-        train_loop.compare_runs([tmp_path / "long"], against="steps")
+    with pytest.raises(ValueError, match="x_axis"):
+        report.compare_runs([tmp_path / "long"], x_axis="steps")
 
 
 def test_median_baseline_command(tiny_data, capsys):
@@ -545,7 +547,7 @@ def test_train_every_head_and_option(tiny_data, tmp_path, options):
     reloaded = keras.models.load_model(tmp_path / "model.keras")
     readout = "test_mae_tta" if run.config.tta else "test_mae_no_tta"
     assert run.metrics["test_mae"] == run.metrics[readout]
-    again = train_loop.predict_records(
+    again = evaluation.predict_records(
         reloaded, run.test.records, 8, tta=run.config.tta
     )
     np.testing.assert_allclose(again.predicted, run.test.predicted, rtol=1e-5)
@@ -559,7 +561,7 @@ def test_train_every_head_and_option(tiny_data, tmp_path, options):
     assert run.metrics["onednn"] in (True, False, None)
     assert set(run.metrics["cpu_bfloat16_units"]) <= {"amx_bf16", "avx512_bf16"}
     # A classification head's test predictions keep its 50 % and 90 % intervals.
-    written = train_loop.read_predictions(tmp_path / train_loop.PREDICTIONS)
+    written = evaluation.read_predictions(tmp_path / evaluation.PREDICTIONS)
     quantiles = [written.get(name) for name in ("q05", "q25", "q75", "q95")]
     if options.get("head") == "classification":
         assert (np.diff(quantiles, axis=0) >= 0).all()  # q05 <= q25 <= q75 <= q95
@@ -567,12 +569,12 @@ def test_train_every_head_and_option(tiny_data, tmp_path, options):
     else:
         assert quantiles == [None] * 4
     # A model with gender and race inputs is also read out with them "unknown".
-    unknown = [written.get(c) for c in train_loop.UNKNOWN_ATTRIBUTES_COLUMNS.values()]
+    unknown = [written.get(c) for c in evaluation.UNKNOWN_ATTRIBUTES_COLUMNS.values()]
     if options.get("attribute_inputs"):
-        hidden = train_loop.predict_records(
+        hidden = evaluation.predict_records(
             reloaded, run.test.records, 8, attributes_known=False, tta=run.config.tta
         )
-        column = train_loop.UNKNOWN_ATTRIBUTES_COLUMNS[run.config.tta]
+        column = evaluation.UNKNOWN_ATTRIBUTES_COLUMNS[run.config.tta]
         np.testing.assert_allclose(written[column], hidden.predicted, atol=1e-4)
         assert run.metrics["test_mae_attributes_unknown"] == pytest.approx(
             np.abs(hidden.predicted - hidden.true).mean(), abs=1e-4
@@ -660,11 +662,11 @@ def test_flip_averaging_is_the_mean_of_a_face_and_its_mirror():
         train_loop.TrainConfig(preset="cpu", image_size=32), initial_age=30.0
     )
     images = tf.random.stateless_uniform((5, 32, 32, 3), seed=(3, 4))
-    plain = train_loop.predict_ages(network, images, batch_size=2, tta=False)
-    mirrored = train_loop.predict_ages(
+    plain = evaluation.predict_ages(network, images, batch_size=2, tta=False)
+    mirrored = evaluation.predict_ages(
         network, tf.reverse(images, axis=[2]), batch_size=2, tta=False
     )
-    averaged = train_loop.predict_ages(network, images, batch_size=2, tta=True)
+    averaged = evaluation.predict_ages(network, images, batch_size=2, tta=True)
     np.testing.assert_allclose(averaged, (plain + mirrored) / 2, rtol=1e-5)
     assert not np.allclose(plain, mirrored)
     expected = np.asarray(models.ages_from_outputs(network, network(images)))[:, 0]

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image, ImageOps
 
 import utk_data
 from synthetic import make_folder, write_image
@@ -150,7 +149,6 @@ def test_a_failed_download_says_what_to_do_instead(tmp_path):
 def test_the_default_mirror_must_give_the_whole_set(tmp_path, monkeypatch):
     archive = _archive_of(make_folder(tmp_path / "src", 5), tmp_path / "UTKFace.tar.gz")
     monkeypatch.delenv("UTKFACE_DATA", raising=False)
-    monkeypatch.setattr(utk_data, "SHARED_ARCHIVE", tmp_path / "absent.tar.gz")
     monkeypatch.setattr(utk_data, "DEFAULT_URL", archive.as_uri())
     with pytest.raises(ValueError, match=r"gave only 5 UTKFace images .*jangedoo"):
         utk_data.locate(cache_dir=tmp_path / "cache")
@@ -388,52 +386,10 @@ def test_decoded_images_are_reused_across_datasets(image_folder, monkeypatch):
         utk_data.make_dataset(decoded, 24, 8, training=False)
 
 
-def test_load_images_applies_exif_rotation(tmp_path):
-    plain = write_image(tmp_path / "plain.jpg", size=(64, 40), seed=4)
-    exif = Image.Exif()
-    exif[0x0112] = 6  # Shown after a 90-degree clockwise turn.
-    with Image.open(plain) as image:
-        image.save(tmp_path / "rotated.jpg", exif=exif, quality=95)
-    with Image.open(tmp_path / "rotated.jpg") as image:
-        upright = ImageOps.exif_transpose(image)
-        upright.save(tmp_path / "upright.png")
-    loaded = utk_data.load_images(
-        [tmp_path / "rotated.jpg", tmp_path / "upright.png"], 32
-    )
-    assert loaded.shape == (2, 32, 32, 3)
-    difference = np.abs(loaded[0].numpy() - loaded[1].numpy()).mean()
-    unrotated = utk_data.load_images([plain], 32)[0].numpy()
-    assert difference < 0.02 < np.abs(unrotated - loaded[1].numpy()).mean()
-
-
 def test_load_images_names_an_unreadable_file(tmp_path):
     (tmp_path / "notes.jpg").write_text("not an image")
     with pytest.raises(ValueError, match="notes.jpg"):
         utk_data.load_images([tmp_path / "notes.jpg"], 32)
-
-
-def test_read_images_reports_bad_files_and_keeps_the_good_ones(tmp_path):
-    good = [write_image(tmp_path / f"{n}.jpg", size=(60, 50), seed=n) for n in (1, 2)]
-    (tmp_path / "notes.jpg").write_text("not an image")
-    whole = good[0].read_bytes()
-    # A JPEG header that PIL accepts, then nothing: only the decoder can tell.
-    (tmp_path / "cut.jpg").write_bytes(whole[: len(whole) // 3])
-    paths = [
-        good[0],
-        tmp_path / "notes.jpg",
-        tmp_path / "cut.jpg",
-        tmp_path / "gone.jpg",
-        good[1],
-    ]
-    images, readable, failed = utk_data.read_images(paths, 24)
-    assert images.shape == (2, 24, 24, 3) and readable == [str(good[0]), str(good[1])]
-    np.testing.assert_allclose(images, utk_data.load_images(good, 24))
-    assert sorted(Path(path).name for path, _ in failed) == [
-        "cut.jpg",
-        "gone.jpg",
-        "notes.jpg",
-    ]
-    assert all(reason for _, reason in failed)
 
 
 # --- command line ------------------------------------------------------------------------

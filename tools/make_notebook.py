@@ -75,12 +75,12 @@ def course_table():
 def with_tables(cells):
     """The cells, every "<!-- report: NAME -->" line of their markdown followed by the
     table of that name as `python train_loop.py report` draws it from results/."""
-    train_loop = project("train_loop")
-    tables = train_loop.report(REPOSITORY / "results")
+    report = project("report")
+    tables = report.report(REPOSITORY / "results")
     return [
         (
             kind,
-            train_loop.update_tables(source, tables) if kind == "markdown" else source,
+            report.update_tables(source, tables) if kind == "markdown" else source,
         )
         for kind, source in cells
     ]
@@ -114,7 +114,7 @@ def written_cells():
         ("code", STORAGE),
         (
             "markdown",
-            "Our three modules, a helper that shows their source, and a seed.",
+            "Our modules, a helper that shows their source, and a seed.",
         ),
         ("code", IMPORTS),
         ("code", "keras.utils.set_random_seed(42)"),
@@ -135,7 +135,7 @@ def written_cells():
         ("code", "show_source(train_loop.Trainer.train_batch)"),
         ("markdown", RUN_TEXT),
         ("code", "run = train_loop.train(config)"),
-        ("code", "train_loop.plot_history(run.history)\nplt.show()"),
+        ("code", "evaluation.plot_history(run.history)\nplt.show()"),
         ("markdown", "## 7. Evaluation on the test split\n\n" + EVALUATION_TEXT),
         ("code", EVALUATION),
         ("code", PLOTS),
@@ -213,14 +213,15 @@ INTRO = """
 UTKFace faces with Keras 3 and our own `tf.GradientTape` training loop, and answer the
 assignment's three tasks (and the optional one) with numbers from real runs.
 
-The code lives in three modules that this notebook imports and calls: `utk_data.py` (the
-data), `model.py` (the networks) and `train_loop.py` (the training loop, evaluation and
-prediction). The notebook shows the parts a grader looks for (the model class and the
+The code lives in modules that this notebook imports and calls: `utk_data.py` (the data),
+`model.py` (the networks) and `train_loop.py` (the training loop), beside `evaluation.py`
+(the metrics and figures of a model), `report.py` (tables of runs) and `photos.py` (ages of
+the faces in a photo). The notebook shows the parts a grader looks for (the model class and the
 training step) straight from those modules. [answers.md](answers.md) holds the full evidence
 for every answer: the commands, the tables and the figures.
 
 **In Colab:** choose *Runtime → Change runtime type → GPU*, then *Runtime → Run all*. The setup
-cell asks you to upload the three modules (or clones them once when you set `REPO_URL`), and
+cell asks you to upload the modules (or clones them once when you set `REPO_URL`), and
 keeps the data and the run on your Google Drive, so that rerunning after a disconnect
 resumes the training.
 """
@@ -246,9 +247,10 @@ QUICK
 """
 
 MODULES_TEXT = """
-The three modules must sit beside the notebook. In Colab, when they are missing, an upload
-dialog asks for `utk_data.py`, `model.py` and `train_loop.py` (from a copy of this project on
-your computer); with `REPO_URL` set, the project is cloned once into `age_regression/`. A rerun,
+The six modules must sit beside the notebook. In Colab, when they are missing, an upload
+dialog asks for them (`utk_data.py`, `model.py`, `train_loop.py`, `evaluation.py`,
+`report.py` and `photos.py`, from a copy of this project on your computer): select all six
+at once in the dialog, which takes several files. With `REPO_URL` set, the project is cloned once into `age_regression/`. A rerun,
 or a rerun after *Runtime → Restart*, reuses what is there.
 """
 
@@ -256,7 +258,7 @@ MODULES = """
 import subprocess
 from pathlib import Path
 
-MODULE_FILES = ["utk_data.py", "model.py", "train_loop.py"]
+MODULE_FILES = ["utk_data.py", "model.py", "train_loop.py", "evaluation.py", "report.py", "photos.py"]
 CLONE = Path("age_regression")  # where REPO_URL is cloned
 
 
@@ -332,11 +334,15 @@ and more slowly; the cell below warns, it does not stop.
 VERSIONS = """
 import warnings
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up messages
+# train_loop before TensorFlow: it chooses Keras's backend and TensorFlow's fast oneDNN CPU
+# kernels, which TensorFlow reads only when it is first imported.
+import train_loop
+
 import keras
 import tensorflow as tf
 
 print("TensorFlow", tf.__version__, "| Keras", keras.__version__, "| backend", keras.backend.backend())
+print("oneDNN CPU kernels:", train_loop.onednn_enabled())
 """
 
 GPU = """
@@ -380,7 +386,9 @@ import inspect
 import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 
+import evaluation
 import model
+import photos
 import train_loop
 import utk_data
 
@@ -499,7 +507,7 @@ image; the second line shows what the mirror images changed (answers.md, "Accura
 """
 
 EVALUATION = """
-baseline = train_loop.median_baseline(train_records, test_records)
+baseline = evaluation.median_baseline(train_records, test_records)
 print(
     f"test MAE {run.metrics['test_mae']:.2f} years, RMSE {run.metrics['test_rmse']:.2f}, "
     f"on {run.metrics['test_images']:,} faces (best epoch {run.metrics['best_epoch']})"
@@ -509,12 +517,12 @@ print(f"predicting the median age ({baseline['median_age']:g}) for everyone: MAE
 """
 
 PLOTS = """
-train_loop.plot_evaluation(run.test.true, run.test.predicted)
+evaluation.plot_evaluation(run.test.true, run.test.predicted)
 plt.show()
 """
 
 WORST = """
-train_loop.plot_worst(run.test.records, run.test.true, run.test.predicted)
+evaluation.plot_worst(run.test.records, run.test.true, run.test.predicted)
 plt.show()
 """
 
@@ -657,8 +665,8 @@ if IS_COLAB and not PHOTO:
     uploaded = [name for name in files.upload() if name.lower().endswith(utk_data.IMAGE_SUFFIXES)]
     PHOTO = uploaded[0] if uploaded else ""
 PHOTO = PHOTO or str(run.test.records[0].path)
-rows, skipped = train_loop.predict_paths(run.model, [PHOTO], tta=run.config.tta, crop="auto")
-train_loop.plot_photo(utk_data.read_photo(PHOTO), rows)
+rows, skipped = photos.predict_paths(run.model, [PHOTO], tta=run.config.tta, crop="auto")
+photos.plot_photo(photos.read_photo(PHOTO), rows)
 plt.show()
 rows or skipped
 """

@@ -1,0 +1,427 @@
+"""Ages of the faces in any photo: find each face, frame it as UTKFace frames its aligned
+crops, and predict.
+
+    python train_loop.py predict --model runs/cpu/model.keras photo.jpg my_faces/
+
+    rows, skipped = photos.predict_paths(model, ["photo.jpg"], tta=True, crop="auto")
+
+OpenCV's Haar frontal-face detector (inside the opencv-python-headless wheel) finds the
+faces and their eyes; a square placed from the box and the eyes, as measured on UTKFace's
+own frames (`python bench/bench_framing.py`), is what the model sees. A picture that already
+is a tight face crop, like UTKFace's, is taken as it is (`crop="auto"`).
+"""
+
+import csv
+import math
+import sys
+from pathlib import Path
+from typing import NamedTuple, Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import utk_data
+from evaluation import predict_ages
+
+# ---------------------------------------------------------------------------------------
+# Reading photos
+# ---------------------------------------------------------------------------------------
+
+
+def read_photo(path):
+    """An RGB uint8 array (height, width, 3) of an image file, EXIF rotation applied."""
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as image:
+            return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+    except Exception as error:
+        raise ValueError(
+            f"{path}: not a readable JPEG or PNG image ({error})"
+        ) from error
+
+
+def _orientation(path):
+    """The EXIF orientation tag of an image file (1, upright, when it has none)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return int(image.getexif().get(0x0112, 1))
+    except Exception as error:
+        raise ValueError(
+            f"{path}: not a readable JPEG or PNG image ({error})"
+        ) from error
+
+
+def read_images(paths, image_size):
+    """Decode image files for prediction, in parallel, as the training images are decoded;
+    a photo that its EXIF tag says to turn is read upright by `read_photo`.
+
+    Returns float32 images (n, size, size, 3) in [0, 1], the n paths that decoded, and
+    [(path, reason)] for the files that could not be read: a bad file is reported, never fatal.
+    """
+    readable, turned, failed = [], set(), []
+    for path in map(str, paths):
+        try:
+            if _orientation(path) != 1:
+                turned.add(path)
+            readable.append(path)
+        except ValueError as error:
+            failed.append((path, str(error).split(": ", 1)[-1]))
+    plain = [path for path in readable if path not in turned]
+    images = {}
+    if plain:
+        indices, decoded, missing = utk_data.decode_files(plain, image_size)
+        images.update(zip((plain[index] for index in indices), decoded))
+        failed += [
+            (plain[index], "could not decode the image (corrupt data)")
+            for index in missing
+        ]
+    for path in turned:
+        images[path] = utk_data.resize_square(read_photo(path), image_size)
+    readable = [path for path in readable if path in images]
+    stacked = (
+        tf.stack([images[path] for path in readable])
+        if readable
+        else (tf.zeros((0, image_size, image_size, 3), tf.uint8))
+    )
+    return tf.cast(stacked, tf.float32) / 255.0, readable, failed
+
+
+# ---------------------------------------------------------------------------------------
+# Finding a face and framing it as UTKFace's aligned crops are framed
+# ---------------------------------------------------------------------------------------
+
+# How the box of OpenCV's Haar frontal-face detector sits inside UTKFace's own 200x200
+# frames: the frame's side over the box's side, and the frame's centre minus the box's
+# centre, in box sides (x to the right, y down). Measured by `python bench/bench_framing.py`
+# (README): the medians over the training faces it found.
+# On 372 faces found of 400 (seed 0): the scale's median is 0.995 (10-90 %: 0.90 to 1.10),
+# the shifts' 0.007 (-0.01 to 0.03, x) and 0.082 (0.06 to 0.11, y): UTKFace's frames are
+# about the detector's box, moved down by a twelfth of it.
+FRAME_SCALE = 0.995
+
+
+FRAME_SHIFT = (0.007, 0.082)
+
+
+# The same for the eyes found inside the box (OpenCV's eye cascade that also finds eyes
+# behind glasses): the frame's side over the distance between the eyes' centres, and the
+# frame's centre minus the eyes' midpoint, in eye distances. UTKFace aligned its faces by
+# their landmarks, so the eyes say where the frame is as well as the box does, and their
+# errors are only loosely related: the mean of the two estimates is closer than either.
+EYE_SCALE = 2.50
+
+
+EYE_SHIFT = (0.028, 0.518)
+
+
+EYE_CASCADE = "haarcascade_eye_tree_eyeglasses.xml"
+
+
+# The frame used is this much tighter than the measured one: of the zooms tried, it
+# predicted the validation faces of the pictures test best (bench/bench_pictures.py
+# --split val, README).
+FRAME_ZOOM = 0.945
+
+
+# A picture whose largest face box spans at least this much of its shorter side is already
+# a tight face crop. In UTKFace's own frames the detector finds a face in 204 of 372, with a
+# box of 0.83 of the side (median; 5 % below 0.70).
+TIGHT_CROP = 0.6
+
+
+# Pictures this small and about square are taken as crops already: the detector misses
+# about half of UTKFace's faces in their own tight frames.
+SMALL_PICTURE = 256
+
+
+# Frames around the estimated one, as (scale, downward shift in frame sides), within the
+# spread of the measurement: averaging their predictions evens out a frame that sits off.
+FRAME_VARIANTS = ((1.0, 0.0), (0.92, 0.0), (1.08, 0.0), (1.0, -0.03), (1.0, 0.03))
+
+
+CASCADE = "haarcascade_frontalface_default.xml"
+
+
+class Face(NamedTuple):
+    """A face found in a picture: the detector's box, its eyes (when both were found) and
+    the square framed around it as UTKFace frames its faces."""
+
+    box: tuple  # (x, y, width, height) in pixels
+    frame: tuple  # (x, y, side) in pixels; may reach outside the picture
+    eyes: Optional[tuple] = None  # ((x, y) of the eye on the left, (x, y) on the right)
+
+
+_cascades = {}
+
+
+def _cascade(name):
+    import cv2
+
+    if name not in _cascades:
+        _cascades[name] = cv2.CascadeClassifier(cv2.data.haarcascades + name)
+    return _cascades[name]
+
+
+def find_faces(image, use_eyes=True):
+    """Frontal faces in an RGB uint8 image, largest first, each framed as UTKFace's (from
+    its box and, with `use_eyes`, from its eyes when both are found)."""
+    gray = gray_image(image)
+    smallest = max(24, min(gray.shape) // 16)
+    boxes = _cascade(CASCADE).detectMultiScale(
+        gray, scaleFactor=1.1, minNeighbors=5, minSize=(smallest, smallest)
+    )
+    boxes = sorted((tuple(map(int, box)) for box in boxes), key=lambda b: -b[2] * b[3])
+    faces = []
+    for box in boxes:
+        eyes = find_eyes(gray, box) if use_eyes else None
+        faces.append(Face(box, frame_of(box, eyes=eyes), eyes))
+    return faces
+
+
+def gray_image(image):
+    """The grayscale (height, width) uint8 version of an RGB image, as OpenCV wants it."""
+    import cv2
+
+    return cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
+
+
+def find_eyes(gray, box):
+    """The centres ((x, y) left, (x, y) right) of the two eyes in the upper part of a face
+    box of a grayscale image, or None unless one is found on each side at a plausible
+    distance and tilt."""
+    x, y, width, height = box
+    upper = gray[y : y + round(0.6 * height), x : x + width]
+    found = _cascade(EYE_CASCADE).detectMultiScale(
+        upper,
+        scaleFactor=1.05,
+        minNeighbors=3,
+        minSize=(width // 10, width // 10),
+        maxSize=(width // 3, width // 3),
+    )
+    sides = ([], [])
+    for ex, ey, ew, eh in (map(int, eye) for eye in found):
+        centre = (x + ex + ew / 2, y + ey + eh / 2)
+        sides[int(centre[0] >= x + width / 2)].append((ew, centre))
+    if not all(sides):
+        return None
+    left, right = (max(side)[1] for side in sides)  # The largest on each side.
+    distance = math.dist(left, right)
+    tilt = abs(right[1] - left[1])
+    if not 0.25 * width <= distance <= 0.6 * width or tilt > 0.25 * distance:
+        return None
+    return left, right
+
+
+def frame_of(box, scale=1.0, shift=0.0, eyes=None):
+    """The square (x, y, side) that frames a face as UTKFace's crops do: from its box or,
+    with its `eyes`, from the mean of the box's and the eyes' estimates (`scale` times
+    larger and `shift` frame sides lower, for the variants of FRAME_VARIANTS)."""
+    x, y, width, height = box
+    side = FRAME_SCALE * width
+    centre_x = x + width / 2 + FRAME_SHIFT[0] * width
+    centre_y = y + height / 2 + FRAME_SHIFT[1] * width
+    if eyes is not None:
+        (left_x, left_y), (right_x, right_y) = eyes
+        distance = math.dist(*eyes)
+        # The geometric mean of the sides, the mean of the centres.
+        side = math.sqrt(side * EYE_SCALE * distance)
+        centre_x = (centre_x + (left_x + right_x) / 2 + EYE_SHIFT[0] * distance) / 2
+        centre_y = (centre_y + (left_y + right_y) / 2 + EYE_SHIFT[1] * distance) / 2
+    side *= FRAME_ZOOM * scale
+    centre_y += shift * side
+    return (round(centre_x - side / 2), round(centre_y - side / 2), round(side))
+
+
+def frame_variants(face):
+    """The frames of FRAME_VARIANTS around a Face, whose predictions `predict` averages:
+    the estimated frame varies from face to face by about that much."""
+    return [
+        frame_of(face.box, scale, shift, face.eyes) for scale, shift in FRAME_VARIANTS
+    ]
+
+
+def crop_frame(image, frame):
+    """The square `frame` of an image; where it leaves the picture, the border repeats."""
+    x, y, side = frame
+    height, width = image.shape[:2]
+    pad = max(0, -x, -y, x + side - width, y + side - height)
+    if pad:
+        image = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
+    return image[y + pad : y + pad + side, x + pad : x + pad + side]
+
+
+def is_tight_crop(image, faces):
+    """True when a picture already is a face crop like UTKFace's: a small, about square
+    picture, or one whose largest face fills most of it."""
+    height, width = image.shape[:2]
+    if max(height, width) <= SMALL_PICTURE and 0.8 <= width / height <= 1.25:
+        return True
+    return bool(faces) and faces[0].box[2] >= TIGHT_CROP * min(height, width)
+
+
+# ---------------------------------------------------------------------------------------
+# Predicting the ages in image files
+# ---------------------------------------------------------------------------------------
+
+# Files decoded and predicted at a time: bounds the memory a large folder takes.
+PREDICT_CHUNK = 512
+
+
+def _image_files(sources):
+    """Expand files and folders into (files, skipped [(path, reason)])."""
+    files, skipped = [], []
+    for source in map(Path, sources):
+        if source.is_dir():
+            for path in sorted(source.iterdir()):
+                if path.is_file() and path.suffix.lower() in utk_data.IMAGE_SUFFIXES:
+                    files.append(path)
+                elif path.is_file():
+                    skipped.append((path, "not a .jpg/.jpeg/.png file"))
+        elif source.is_file():
+            files.append(source)
+        else:
+            skipped.append((source, "no such file or folder"))
+    return files, skipped
+
+
+# How `predict` frames a picture: "auto" finds the face unless the picture already is a
+# tight face crop, "face" always looks for faces, "none" takes every picture as it is.
+CROPS = ("auto", "face", "none")
+
+
+class Prediction(NamedTuple):
+    """One row of `predict`: a face of a picture, or a picture without a face."""
+
+    path: str
+    age: Optional[float]  # None when no face was found
+    crop: str  # "as is", "face" or "no face found"
+    box: Optional[tuple] = None  # (x, y, width, height) of the face found
+    frame: Optional[tuple] = None  # (x, y, side): the square the model saw (the middle
+    # one of the frames whose predictions are averaged)
+
+
+def _predict_as_is(model, paths, batch_size, tta):
+    """Predictions of pictures taken as they are, decoded in parallel, in chunks."""
+    rows, skipped = [], []
+    for start in range(0, len(paths), PREDICT_CHUNK):
+        chunk = paths[start : start + PREDICT_CHUNK]
+        images, readable, failed = read_images(chunk, model.image_size)
+        skipped += failed
+        if readable:
+            ages = predict_ages(model, images, batch_size, tta)
+            rows += [Prediction(p, float(a), "as is") for p, a in zip(readable, ages)]
+    return rows, skipped
+
+
+def _find_faces(paths, crop, image_size):
+    """Sort pictures: (paths taken as they are, [(path, face, its frames' crops)], rows of
+    pictures without a face, skipped files). A picture taken as it is is decoded again by
+    `_predict_as_is`, so that it predicts exactly as with crop "none"."""
+    as_is, faces, rows, skipped = [], [], [], []
+    for path in paths:
+        try:
+            picture = read_photo(path)
+        except ValueError as error:
+            skipped.append((path, str(error).split(": ", 1)[-1]))
+            continue
+        found = find_faces(picture)
+        if crop == "auto" and is_tight_crop(picture, found):
+            as_is.append(path)
+            continue
+        if not found:
+            rows.append(Prediction(path, None, "no face found"))
+        for face in found:
+            crops = [
+                utk_data.resize_square(crop_frame(picture, frame), image_size)
+                for frame in frame_variants(face)
+            ]
+            faces.append((path, face, tf.stack(crops)))  # (variants, size, size, 3)
+    return as_is, faces, rows, skipped
+
+
+def predict_paths(model, paths, batch_size=64, tta=False, crop="none"):
+    """[Prediction] of image files, in their order, and [(path, reason)] of unreadable ones.
+
+    With crop "face" (or "auto", for pictures that are not face crops already), each face
+    found is framed as UTKFace frames its faces and predicted; a picture without a face gets
+    a row without an age. Pictures taken as they are decode in parallel, in batches.
+    """
+    if crop not in CROPS:
+        raise ValueError(f"crop must be one of {CROPS}, got {crop!r}")
+    if crop == "none":
+        return _predict_as_is(model, list(paths), batch_size, tta)
+    as_is, faces, rows, skipped = _find_faces(paths, crop, model.image_size)
+    found, failed = _predict_as_is(model, as_is, batch_size, tta)
+    rows += found
+    skipped += failed
+    for start in range(0, len(faces), PREDICT_CHUNK):
+        chunk = faces[start : start + PREDICT_CHUNK]
+        images = tf.cast(tf.concat([crops for _, _, crops in chunk], 0), tf.float32)
+        ages = predict_ages(model, images / 255.0, batch_size, tta)
+        # The mean over each face's frame variants.
+        ages = ages.reshape(len(chunk), -1).mean(axis=1)
+        rows += [
+            Prediction(path, float(age), "face", face.box, face.frame)
+            for (path, face, _), age in zip(chunk, ages)
+        ]
+    order = {path: index for index, path in enumerate(paths)}
+    return sorted(rows, key=lambda row: order[row.path]), skipped
+
+
+def predict_files(model_path, sources, out=None, tta=False, crop="auto"):
+    """Predict the age of every face in the JPEG/PNG files of `sources`; write a CSV."""
+    model = keras.models.load_model(model_path)
+    files, skipped = _image_files(sources)
+    rows, failed = predict_paths(model, [str(f) for f in files], tta=tta, crop=crop)
+    skipped += failed
+    stream = open(out, "w", newline="") if out else sys.stdout
+    try:
+        writer = csv.writer(stream)
+        writer.writerow(["path", "predicted_age", "crop", "x", "y", "width", "height"])
+        for row in rows:
+            age = "" if row.age is None else f"{row.age:.1f}"
+            writer.writerow([row.path, age, row.crop, *(row.box or ("",) * 4)])
+    finally:
+        if out:
+            stream.close()
+    for path, reason in skipped:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    faces = sum(row.age is not None for row in rows)
+    print(
+        f"predicted {faces} face(s) in {len(rows)} row(s), skipped {len(skipped)} file(s)",
+        file=sys.stderr,
+    )
+    return rows, skipped
+
+
+def plot_photo(picture, rows):
+    """A picture with the faces found in it boxed, and each face as the model saw it, with
+    its predicted age (rows from `predict_paths`)."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    faces = [row for row in rows if row.box]
+    figure, axes = plt.subplots(
+        1, 1 + len(faces), figsize=(4 + 2.2 * len(faces), 4), squeeze=False
+    )
+    axes = axes[0]
+    axes[0].imshow(picture)
+    for row in faces:
+        x, y, width, height = row.box
+        axes[0].add_patch(
+            Rectangle((x, y), width, height, fill=False, color="yellow", lw=2)
+        )
+    titles = {"face": f"{len(faces)} face(s) found", "no face found": "no face found"}
+    if rows and rows[0].crop == "as is":
+        titles["as is"] = f"a face crop already: {rows[0].age:.0f} years"
+    axes[0].set_title(titles[rows[0].crop] if rows else "could not be read")
+    for axis, row in zip(axes[1:], faces):
+        axis.imshow(crop_frame(picture, row.frame))
+        axis.set_title(f"predicted age: {row.age:.0f}")
+    for axis in axes:
+        axis.axis("off")
+    return figure

@@ -1,0 +1,498 @@
+"""Reports of finished runs: runs grouped by seed, bootstrap intervals, the tables and
+figures that answers.md shows, re-drawn from the runs kept in results/.
+
+    python train_loop.py compare runs/cpu runs/cpu_seed1 runs/other
+    python train_loop.py report --figures figures --update answers.md README.md
+
+It reads what `train` writes into a run's folder (metrics.json, history.json and
+test_predictions.csv) and never trains or loads a model.
+"""
+
+import itertools
+import json
+import re
+from pathlib import Path
+from typing import NamedTuple, Optional
+
+import numpy as np
+
+import utk_data
+from evaluation import (
+    INTERVALS,
+    PREDICTIONS,
+    plot_evaluation,
+    plot_history,
+    quantile_column,
+    read_history,
+    read_metrics,
+    read_predictions,
+    run_predictions,
+    save_fig,
+)
+
+# ---------------------------------------------------------------------------------------
+# Runs grouped by seed, and the bootstrap
+# ---------------------------------------------------------------------------------------
+
+
+def resampled_means(generator, values, resamples, chunk=1000):
+    """(resamples,) means of `values` (n,) drawn with replacement, `chunk` resamples at a
+    time (which bounds the memory): the bootstrap of a mean."""
+    means = []
+    for start in range(0, resamples, chunk):
+        picks = generator.integers(
+            0, values.size, (min(chunk, resamples - start), values.size)
+        )
+        means.append(values[picks].mean(axis=1))
+    return np.concatenate(means)
+
+
+def percentile_interval(resampled, level=0.95):
+    """(low, high): the central `level` of resampled values."""
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(resampled, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def paired_bootstrap(true, first, second, resamples=10_000, level=0.95, seed=0):
+    """MAE(second) - MAE(first) on the same faces, and its bootstrap interval.
+
+    The faces are drawn with replacement, each keeping its two predictions together, so
+    that how hard a face is counts for both models alike and only their difference varies.
+    `first` and `second` are (faces,) or (seeds, faces) arrays; with several seeds, a
+    variant's error on a face is the mean of its seeds' errors. Returns (difference, low,
+    high); `level` of the resampled differences lie between low and high.
+    """
+    true = np.asarray(true, np.float64)
+
+    def face_errors(predicted):
+        predicted = np.atleast_2d(np.asarray(predicted, np.float64))
+        if predicted.shape[1] != true.size:
+            raise ValueError(f"{predicted.shape[1]} predictions for {true.size} faces")
+        return np.abs(predicted - true).mean(axis=0)
+
+    differences = face_errors(second) - face_errors(first)
+    generator = np.random.default_rng(seed)
+    resampled = resampled_means(generator, differences, resamples)
+    return (float(differences.mean()), *percentile_interval(resampled, level))
+
+
+class Variant(NamedTuple):
+    """One row of a comparison: runs of the same settings with different seeds, and which
+    of their readouts the row reports."""
+
+    label: str
+    folders: list
+    # The metrics.json entry of the row's validation MAE; None: the row has none of its own.
+    val: Optional[str] = "val_mae"
+    test: Optional[str] = None  # a prediction column; None: each run's own readout
+    has_test: bool = True  # False: the row has no test predictions (only validation)
+
+
+def _variant_key(metrics, folder):
+    """Runs whose settings differ only in seed, output folder or data path are one variant;
+    a run without recorded settings is a variant of its own."""
+    config = metrics.get("config")
+    if config is None:
+        return str(folder)
+    return json.dumps(
+        {k: v for k, v in config.items() if k not in ("seed", "out", "data")},
+        sort_keys=True,
+    )
+
+
+def group_runs(folders, labels=None):
+    """Variants of the runs in `folders`, in the order first met: runs that differ only in
+    their seed are one variant. Labels default to the first run's folder name."""
+    groups = {}
+    for folder in map(Path, folders):
+        metrics = read_metrics(folder)
+        groups.setdefault(_variant_key(metrics, folder), []).append(folder)
+    if labels is not None and len(labels) != len(groups):
+        raise ValueError(f"{len(labels)} labels for {len(groups)} variants of the runs")
+    names = labels or [folders[0].name for folders in groups.values()]
+    return [Variant(name, folders) for name, folders in zip(names, groups.values())]
+
+
+def _mean_sd(values, digits=2, sign=""):
+    """'5.06' for one value, '5.06 ± 0.04' (sample standard deviation) for several;
+    sign="+" writes the sign of positive means too."""
+    values = np.asarray(values, np.float64)
+    text = f"{values.mean():{sign}.{digits}f}"
+    return text if values.size < 2 else f"{text} ± {values.std(ddof=1):.{digits}f}"
+
+
+class TestFaces(NamedTuple):
+    """A variant's test predictions, the faces in the same order for every seed."""
+
+    true: np.ndarray  # (faces,) ages
+    predicted: np.ndarray  # (seeds, faces)
+    gender: np.ndarray  # (faces,) 0 male, 1 female, NaN unknown
+
+
+def _test_predictions(variant):
+    """The TestFaces of a variant; None when a run has no predictions file."""
+    if not variant.has_test:
+        return None
+    found = []
+    for folder in variant.folders:
+        if not (Path(folder) / PREDICTIONS).exists():
+            return None
+        found.append(run_predictions(folder, variant.test))
+    first = found[0]
+    order = np.argsort(first.face)
+    predicted = []
+    for other in found:
+        other_order = np.argsort(other.face)  # sorted once, to compare and to reorder
+        if not np.array_equal(other.face[other_order], first.face[order]):
+            raise ValueError(f"the runs of {variant.label!r} predicted different faces")
+        predicted.append(other.predicted[other_order])
+    return TestFaces(first.true[order], np.stack(predicted), first.gender[order])
+
+
+def _needed_test_predictions(variant):
+    """_test_predictions, or a clear error when a run of the variant has none."""
+    found = _test_predictions(variant)
+    if found is None:
+        raise FileNotFoundError(f"{variant.label!r}: a run has no {PREDICTIONS}")
+    return found
+
+
+# ---------------------------------------------------------------------------------------
+# The tables
+# ---------------------------------------------------------------------------------------
+
+
+class Comparison(NamedTuple):
+    """One row of a comparison table, computed: per-seed values and the differences to
+    the reference row (None where there is none)."""
+
+    variant: Variant
+    seeds: list
+    val: list  # best validation MAE per seed ([] when the row has none)
+    test_maes: list  # test MAE per seed ([] when the row has none)
+    val_difference: Optional[np.ndarray]  # per-seed differences, when the seeds match
+    test_difference: Optional[tuple]  # (difference, low, high) of paired_bootstrap
+    epochs: float  # mean over the seeds
+    minutes: float  # mean minutes of training over the seeds
+
+
+def compare_variants(variants, reference="first"):
+    """The Comparisons of variants, each against the first row (reference="first") or the
+    row above ("previous"): on validation the per-seed differences when the seeds match,
+    on test the paired bootstrap over the test faces."""
+    if reference not in ("first", "previous"):
+        raise ValueError(f'reference must be "first" or "previous", got {reference!r}')
+    rows, tests = [], []
+    for variant in variants:
+        metrics = [read_metrics(folder) for folder in variant.folders]
+        seeds = [m.get("config", {}).get("seed") for m in metrics]
+        val = [m[variant.val] for m in metrics] if variant.val else []
+        test = _test_predictions(variant)
+        if test:
+            test_maes = [float(np.abs(p - test.true).mean()) for p in test.predicted]
+        elif variant.has_test and variant.test is None:
+            test_maes = [m["test_mae"] for m in metrics]
+        else:
+            test_maes = []
+        val_difference = test_difference = None
+        if rows:
+            base = 0 if reference == "first" else -1
+            base_row, base_test = rows[base], tests[base]
+            if base_row.seeds == seeds and None not in seeds and val and base_row.val:
+                val_difference = np.subtract(val, base_row.val)
+            if test and base_test is not None:
+                if not np.array_equal(test.true, base_test.true):
+                    raise ValueError(f"{variant.label!r} has other test faces")
+                test_difference = paired_bootstrap(
+                    test.true, base_test.predicted, test.predicted
+                )
+        rows.append(
+            Comparison(
+                variant, seeds, val, test_maes, val_difference, test_difference,
+                float(np.mean([m["epochs_run"] for m in metrics])),
+                float(np.mean([m["train_seconds"] for m in metrics])) / 60,
+            )  # fmt: skip
+        )
+        tests.append(test)
+    return rows
+
+
+def comparison_table(variants, reference="first"):
+    """A Markdown table of variants: seeds, validation and test MAE (mean ± standard
+    deviation over the seeds), and the difference to the reference row (see
+    compare_variants): on validation the mean ± sd of the per-seed differences, on test
+    the paired bootstrap 95 % interval over the test faces."""
+    name = "first row" if reference == "first" else "row above"
+    lines = [
+        f"| | seeds | best val MAE | val MAE − {name} | test MAE | test MAE − "
+        f"{name} [95 % interval] | epochs | minutes of training |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in compare_variants(variants, reference):
+        val_difference = test_difference = "—"
+        if row.val_difference is not None:
+            val_difference = _mean_sd(row.val_difference, 2, "+")
+        if row.test_difference is not None:
+            test_difference = "{:+.2f} [{:+.2f}, {:+.2f}]".format(*row.test_difference)
+        lines.append(
+            f"| {row.variant.label} | {len(row.seeds)} | "
+            f"{_mean_sd(row.val) if row.val else '—'} | {val_difference} | "
+            f"{_mean_sd(row.test_maes) if row.test_maes else '—'} | {test_difference} | "
+            f"{row.epochs:.0f} | {row.minutes:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def _by_age_bin(true, predicted):
+    """{bin: (mask, mae per seed, mean signed error per seed)} of (seeds, faces) ages,
+    for the bins that hold faces."""
+    bins = {}
+    for name, inside in utk_data.age_bin_masks(true).items():
+        if inside.any():
+            errors = predicted[:, inside] - true[inside]
+            bins[name] = inside, np.abs(errors).mean(axis=1), errors.mean(axis=1)
+    return bins
+
+
+def errors_by_age_table(variant):
+    """A Markdown table of a variant's test MAE and mean signed error (predicted − true)
+    per age bin, mean ± sd over its seeds: positive for the young and negative for the
+    old is a pull of the predictions towards the middle ages."""
+    test = _needed_test_predictions(variant)
+    lines = ["| age | faces | MAE | mean signed error |", "|---|---:|---:|---:|"]
+    for name, (inside, mae, signed) in _by_age_bin(test.true, test.predicted).items():
+        lines.append(
+            f"| {name} | {inside.sum()} | {_mean_sd(mae)} | {_mean_sd(signed, 1, '+')} |"
+        )
+    return "\n".join(lines)
+
+
+def gender_by_age_table(variant, resamples=10_000, seed=0):
+    """A Markdown table of a variant's test MAE of men and women within each age bin, and
+    the difference at equal ages: the bins' differences weighted by their faces, with a
+    bootstrap 95 % interval (the men and the women of each bin drawn with replacement).
+    """
+    true, predicted, gender = _needed_test_predictions(variant)
+    errors = np.abs(predicted - true).mean(axis=0)  # each face's MAE over the seeds
+    lines = [
+        "| age | men | women | MAE, men | MAE, women | women − men |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    generator = np.random.default_rng(seed)
+    weighted, resampled, weights = 0.0, np.zeros(resamples), 0
+    for name, (inside, _, _) in _by_age_bin(true, predicted).items():
+        men, women = errors[inside & (gender == 0)], errors[inside & (gender == 1)]
+        if not (men.size and women.size):
+            continue
+        difference = women.mean() - men.mean()
+        weighted += difference * inside.sum()
+        weights += inside.sum()
+        for group, sign in ((women, 1), (men, -1)):
+            means = resampled_means(generator, group, resamples, chunk=resamples)
+            resampled += sign * means * inside.sum()
+        lines.append(
+            f"| {name} | {men.size} | {women.size} | {men.mean():.2f} | "
+            f"{women.mean():.2f} | {difference:+.2f} |"
+        )
+    low, high = percentile_interval(resampled / weights)
+    lines.append(
+        f"| at equal ages (bins weighted by their faces) [95 % interval] | | | | | "
+        f"{weighted / weights:+.2f} [{low:+.2f}, {high:+.2f}] |"
+    )
+    return "\n".join(lines)
+
+
+def calibration_table(variant):
+    """A Markdown table of how often the true age of a test face falls in the 50 % and 90 %
+    central intervals of a classification head's predicted distribution, the intervals'
+    mean width and the MAE of the faces (mean ± sd over the seeds): a calibrated head has
+    50 % and 90 %. Two more rows take the quarter of the faces with the narrowest and the
+    widest 90 % intervals: a width worth reading goes with a smaller or larger error."""
+    lines = [
+        "| interval | faces | true age inside it | mean width (years) | MAE (years) |",
+        "|---|---|---:|---:|---:|",
+    ]
+    tables = [read_predictions(Path(f) / PREDICTIONS) for f in variant.folders]
+    rows = [(name, "all", None) for name in INTERVALS]
+    rows += [
+        ("90 %", "the narrowest quarter", 0.25),
+        ("90 %", "the widest quarter", 0.75),
+    ]
+    for name, faces, quarter in rows:
+        low, high = (quantile_column(q) for q in INTERVALS[name])
+        if any(column not in table for table in tables for column in (low, high)):
+            raise ValueError(f"{variant.label!r}: a run has no {low}/{high}")
+        inside, widths, errors = [], [], []
+        for folder, table in zip(variant.folders, tables):
+            width = table[high] - table[low]
+            chosen = np.ones(width.size, bool)
+            if quarter is not None:
+                limit = np.quantile(width, quarter)
+                chosen = width <= limit if quarter < 0.5 else width >= limit
+            age = table["age"][chosen]
+            hit = (table[low][chosen] <= age) & (age <= table[high][chosen])
+            inside.append(100 * hit.mean())
+            widths.append(width[chosen].mean())
+            predicted = run_predictions(folder).predicted[chosen]  # its readout
+            errors.append(np.abs(predicted - age).mean())
+        lines.append(
+            f"| {name} | {faces} | {_mean_sd(inside, 1)} % | {np.mean(widths):.1f} | "
+            f"{_mean_sd(errors)} |"
+        )
+    return "\n".join(lines)
+
+
+def output_range_table(variants):
+    """A Markdown table of what each variant's output does at the low end of the ages
+    (Task 2): its test MAE, its MAE on the faces aged 0-9, and how many test faces it
+    predicted below 0 and at exactly 0, mean ± sd over the seeds. The rows' column should
+    be the output itself (predicted_no_tta): a mirror image's average hides the zeros.
+    """
+    lines = [
+        "| | seeds | test MAE (one image per face) | MAE, ages 0-9 | negative "
+        "predictions | predictions of exactly 0 |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for variant in variants:
+        true, predicted, _ = _needed_test_predictions(variant)
+        young = true <= 9
+        lines.append(
+            f"| {variant.label} | {len(predicted)} | "
+            f"{_mean_sd(np.abs(predicted - true).mean(axis=1))} | "
+            f"{_mean_sd(np.abs(predicted[:, young] - true[young]).mean(axis=1))} | "
+            f"{_mean_sd((predicted < 0).sum(axis=1), 0)} | "
+            f"{_mean_sd((predicted == 0).sum(axis=1), 0)} |"
+        )
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------
+# The figures, and the report of results/report.json
+# ---------------------------------------------------------------------------------------
+
+
+def plot_variants(variants, file_name=None, x_axis="epoch", top=None):
+    """The validation MAE of every run, a colour per variant; x_axis="minutes" plots it
+    against cumulative training time and marks each run's test MAE at its total time.
+    `top` is the highest MAE shown (default: all of it, up to 20 years). A variant without a
+    validation MAE of its own (another readout of runs shown already) is left out."""
+    import matplotlib.pyplot as plt
+
+    variants = [variant for variant in variants if variant.val is not None]
+    if x_axis not in ("epoch", "minutes"):
+        raise ValueError(f'x_axis must be "epoch" or "minutes", got {x_axis!r}')
+    figure, axes = plt.subplots(figsize=(6.5, 4))
+    for color, variant in zip(
+        itertools.cycle(plt.rcParams["axes.prop_cycle"].by_key()["color"]), variants
+    ):
+        for number, folder in enumerate(map(Path, variant.folders)):
+            metrics, history = read_metrics(folder), read_history(folder)
+            if x_axis == "epoch":
+                steps = [row["epoch"] for row in history]
+            else:
+                steps = np.cumsum([row["seconds"] for row in history]) / 60
+            axes.plot(
+                steps,
+                [row["val_mae"] for row in history],
+                color=color,
+                alpha=0.9 if number == 0 else 0.45,
+                label=variant.label if number == 0 else None,
+            )
+            if x_axis == "minutes":
+                axes.plot(
+                    metrics["train_seconds"] / 60, metrics["test_mae"], "o", color=color
+                )
+    if x_axis == "minutes":
+        axes.set_xscale("log")
+        axes.set_xlabel("minutes of training (log scale); dots: final test MAE")
+    else:
+        axes.set_xlabel("epoch")
+    axes.set_ylabel("validation MAE (years)")
+    axes.set_ylim(top=top or min(axes.get_ylim()[1], 20))
+    axes.legend()
+    axes.grid(alpha=0.3)
+    if file_name:
+        save_fig(figure, file_name)
+    return figure
+
+
+def compare_runs(folders, file_name=None, x_axis="epoch", labels=None):
+    """A Markdown table of finished runs, runs that differ only in seed forming one row,
+    and their validation curves in one plot (see comparison_table and plot_variants)."""
+    variants = group_runs(folders, labels)
+    plot_variants(variants, file_name, x_axis)
+    return comparison_table(variants)
+
+
+# Lists the tables and figures that answers.md shows, and the runs each is drawn from.
+REPORT = "report.json"
+# How each kind of entry draws its table from its rows' variants (and the entry).
+TABLES = {
+    "comparison": lambda variants, entry: comparison_table(
+        variants, entry.get("reference", "first")
+    ),
+    "output_range": lambda variants, entry: output_range_table(variants),
+    "errors_by_age": lambda variants, entry: errors_by_age_table(variants[0]),
+    "gender_by_age": lambda variants, entry: gender_by_age_table(variants[0]),
+    "calibration": lambda variants, entry: calibration_table(variants[0]),
+    "learning_curve": None,  # a figure only
+}
+
+
+def _draw(entry, variants, file_name):
+    """The figure of a report entry: the validation curves of a comparison, the training
+    curves of a learning curve's first run, or the test predictions of a run's first seed
+    against the true ages (any other kind)."""
+    kind = entry.get("kind", "comparison")
+    if kind == "comparison":
+        plot_variants(variants, file_name, entry.get("x", "epoch"), entry.get("top"))
+    elif kind == "learning_curve":
+        plot_history(read_history(variants[0].folders[0]), file_name)
+    else:
+        test = _needed_test_predictions(variants[0])
+        plot_evaluation(test.true, test.predicted[0], file_name)
+
+
+def report(results="results", figures=None):
+    """Re-draw the tables (and, into `figures`, the figures) that results/report.json
+    lists, from the runs in `results`; returns {name: Markdown table}."""
+    results = Path(results)
+    entries = json.loads((results / REPORT).read_text())
+    tables = {}
+    for entry in entries:
+        variants = [
+            Variant(
+                row["label"],
+                [results / run for run in row["runs"]],
+                row.get("val", "val_mae"),
+                row.get("test"),
+                row.get("has_test", True),
+            )
+            for row in entry["rows"]
+        ]
+        kind = entry.get("kind", "comparison")
+        if kind not in TABLES:
+            raise ValueError(f"{results / REPORT}: unknown kind {kind!r}")
+        if TABLES[kind]:
+            tables[entry["name"]] = TABLES[kind](variants, entry)
+        if entry.get("figure") and figures is not None:
+            _draw(entry, variants, Path(figures) / entry["figure"])
+    return tables
+
+
+# In a Markdown file, the table of report entry NAME follows a line "<!-- report: NAME -->".
+TABLE_MARKER = re.compile(r"^<!-- report: (.+?) -->\n((?:\|.*\n)*)", re.MULTILINE)
+
+
+def update_tables(text, tables):
+    """`text` with the table after each report marker replaced by the table of that name
+    in `tables` (as `report` draws them); an unknown name is an error."""
+
+    def replace(found):
+        name = found.group(1)
+        if name not in tables:
+            raise ValueError(f"no report table is named {name!r}")
+        return f"<!-- report: {name} -->\n{tables[name]}\n"
+
+    return TABLE_MARKER.sub(replace, text)
