@@ -293,7 +293,7 @@ def _image_files(sources):
 CROPS = ("auto", "face", "none")
 
 
-class Prediction(NamedTuple):
+class PhotoAge(NamedTuple):
     """One row of `predict`: a face of a picture, or a picture without a face."""
 
     path: str
@@ -313,11 +313,11 @@ def _predict_as_is(model, paths, batch_size, tta):
         skipped += failed
         if readable:
             ages = predict_ages(model, images, batch_size, tta)
-            rows += [Prediction(p, float(a), "as is") for p, a in zip(readable, ages)]
+            rows += [PhotoAge(p, float(a), "as is") for p, a in zip(readable, ages)]
     return rows, skipped
 
 
-def _find_faces(paths, crop, image_size):
+def _sort_pictures(paths, crop, image_size):
     """Sort pictures: (paths taken as they are, [(path, face, its frames' crops)], rows of
     pictures without a face, skipped files). A picture taken as it is is decoded again by
     `_predict_as_is`, so that it predicts exactly as with crop "none"."""
@@ -333,7 +333,7 @@ def _find_faces(paths, crop, image_size):
             as_is.append(path)
             continue
         if not found:
-            rows.append(Prediction(path, None, "no face found"))
+            rows.append(PhotoAge(path, None, "no face found"))
         for face in found:
             crops = [
                 utk_data.resize_square(crop_frame(picture, frame), image_size)
@@ -344,7 +344,7 @@ def _find_faces(paths, crop, image_size):
 
 
 def predict_paths(model, paths, batch_size=64, tta=False, crop="none"):
-    """[Prediction] of image files, in their order, and [(path, reason)] of unreadable ones.
+    """[PhotoAge] of image files, in their order, and [(path, reason)] of unreadable ones.
 
     With crop "face" (or "auto", for pictures that are not face crops already), each face
     found is framed as UTKFace frames its faces and predicted; a picture without a face gets
@@ -354,7 +354,7 @@ def predict_paths(model, paths, batch_size=64, tta=False, crop="none"):
         raise ValueError(f"crop must be one of {CROPS}, got {crop!r}")
     if crop == "none":
         return _predict_as_is(model, list(paths), batch_size, tta)
-    as_is, faces, rows, skipped = _find_faces(paths, crop, model.image_size)
+    as_is, faces, rows, skipped = _sort_pictures(paths, crop, model.image_size)
     found, failed = _predict_as_is(model, as_is, batch_size, tta)
     rows += found
     skipped += failed
@@ -365,7 +365,7 @@ def predict_paths(model, paths, batch_size=64, tta=False, crop="none"):
         # The mean over each face's frame variants.
         ages = ages.reshape(len(chunk), -1).mean(axis=1)
         rows += [
-            Prediction(path, float(age), "face", face.box, face.frame)
+            PhotoAge(path, float(age), "face", face.box, face.frame)
             for (path, face, _), age in zip(chunk, ages)
         ]
     order = {path: index for index, path in enumerate(paths)}

@@ -685,11 +685,15 @@ SPEED_MARGIN = 1.05
 
 
 def epochs_for_budget(
-    budget_seconds, elapsed_seconds, seconds_per_step, steps, val_steps
+    budget_seconds, elapsed_seconds, seconds_per_step, steps, val_steps, val_passes=1
 ):
-    """Whole epochs that fit in what is left of the budget, and the seconds of one epoch."""
-    # A test step costs about a third of a train step; validation runs every epoch.
-    epoch_seconds = SPEED_MARGIN * seconds_per_step * (steps + val_steps / 3)
+    """Whole epochs that fit in what is left of the budget, and the seconds of one epoch.
+
+    Each epoch validates `val_passes` times (twice with an average of the weights: the
+    average and the trained weights)."""
+    # A test step costs about a third of a train step.
+    validation_steps = val_passes * val_steps / 3
+    epoch_seconds = SPEED_MARGIN * seconds_per_step * (steps + validation_steps)
     # Keep back time for the final test evaluation and for saving.
     remaining = budget_seconds - elapsed_seconds - 2 * epoch_seconds / 3 - 30
     return max(1, int(remaining // epoch_seconds)), epoch_seconds
@@ -704,6 +708,7 @@ def fit_to_time_budget(config, train_images, val_records, initial_age, started):
         seconds_per_step,
         utk_data.steps_per_epoch(len(train_images.records), config.batch_size),
         math.ceil(len(val_records) / config.batch_size),
+        val_passes=2 if config.ema else 1,
     )
     print(
         f"time budget {config.time_budget:g} min: {seconds_per_step:.3f} s/step, "

@@ -207,10 +207,9 @@ def warm_data(dataset, batches):
     return count
 
 
-def prepare(arguments):
-    """Config, our loop's default jit_compile and the three warm contenders (printed)."""
-    config = make_config(arguments)
-    default_jit = train_loop.resolve_config(train_loop.TrainConfig(out="x")).jit_compile
+def prepare_data(arguments, config):
+    """The training images decoded into memory, as a warm dataset: (records, initial age,
+    dataset, steps per epoch), printed."""
     train_records, _, _ = train_loop.prepare_data(config)
     if len(train_records) < arguments.images:
         raise ValueError(
@@ -231,18 +230,15 @@ def prepare(arguments):
     started = time.perf_counter()
     warmed = warm_data(dataset, steps_per_epoch)
     print(
-        f"config: arch {config.arch}, image size {config.image_size}, "
-        f"batch {config.batch_size}, optimizer {config.optimizer} "
-        f"(lr {config.learning_rate:g}, {config.schedule}), augment {config.augment}, "
-        f"mixed precision {config.mixed_precision}"
-    )
-    print(
         f"data: {len(train_records):,} training images ({steps_per_epoch} batches an "
         f"epoch), decoded into memory in {decode_seconds:.1f} s; one warm pass "
         f"({warmed:,} images) in {time.perf_counter() - started:.1f} s"
     )
-    print(f"our loop's default jit_compile on this machine: {default_jit}")
+    return initial_age, dataset, steps_per_epoch
 
+
+def make_contenders(config, default_jit, initial_age, dataset, steps_per_epoch):
+    """The four contenders, each with a model of the same initial weights (printed)."""
     models = [
         build_model(
             config, initial_age, "mixed_bfloat16" if name == "loop_bf16" else None
@@ -250,29 +246,36 @@ def prepare(arguments):
         for name in CONTENDERS
     ]
     print(f"identical initial weights in the four models: {same_weights(models)}")
+
+    def loop(model, **changes):
+        changed = dataclasses.replace(config, **changes)
+        return LoopContender(model, changed, dataset, steps_per_epoch)
+
     contenders = {
         "fit": FitContender(models[0], config, dataset, steps_per_epoch),
-        "loop": LoopContender(
-            models[1],
-            dataclasses.replace(config, jit_compile=False),
-            dataset,
-            steps_per_epoch,
-        ),
-        "loop_xla": LoopContender(
-            models[2],
-            dataclasses.replace(config, jit_compile=True),
-            dataset,
-            steps_per_epoch,
-        ),
-        "loop_bf16": LoopContender(
-            models[3],
-            dataclasses.replace(config, jit_compile=default_jit, mixed_precision=False),
-            dataset,
-            steps_per_epoch,
-        ),
+        "loop": loop(models[1], jit_compile=False),
+        "loop_xla": loop(models[2], jit_compile=True),
+        "loop_bf16": loop(models[3], jit_compile=default_jit, mixed_precision=False),
     }
     print(f"fit() resolved jit_compile='auto' to: {models[0].jit_compile}")
+    return contenders
 
+
+def prepare(arguments):
+    """Config, our loop's default jit_compile and the four warm contenders (printed)."""
+    config = make_config(arguments)
+    default_jit = train_loop.resolve_config(train_loop.TrainConfig(out="x")).jit_compile
+    print(
+        f"config: arch {config.arch}, image size {config.image_size}, "
+        f"batch {config.batch_size}, optimizer {config.optimizer} "
+        f"(lr {config.learning_rate:g}, {config.schedule}), augment {config.augment}, "
+        f"mixed precision {config.mixed_precision}"
+    )
+    initial_age, dataset, steps_per_epoch = prepare_data(arguments, config)
+    print(f"our loop's default jit_compile on this machine: {default_jit}")
+    contenders = make_contenders(
+        config, default_jit, initial_age, dataset, steps_per_epoch
+    )
     for name in CONTENDERS:
         # The first run traces (and for XLA compiles); the second checks that it is warm.
         for label in ("first", "second"):

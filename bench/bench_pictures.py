@@ -56,8 +56,8 @@ def the_face(rows, placed):
     return None
 
 
-def main(argv=None):
-    """Predict the faces aligned and in pictures; print the MAEs side by side."""
+def parse_arguments(argv):
+    """The benchmark's options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, help="a model.keras file")
     parser.add_argument("--data", help="folder, archive or URL (default: see README)")
@@ -84,7 +84,32 @@ def main(argv=None):
         default=True,
         help="average with the mirror images, as predict does by default (default: on)",
     )
-    arguments = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def predict_pictures(model, chosen, rng, tta):
+    """Each face pasted into a picture and predicted: (paths, places, rows of the true
+    frame cut out, rows with --crop auto, rows with --crop none). No picture is kept."""
+    with tempfile.TemporaryDirectory(prefix="bench_pictures-") as folder:
+        paths, places, exact = [], [], []
+        for number, record in enumerate(chosen):
+            picture, placed = make_picture(photos.read_photo(record.path), rng)
+            paths.append(str(Path(folder) / f"picture{number}.jpg"))
+            Image.fromarray(picture).save(paths[-1], quality=92)
+            places.append(placed)
+            # The control: the face cut out of the saved picture at its true place.
+            saved = photos.read_photo(paths[-1])
+            exact.append(str(Path(folder) / f"exact{number}.png"))
+            Image.fromarray(photos.crop_frame(saved, placed)).save(exact[-1])
+        control, _ = photos.predict_paths(model, exact, tta=tta)
+        framed, _ = photos.predict_paths(model, paths, tta=tta, crop="auto")
+        whole, _ = photos.predict_paths(model, paths, tta=tta, crop="none")
+    return paths, places, control, framed, whole
+
+
+def main(argv=None):
+    """Predict the faces aligned and in pictures; print the MAEs side by side."""
+    arguments = parse_arguments(argv)
     photos.FRAME_ZOOM = arguments.frame_zoom
     if arguments.no_eyes:
         find_faces = photos.find_faces
@@ -101,20 +126,7 @@ def main(argv=None):
     tta = arguments.tta
     aligned, _ = photos.predict_paths(model, [str(r.path) for r in chosen], tta=tta)
     aligned = np.array([row.age for row in aligned])
-    with tempfile.TemporaryDirectory(prefix="bench_pictures-") as folder:
-        paths, places, exact = [], [], []
-        for number, record in enumerate(chosen):
-            picture, placed = make_picture(photos.read_photo(record.path), rng)
-            paths.append(str(Path(folder) / f"picture{number}.jpg"))
-            Image.fromarray(picture).save(paths[-1], quality=92)
-            places.append(placed)
-            # The control: the face cut out of the saved picture at its true place.
-            saved = photos.read_photo(paths[-1])
-            exact.append(str(Path(folder) / f"exact{number}.png"))
-            Image.fromarray(photos.crop_frame(saved, placed)).save(exact[-1])
-        control, _ = photos.predict_paths(model, exact, tta=tta)
-        framed, _ = photos.predict_paths(model, paths, tta=tta, crop="auto")
-        whole, _ = photos.predict_paths(model, paths, tta=tta, crop="none")
+    paths, places, control, framed, whole = predict_pictures(model, chosen, rng, tta)
     by_path = {
         path: [row for row in framed if row.path == path and row.box] for path in paths
     }
@@ -122,23 +134,20 @@ def main(argv=None):
     hit = np.array([row is not None for row in found])
     pictures = np.array([row.age if row else np.nan for row in found])
     whole = np.array([row.age for row in whole])
+    control = np.array([row.age for row in control])
     print(
         f"faces: {len(chosen)} of the {arguments.split} split (seed {arguments.seed}), "
         f"frame zoom {photos.FRAME_ZOOM}, eyes {not arguments.no_eyes}, mirror images {tta}"
     )
     print(f"found in their pictures: {hit.sum()} ({hit.mean():.1%})")
-    print(f"MAE aligned, all faces: {np.abs(aligned - ages).mean():.2f}")
-    print(f"MAE aligned, faces found: {np.abs(aligned - ages)[hit].mean():.2f}")
-    control = np.array([row.age for row in control])
-    print(
-        f"MAE pictures, the true frame cut out: {np.abs(control - ages)[hit].mean():.2f}"
-    )
-    print(
-        f"MAE pictures, --crop auto, faces found: {np.abs(pictures - ages)[hit].mean():.2f}"
-    )
-    print(
-        f"MAE pictures, --crop none (the whole picture): {np.abs(whole - ages).mean():.2f}"
-    )
+    for name, predicted, faces in (
+        ("aligned, all faces", aligned, slice(None)),
+        ("aligned, faces found", aligned, hit),
+        ("pictures, the true frame cut out", control, hit),
+        ("pictures, --crop auto, faces found", pictures, hit),
+        ("pictures, --crop none (the whole picture)", whole, slice(None)),
+    ):
+        print(f"MAE {name}: {np.abs(predicted - ages)[faces].mean():.2f}")
     gap = np.abs(pictures - ages)[hit].mean() - np.abs(aligned - ages)[hit].mean()
     print(f"pictures - aligned MAE on the faces found: {gap:+.2f}")
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import keras
 import numpy as np
@@ -47,8 +48,7 @@ def test_tiny_overfit(tiny_data, tmp_path):
         tiny_data, tmp_path, limit=32, batch_size=32, epochs=80, augment=False,
         warmup_epochs=0.0, learning_rate=1e-2, weight_decay=0.0, patience=1000,
     )  # fmt: skip
-    # The training MAE (of the ReLU output), whatever else the loss holds (the preset's
-    # teacher head adds a cross-entropy that cannot fall to zero).
+    # The training MAE of the ReLU output: the age itself, whatever else a loss may hold.
     errors = [row["mae"] for row in train_loop.train(config, verbose=0).history]
     assert len(errors) == 80
     assert np.mean(errors[-5:]) <= 0.2 * errors[0], errors
@@ -97,12 +97,39 @@ def test_resume_ends_where_an_uninterrupted_run_ends(tiny_data, tmp_path, monkey
     )
 
 
+def _saved_run(config, history=()):
+    """A checkpoint (and model.keras) of `config` written directly, without training:
+    (model, optimizer) as saved."""
+    config = train_loop.resolve_config(config)
+    model = train_loop.make_model(config, initial_age=30.0)
+    optimizer = train_loop.make_optimizer(config, 3)
+    optimizer.build(model.trainable_variables)
+    Path(config.out).mkdir(parents=True, exist_ok=True)
+    model.save(Path(config.out) / "model.keras")
+    train_loop.save_checkpoint(config.out, model, optimizer, config, list(history))
+    return model, optimizer
+
+
 def test_resume_refuses_other_settings(tiny_data, tmp_path):
-    train_loop.train(tiny_config(tiny_data, tmp_path, epochs=1), verbose=0)
+    _saved_run(tiny_config(tiny_data, tmp_path, epochs=1))
     with pytest.raises(ValueError, match="learning_rate"):
         train_loop.train(
             tiny_config(tiny_data, tmp_path, epochs=1, learning_rate=0.5), verbose=0
         )
+
+
+def test_a_run_moved_elsewhere_records_where_it_is_now(tiny_data, tmp_path):
+    # A finished run, its folder and its data moved (or reached by another path).
+    before = tiny_config(tiny_data, tmp_path / "before", epochs=1, ema=0.0)
+    _saved_run(before, [{"epoch": 1, "val_mae": 9.0, "seconds": 1.0}])
+    (tmp_path / "before").rename(tmp_path / "after")
+    data = tmp_path / "data"
+    data.symlink_to(tiny_data)
+    after = tiny_config(data, tmp_path / "after", epochs=1, ema=0.0)
+    run = train_loop.train(after, verbose=0)
+    written = json.loads((tmp_path / "after" / "metrics.json").read_text())
+    for config in (run.config, train_loop.TrainConfig(**written["config"])):
+        assert (config.out, config.data) == (str(tmp_path / "after"), str(data))
 
 
 def _run_command(*arguments, **options):
@@ -233,12 +260,52 @@ def test_epochs_for_budget_keeps_a_margin_and_time_for_the_test():
     assert train_loop.epochs_for_budget(60, 50, 1.0, 100, 30)[0] == 1
 
 
-def test_presets_and_explicit_flags():
+def test_a_budget_counts_both_validations_of_a_weight_average(monkeypatch):
+    # 6,400 training images and 3,000 validation images in batches of 64: 100 train steps
+    # and 47 validation steps an epoch, each step timed at 1 s.
+    monkeypatch.setattr(train_loop, "_measure_seconds_per_step", lambda *args: 1.0)
+    train_images = SimpleNamespace(records=[None] * 6400)
+
+    def planned(ema):
+        config = train_loop.TrainConfig(out="x", ema=ema, time_budget=60, batch_size=64)
+        config = train_loop.resolve_config(config)
+        started = time.perf_counter()
+        return train_loop.fit_to_time_budget(
+            config, train_images, [None] * 3000, 30, started
+        )
+
+    margin = train_loop.SPEED_MARGIN
+    for ema, validations in ((0.0, 1), (0.999, 2)):
+        epoch = margin * (100 + validations * 47 / 3)
+        assert planned(ema) == int((3600 - 2 * epoch / 3 - 30) // epoch)
+    assert planned(0.999) < planned(0.0)
+
+
+def test_bfloat16_units_are_read_from_the_processor_flags(monkeypatch):
+    flags = "fpu avx2 avx512f avx512_bf16 amx_tile amx_bf16 amx_int8"
+    monkeypatch.setattr(train_loop, "_cpu_info", {"flags": flags}.get)
+    assert train_loop.bfloat16_units() == ["amx_bf16", "avx512_bf16"]
+    monkeypatch.setattr(train_loop, "_cpu_info", {"flags": "fpu avx2 avx512f"}.get)
+    assert train_loop.bfloat16_units() == []
+    monkeypatch.setattr(train_loop, "_cpu_info", {}.get)  # not Linux
+    assert train_loop.bfloat16_units() == []
+
+
+def test_presets_and_explicit_flags(monkeypatch):
     resolved = train_loop.resolve_config(
         train_loop.TrainConfig(out="x", preset="cpu", batch_size=7)
     )
     assert resolved.batch_size == 7 and resolved.arch == "age_cnn" and resolved.epochs
-    assert not resolved.mixed_precision  # no GPU here
+    # Mixed precision and XLA follow the GPU, unless asked for.
+    for gpu in (False, True):
+        monkeypatch.setattr(train_loop, "has_gpu", lambda: gpu)
+        config = train_loop.resolve_config(train_loop.TrainConfig(out="x"))
+        assert (config.preset, config.mixed_precision, config.jit_compile) == (
+            "gpu" if gpu else "cpu", gpu, gpu,
+        )  # fmt: skip
+        asked = train_loop.TrainConfig(out="x", mixed_precision=not gpu)
+        assert train_loop.resolve_config(asked).mixed_precision == (not gpu)
+    monkeypatch.undo()
     course = train_loop.resolve_config(
         train_loop.TrainConfig(out="x", arch="course_cnn")
     )
@@ -252,102 +319,97 @@ def test_presets_and_explicit_flags():
     assert gpu.image_size > resolved.image_size
 
 
-@pytest.mark.slow
-def test_the_three_commands(tiny_data, tmp_path, capsys):
-    out = tmp_path / "run"
+@pytest.fixture(scope="module")
+def trained(tiny_data, tmp_path_factory):
+    """A run trained by the `train` command: its folder and metrics."""
+    out = tmp_path_factory.mktemp("commands") / "run"
     assert train_loop.main([
-        "train", "--data", str(tiny_data), "--preset", "cpu", "--image-size", "32", "--epochs", "1",
-        "--batch-size", "8", "--seed", "3", "--out", str(out),
+        "train", "--data", tiny_data, "--preset", "cpu", "--image-size", 32, "--epochs", 1,
+        "--batch-size", 8, "--seed", 3, "--out", out,
     ]) == 0  # fmt: skip
-    metrics = json.loads((out / "metrics.json").read_text())
+    return out, json.loads((out / "metrics.json").read_text())
+
+
+@pytest.mark.slow
+def test_the_train_command_writes_metrics_history_and_predictions(trained):
+    out, metrics = trained
     for key in ("test_mae", "val_mae", "test_rmse", "train_seconds", "epochs_run"):
         assert key in metrics
+    assert metrics["command"].startswith("train_loop.py train --data ")
     assert sum(row["count"] for row in metrics["test_mae_by_race"].values()) == (
         metrics["test_images"]
     )
     assert metrics["test_negative_predictions"] == 0  # a ReLU output
     assert json.loads((out / "history.json").read_text())[0]["epoch"] == 1
     # The test predictions behind metrics.json, both readouts, a row per test face.
-    faces, true, predicted = evaluation.run_predictions(out)
-    assert len(set(faces)) == len(faces) == metrics["test_images"]
-    assert np.abs(predicted - true).mean() == pytest.approx(
+    found = evaluation.run_predictions(out)
+    assert len(set(found.face)) == len(found.face) == metrics["test_images"]
+    assert np.abs(found.predicted - found.true).mean() == pytest.approx(
         metrics["test_mae"], abs=1e-3
     )
-    _, _, plain = evaluation.run_predictions(out, "predicted_no_tta")
-    assert np.abs(plain - true).mean() == pytest.approx(
+    plain = evaluation.run_predictions(out, "predicted_no_tta").predicted
+    assert np.abs(plain - found.true).mean() == pytest.approx(
         metrics["test_mae_no_tta"], abs=1e-3
     )
-    capsys.readouterr()
+
+
+@pytest.mark.slow
+def test_the_evaluate_command(trained, tiny_data, tmp_path, capsys):
+    out, metrics = trained
     written = tmp_path / "evaluated.csv"
-    assert (
-        train_loop.main([
-            "evaluate", "--model", str(out / "model.keras"), "--data", str(tiny_data),
-            "--predictions", str(written),
-        ])
-        == 0
-    )  # fmt: skip
+    model_file = out / "model.keras"
+    arguments = ["evaluate", "--model", model_file, "--data", tiny_data]
+    assert train_loop.main([*arguments, "--predictions", written]) == 0
     evaluated = json.loads(capsys.readouterr().out.split("\n", 1)[1])
     assert evaluated["mae"] == pytest.approx(metrics["test_mae"], abs=1e-4)
-    again = evaluation.read_predictions(written)
-    assert list(again["face"]) == list(faces)
-    assert again["predicted_tta"] == pytest.approx(predicted, abs=1e-3)
-    assert again["predicted_no_tta"] == pytest.approx(plain, abs=1e-3)
-    assert (
-        sum(row["count"] for row in evaluated["mae_by_race"].values())
-        == evaluated["count"]
+    assert sum(row["count"] for row in evaluated["mae_by_race"].values()) == (
+        evaluated["count"]
     )
-    figures = tmp_path / "figures"
-    model_file = str(out / "model.keras")
+    found = evaluation.run_predictions(out)
+    again = evaluation.read_predictions(written)
+    assert list(again["face"]) == list(found.face)
+    assert again["predicted_tta"] == pytest.approx(found.predicted, abs=1e-3)
+    plain = evaluation.run_predictions(out, "predicted_no_tta").predicted
+    assert again["predicted_no_tta"] == pytest.approx(plain, abs=1e-3)
     with pytest.raises(SystemExit):
         train_loop.main(["evaluate", "--model", model_file, "--unknown-attributes"])
     assert "has no gender and race inputs" in capsys.readouterr().err
-    arguments = [
-        "evaluate",
-        "--model",
-        model_file,
-        "--data",
-        str(tiny_data),
-        "--figures",
-        str(figures),
-    ]
-    assert train_loop.main(arguments) == 0
+    figures = tmp_path / "figures"
+    assert train_loop.main([*arguments, "--figures", figures]) == 0
     assert sorted(path.name for path in figures.iterdir()) == [
         "evaluation.png",
         "learning_curve.png",
     ]
+
+
+@pytest.mark.slow
+def test_the_compare_command(trained, tmp_path, capsys):
+    out, metrics = trained
     capsys.readouterr()
-    assert (
-        train_loop.main(["compare", str(out), "--plot", str(figures / "curves.png")])
-        == 0
-    )
+    assert train_loop.main(["compare", out, "--plot", tmp_path / "curves.png"]) == 0
     row = capsys.readouterr().out.splitlines()[2]
     assert row.startswith(
         f"| run | 1 | {metrics['val_mae']:.2f} | — | {metrics['test_mae']:.2f} |"
     )
-    assert (figures / "curves.png").exists()
+    assert (tmp_path / "curves.png").exists()
 
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    write_image(photos / "anyname.jpg", size=(90, 120))
-    write_image(photos / "with_alpha.png", mode="RGBA")
-    write_image(photos / "gray.jpg", mode="L")
-    (photos / "broken.jpg").write_text("not an image")
-    (photos / "notes.txt").write_text("x")
-    assert (
-        train_loop.main(
-            [
-                "predict",
-                "--model",
-                str(out / "model.keras"),
-                "--crop",
-                "none",  # Faces are looked for in tests/test_faces.py.
-                "--out",
-                str(tmp_path / "p.csv"),
-                str(photos),
-            ]
-        )
-        == 0
-    )
+
+@pytest.mark.slow
+def test_the_predict_command(trained, tmp_path, capsys):
+    out, _ = trained
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    write_image(pictures / "anyname.jpg", size=(90, 120))
+    write_image(pictures / "with_alpha.png", mode="RGBA")
+    write_image(pictures / "gray.jpg", mode="L")
+    (pictures / "broken.jpg").write_text("not an image")
+    (pictures / "notes.txt").write_text("x")
+    capsys.readouterr()
+    assert train_loop.main([
+        "predict", "--model", out / "model.keras",
+        "--crop", "none",  # Faces are looked for in tests/test_photos.py.
+        "--out", tmp_path / "p.csv", pictures,
+    ]) == 0  # fmt: skip
     rows = list(csv.reader(open(tmp_path / "p.csv")))
     assert rows[0][:3] == ["path", "predicted_age", "crop"]
     assert {row[2] for row in rows[1:]} == {"as is"}
@@ -361,105 +423,17 @@ def test_the_three_commands(tiny_data, tmp_path, capsys):
     assert "broken.jpg" in errors and "notes.txt" in errors and "skipped 2" in errors
 
 
-def test_course_cnn_command_with_course_settings(tiny_data, tmp_path):
-    out = tmp_path / "course"
-    assert (
-        train_loop.main(
-            [
-                "train",
-                "--data",
-                str(tiny_data),
-                "--arch",
-                "course_cnn",
-                "--epochs",
-                "1",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
+def test_course_cnn_command_with_course_settings():
+    arguments = train_loop._parser().parse_args(
+        ["train", "--arch", "course_cnn", "--epochs", "1", "--out", "runs/course"]
     )
-    config = json.loads((out / "metrics.json").read_text())["config"]
-    assert (config["image_size"], config["optimizer"], config["batch_size"]) == (
+    config = train_loop.resolve_config(train_loop.config_from_arguments(arguments))
+    assert (config.image_size, config.optimizer, config.batch_size) == (
         200,
         "rmsprop",
         64,
     )
-
-
-def test_evaluate_gives_mae_by_age_bin():
-    model = keras.Sequential(
-        [keras.layers.Input((4, 4, 3)), keras.layers.Flatten(), keras.layers.Dense(1)]
-    )
-    images = tf.zeros((6, 4, 4, 3))
-    ages = tf.constant([[5.0], [15.0], [25.0], [85.0], [90.0], [100.0]])
-    model.layers[-1].bias.assign([10.0])
-    dataset = tf.data.Dataset.from_tensor_slices((images, ages)).batch(4)
-    result = evaluation.evaluate_predictions(
-        *evaluation.predict_dataset(model, dataset)
-    )
-    assert result["mae_by_age"]["0-9"] == {"mae": 5.0, "mean_error": 5.0, "count": 1}
-    assert result["mae_by_age"]["80+"]["count"] == 3
-    assert result["mae_by_age"]["80+"]["mae"] == pytest.approx(245 / 3)
-    assert result["mae_by_age"]["80+"]["mean_error"] == pytest.approx(-245 / 3)
-    assert result["mae"] == pytest.approx(np.mean([5, 5, 15, 75, 80, 90]))
-
-
-def test_evaluate_gives_mae_by_gender_and_race_in_one_pass():
-    model = keras.Sequential(
-        [keras.layers.Input((4, 4, 3)), keras.layers.Flatten(), keras.layers.Dense(1)]
-    )
-    model.layers[-1].bias.assign([30.0])
-    labels = {
-        "age": tf.constant([[20.0], [40.0], [30.0], [60.0], [10.0]]),
-        "gender": tf.constant([0, 0, 1, 1, 1]),
-        "race": tf.constant([0, 1, 2, 3, 4]),
-    }
-    dataset = tf.data.Dataset.from_tensor_slices((tf.zeros((5, 4, 4, 3)), labels))
-    predictions = evaluation.predict_dataset(model, dataset.batch(2), with_groups=True)
-    result = evaluation.evaluate_predictions(*predictions)
-    assert result["mae_by_gender"]["male"] == {"mae": 10.0, "mean_error": 0, "count": 2}
-    assert result["mae_by_gender"]["female"]["mae"] == pytest.approx(50 / 3)
-    assert result["mae_by_race"]["Others"] == {
-        "mae": 20.0,
-        "mean_error": 20.0,
-        "count": 1,
-    }
-    assert result["mae_by_race"]["Asian"] == {"mae": 0.0, "mean_error": 0, "count": 1}
-
-
-def test_predict_dataset_can_hide_gender_and_race():
-    import model as models
-
-    keras.utils.set_random_seed(0)
-    model = models.build_model(
-        "age_cnn",
-        attribute_inputs=True,
-        initial_age=30.0,
-        image_size=32,
-        widths=(8, 16),
-        blocks_per_stage=(1, 1),
-        stem_stride=2,
-        head_units=16,
-        dropout=0.3,
-    )
-    images = tf.random.uniform((4, 32, 32, 3), seed=1)
-    labels = {
-        "age": tf.constant([[20.0], [40.0], [30.0], [60.0]]),
-        "gender": tf.constant([0, 1, 1, 0]),
-        "race": tf.constant([0, 2, 4, 1]),
-    }
-    dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(3)
-    _, known = evaluation.predict_dataset(model, dataset)
-    _, hidden = evaluation.predict_dataset(model, dataset, attributes_known=False)
-    unknown = -tf.ones(4, tf.int32)
-    expected = model({"image": images, "gender": unknown, "race": unknown})
-    np.testing.assert_allclose(hidden, np.asarray(expected)[:, 0], rtol=1e-5)
-    assert not np.allclose(hidden, known)
-    # predict_ages, for new photos, gives "unknown" too.
-    np.testing.assert_allclose(
-        evaluation.predict_ages(model, images.numpy()), hidden, rtol=1e-5
-    )
+    assert (config.epochs, config.augment, config.out) == (1, False, "runs/course")
 
 
 def test_compare_against_minutes_marks_test_mae_at_training_time(tmp_path):
@@ -506,27 +480,25 @@ def test_median_baseline_command(tiny_data, capsys):
 # --- the heads and options that answers.md reports, through train() -------------------
 
 
+# Each option alone trains for ten seconds or so: the plain network runs in the quick suite,
+# the others with the slow tests.
+OPTIONS = {
+    "plain": {},
+    "classification": {"head": "classification"},
+    "ordinal": {"head": "ordinal"},
+    "gender_head": {"gender_head": True},
+    "attribute_inputs": {"attribute_inputs": True},
+    "distribution_head": {"distribution_head": True},
+    "ema": {"ema": 0.9},
+    "tta": {"tta": True},
+}
+
+
 @pytest.mark.parametrize(
     "options",
     [
-        {"head": "classification"},
-        {"head": "ordinal"},
-        {"gender_head": True},
-        {"attribute_inputs": True},
-        {"distribution_head": True},
-        {"ema": 0.9},
-        {"tta": True},
-        {},
-    ],
-    ids=[
-        "classification",
-        "ordinal",
-        "gender_head",
-        "attribute_inputs",
-        "distribution_head",
-        "ema",
-        "tta",
-        "plain",
+        pytest.param(options, id=name, marks=[pytest.mark.slow] if options else [])
+        for name, options in OPTIONS.items()
     ],
 )
 def test_train_every_head_and_option(tiny_data, tmp_path, options):
@@ -542,7 +514,6 @@ def test_train_every_head_and_option(tiny_data, tmp_path, options):
             getattr(run.model if hasattr(run.model, name) else run.config, name)
             == value
         )
-    assert run.metrics["tta"] == run.config.tta and run.metrics["ema"] == run.config.ema
     # The saved model predicts what the trained one predicted.
     reloaded = keras.models.load_model(tmp_path / "model.keras")
     readout = "test_mae_tta" if run.config.tta else "test_mae_no_tta"
@@ -558,14 +529,14 @@ def test_train_every_head_and_option(tiny_data, tmp_path, options):
         assert run.metrics["val_mae_without_ema"] == min(without)
     else:
         assert without == [None] and run.metrics["val_mae_without_ema"] is None
-    assert run.metrics["onednn"] in (True, False, None)
-    assert set(run.metrics["cpu_bfloat16_units"]) <= {"amx_bf16", "avx512_bf16"}
+    # train_loop switched TensorFlow's oneDNN kernels on before TensorFlow was imported.
+    assert run.metrics["onednn"] is True
     # A classification head's test predictions keep its 50 % and 90 % intervals.
     written = evaluation.read_predictions(tmp_path / evaluation.PREDICTIONS)
     quantiles = [written.get(name) for name in ("q05", "q25", "q75", "q95")]
     if options.get("head") == "classification":
         assert (np.diff(quantiles, axis=0) >= 0).all()  # q05 <= q25 <= q75 <= q95
-        assert ((quantiles[0] <= quantiles[1]) & (quantiles[1] <= quantiles[3])).all()
+        assert (quantiles[3] > quantiles[0]).any()  # intervals of some width
     else:
         assert quantiles == [None] * 4
     # A model with gender and race inputs is also read out with them "unknown".
@@ -608,7 +579,7 @@ def test_a_multi_output_run_resumes_exactly(tiny_data, tmp_path, monkeypatch):
 
 def test_a_checkpoint_of_another_model_is_refused(tiny_data, tmp_path):
     config = tiny_config(tiny_data, tmp_path, epochs=1, limit=24)
-    train_loop.train(config, verbose=0)
+    _saved_run(config)
     checkpoint = train_loop.read_checkpoint(tmp_path)
     for other in (dict(head="ordinal"), dict(arch="course_cnn", image_size=32)):
         changed = train_loop.resolve_config(dataclasses.replace(config, **other))
@@ -652,25 +623,6 @@ def test_presets_build_and_cost():
     assert forward_flops(models["gpu"]) > 10 * forward_flops(models["cpu"])
     course = train_loop.make_model(train_loop.TrainConfig(arch="course_cnn"))
     assert course.image_size == 200 and course.count_params() == 307_185
-
-
-def test_flip_averaging_is_the_mean_of_a_face_and_its_mirror():
-    import model as models
-
-    keras.utils.set_random_seed(0)
-    network = train_loop.make_model(
-        train_loop.TrainConfig(preset="cpu", image_size=32), initial_age=30.0
-    )
-    images = tf.random.stateless_uniform((5, 32, 32, 3), seed=(3, 4))
-    plain = evaluation.predict_ages(network, images, batch_size=2, tta=False)
-    mirrored = evaluation.predict_ages(
-        network, tf.reverse(images, axis=[2]), batch_size=2, tta=False
-    )
-    averaged = evaluation.predict_ages(network, images, batch_size=2, tta=True)
-    np.testing.assert_allclose(averaged, (plain + mirrored) / 2, rtol=1e-5)
-    assert not np.allclose(plain, mirrored)
-    expected = np.asarray(models.ages_from_outputs(network, network(images)))[:, 0]
-    np.testing.assert_allclose(plain, expected, rtol=1e-5)
 
 
 def test_the_weight_average_follows_and_swaps_the_weights():

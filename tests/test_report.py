@@ -1,5 +1,5 @@
-"""Tests of the results tools: per-face predictions, the paired bootstrap, runs grouped by
-seed, and the report that re-draws the tables and figures of answers.md."""
+"""report.py: the paired bootstrap, runs grouped by seed, and the report that re-draws the
+tables and figures of answers.md from the runs kept in results/."""
 
 import json
 from pathlib import Path
@@ -127,25 +127,6 @@ def runs(tmp_path):
                 order=order if seed else None,
             )
     return tmp_path
-
-
-def test_predictions_round_trip_with_unknown_labels(tmp_path):
-    records = [
-        utk_data.Record(Path("/x/25_1_2_2017.jpg.chip.jpg"), 25, 1, 2),
-        utk_data.Record(Path("/y/3_0_2017.jpg.chip.jpg"), 3, 0, None),
-    ]
-    found = evaluation.Predictions(
-        records, np.array([25.0, 3.0]), np.array([24.12346, 0.0]), {}
-    )
-    evaluation.write_predictions(tmp_path / "p.csv", {"predicted_tta": found})
-    table = evaluation.read_predictions(tmp_path / "p.csv")
-    assert list(table["face"]) == [evaluation.face_id(r.path) for r in records]
-    assert evaluation.face_id(records[0].path) == evaluation.face_id(
-        "25_1_2_2017.jpg.chip.jpg"
-    )  # the file name, not where it lies
-    assert "2017" not in (tmp_path / "p.csv").read_text()
-    assert table["race"][0] == 2 and np.isnan(table["race"][1])
-    assert table["predicted_tta"] == pytest.approx([24.1235, 0.0])
 
 
 def test_runs_of_one_setting_form_a_row_with_mean_sd_and_interval(runs):

@@ -1,0 +1,126 @@
+"""evaluation.py: predictions (with mirror images, with gender and race hidden), metrics by
+age, gender and race, and the per-face predictions file."""
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import evaluation
+import train_loop
+import utk_data
+
+
+def test_evaluate_gives_mae_by_age_bin():
+    model = keras.Sequential(
+        [keras.layers.Input((4, 4, 3)), keras.layers.Flatten(), keras.layers.Dense(1)]
+    )
+    images = tf.zeros((6, 4, 4, 3))
+    ages = tf.constant([[5.0], [15.0], [25.0], [85.0], [90.0], [100.0]])
+    model.layers[-1].bias.assign([10.0])
+    dataset = tf.data.Dataset.from_tensor_slices((images, ages)).batch(4)
+    result = evaluation.evaluate_predictions(
+        *evaluation.predict_dataset(model, dataset)
+    )
+    assert result["mae_by_age"]["0-9"] == {"mae": 5.0, "mean_error": 5.0, "count": 1}
+    assert result["mae_by_age"]["80+"]["count"] == 3
+    assert result["mae_by_age"]["80+"]["mae"] == pytest.approx(245 / 3)
+    assert result["mae_by_age"]["80+"]["mean_error"] == pytest.approx(-245 / 3)
+    assert result["mae"] == pytest.approx(np.mean([5, 5, 15, 75, 80, 90]))
+
+
+def test_evaluate_gives_mae_by_gender_and_race_in_one_pass():
+    model = keras.Sequential(
+        [keras.layers.Input((4, 4, 3)), keras.layers.Flatten(), keras.layers.Dense(1)]
+    )
+    model.layers[-1].bias.assign([30.0])
+    labels = {
+        "age": tf.constant([[20.0], [40.0], [30.0], [60.0], [10.0]]),
+        "gender": tf.constant([0, 0, 1, 1, 1]),
+        "race": tf.constant([0, 1, 2, 3, 4]),
+    }
+    dataset = tf.data.Dataset.from_tensor_slices((tf.zeros((5, 4, 4, 3)), labels))
+    predictions = evaluation.predict_dataset(model, dataset.batch(2), with_groups=True)
+    result = evaluation.evaluate_predictions(*predictions)
+    assert result["mae_by_gender"]["male"] == {"mae": 10.0, "mean_error": 0, "count": 2}
+    assert result["mae_by_gender"]["female"]["mae"] == pytest.approx(50 / 3)
+    assert result["mae_by_race"]["Others"] == {
+        "mae": 20.0,
+        "mean_error": 20.0,
+        "count": 1,
+    }
+    assert result["mae_by_race"]["Asian"] == {"mae": 0.0, "mean_error": 0, "count": 1}
+
+
+def test_predict_dataset_can_hide_gender_and_race():
+    import model as models
+
+    keras.utils.set_random_seed(0)
+    model = models.build_model(
+        "age_cnn",
+        attribute_inputs=True,
+        initial_age=30.0,
+        image_size=32,
+        widths=(8, 16),
+        blocks_per_stage=(1, 1),
+        stem_stride=2,
+        head_units=16,
+        dropout=0.3,
+    )
+    images = tf.random.uniform((4, 32, 32, 3), seed=1)
+    labels = {
+        "age": tf.constant([[20.0], [40.0], [30.0], [60.0]]),
+        "gender": tf.constant([0, 1, 1, 0]),
+        "race": tf.constant([0, 2, 4, 1]),
+    }
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(3)
+    _, known = evaluation.predict_dataset(model, dataset)
+    _, hidden = evaluation.predict_dataset(model, dataset, attributes_known=False)
+    unknown = -tf.ones(4, tf.int32)
+    expected = model({"image": images, "gender": unknown, "race": unknown})
+    np.testing.assert_allclose(hidden, np.asarray(expected)[:, 0], rtol=1e-5)
+    assert not np.allclose(hidden, known)
+    # predict_ages, for new photos, gives "unknown" too.
+    np.testing.assert_allclose(
+        evaluation.predict_ages(model, images.numpy()), hidden, rtol=1e-5
+    )
+
+
+def test_flip_averaging_is_the_mean_of_a_face_and_its_mirror():
+    import model as models
+
+    keras.utils.set_random_seed(0)
+    network = train_loop.make_model(
+        train_loop.TrainConfig(preset="cpu", image_size=32), initial_age=30.0
+    )
+    images = tf.random.stateless_uniform((5, 32, 32, 3), seed=(3, 4))
+    plain = evaluation.predict_ages(network, images, batch_size=2, tta=False)
+    mirrored = evaluation.predict_ages(
+        network, tf.reverse(images, axis=[2]), batch_size=2, tta=False
+    )
+    averaged = evaluation.predict_ages(network, images, batch_size=2, tta=True)
+    np.testing.assert_allclose(averaged, (plain + mirrored) / 2, rtol=1e-5)
+    assert not np.allclose(plain, mirrored)
+    expected = np.asarray(models.ages_from_outputs(network, network(images)))[:, 0]
+    np.testing.assert_allclose(plain, expected, rtol=1e-5)
+
+
+def test_predictions_round_trip_with_unknown_labels(tmp_path):
+    records = [
+        utk_data.Record(Path("/x/25_1_2_2017.jpg.chip.jpg"), 25, 1, 2),
+        utk_data.Record(Path("/y/3_0_2017.jpg.chip.jpg"), 3, 0, None),
+    ]
+    found = evaluation.Predictions(
+        records, np.array([25.0, 3.0]), np.array([24.12346, 0.0]), {}
+    )
+    evaluation.write_predictions(tmp_path / "p.csv", {"predicted_tta": found})
+    table = evaluation.read_predictions(tmp_path / "p.csv")
+    assert list(table["face"]) == [evaluation.face_id(r.path) for r in records]
+    assert evaluation.face_id(records[0].path) == evaluation.face_id(
+        "25_1_2_2017.jpg.chip.jpg"
+    )  # the file name, not where it lies
+    assert "2017" not in (tmp_path / "p.csv").read_text()
+    assert table["race"][0] == 2 and np.isnan(table["race"][1])
+    assert table["predicted_tta"] == pytest.approx([24.1235, 0.0])
