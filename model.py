@@ -38,6 +38,8 @@ from keras import layers, ops
 HUBER_DELTA = 5.0  # Years: errors below this are squared, larger ones count linearly.
 HEADS = ("regression", "classification", "ordinal")
 OUTPUT_ACTIVATIONS = ("relu", "linear")
+# The gradient of the ReLU output below 0 while training (its output is max(0, z) always).
+RELU_GRADIENTS = ("zero", "straight_through")
 
 
 def _check_choice(name, value, choices):
@@ -60,6 +62,28 @@ def _note(trace, name, outputs, layer=None):
 
 
 @keras.saving.register_keras_serializable(package="age_regression")
+def relu_straight_through(z):
+    """max(0, z), whose gradient is 1 everywhere, as if it were the identity.
+
+    A plain ReLU passes no gradient where z < 0: a face whose output is below 0 is
+    predicted 0 and cannot pull its output back up. Here the L1 loss's gradient passes
+    through the kink (a straight-through estimator), so every face pulls z towards its
+    age, while every value the model outputs is still max(0, z)."""
+    # z + (max(0, z) - z) is exactly max(0, z); the gradient flows through z alone.
+    return z + ops.stop_gradient(ops.relu(z) - z)
+
+
+def output_activation_function(output_activation, relu_gradient="zero"):
+    """The activation of an age output: "relu", "linear", or the ReLU whose gradient
+    below 0 is the identity's (relu_straight_through)."""
+    _check_choice("output_activation", output_activation, OUTPUT_ACTIVATIONS)
+    _check_choice("relu_gradient", relu_gradient, RELU_GRADIENTS)
+    if output_activation == "relu" and relu_gradient == "straight_through":
+        return relu_straight_through
+    return output_activation
+
+
+@keras.saving.register_keras_serializable(package="age_regression")
 class CourseCNN(keras.Model):
     """The course skeleton's CNN: two strided 5×5 convolutions, three dense layers."""
 
@@ -69,13 +93,19 @@ class CourseCNN(keras.Model):
     attribute_inputs = False
 
     def __init__(
-        self, image_size, initial_age=None, output_activation="relu", **kwargs
+        self,
+        image_size,
+        initial_age=None,
+        output_activation="relu",
+        relu_gradient="zero",
+        **kwargs,
     ):
         super().__init__(**kwargs)
-        _check_choice("output_activation", output_activation, OUTPUT_ACTIVATIONS)
+        activation = output_activation_function(output_activation, relu_gradient)
         self.image_size = image_size
         self.initial_age = initial_age
         self.output_activation = output_activation
+        self.relu_gradient = relu_gradient
         self.conv1 = layers.Conv2D(8, 5, strides=4, activation="relu", name="conv1")
         self.conv2 = layers.Conv2D(16, 5, strides=4, activation="relu", name="conv2")
         self.flatten = layers.Flatten(name="flatten")
@@ -88,7 +118,7 @@ class CourseCNN(keras.Model):
         # kink, close to the best constant for the L1 loss (the median age, 29).
         self.age_layer = layers.Dense(
             1,
-            activation=output_activation,
+            activation=activation,
             bias_initializer=keras.initializers.Constant(initial_age or 0.0),
             dtype="float32",  # Ages stay float32 under mixed precision.
             name="output",
@@ -115,6 +145,7 @@ class CourseCNN(keras.Model):
             image_size=self.image_size,
             initial_age=self.initial_age,
             output_activation=self.output_activation,
+            relu_gradient=self.relu_gradient,
         )
 
 
@@ -257,6 +288,7 @@ class AgeCNN(keras.Model):
         gender_head=False,
         attribute_inputs=False,
         distribution_head=False,
+        relu_gradient="zero",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -264,6 +296,7 @@ class AgeCNN(keras.Model):
             widths, blocks_per_stage, head, max_age, output_activation,
             gender_head, attribute_inputs, distribution_head,
         )  # fmt: skip
+        _check_choice("relu_gradient", relu_gradient, RELU_GRADIENTS)
         self.image_size = image_size
         self.widths = tuple(widths)
         self.blocks_per_stage = tuple(blocks_per_stage)
@@ -273,6 +306,7 @@ class AgeCNN(keras.Model):
         self.head = head
         self.max_age = max_age
         self.output_activation = output_activation
+        self.relu_gradient = relu_gradient
         self.initial_age = initial_age
         self.gender_head = gender_head
         self.attribute_inputs = attribute_inputs
@@ -334,10 +368,13 @@ class AgeCNN(keras.Model):
         if self.head == "regression":
             # Start at the mean age, for the reason given in CourseCNN.
             start = keras.initializers.Constant(self.initial_age or 0.0)
+            activation = output_activation_function(
+                self.output_activation, self.relu_gradient
+            )
             return [
                 layers.Dense(
                     1,
-                    activation=self.output_activation,
+                    activation=activation,
                     bias_initializer=start,
                     dtype="float32",
                     name="age",
@@ -427,6 +464,7 @@ class AgeCNN(keras.Model):
             gender_head=self.gender_head,
             attribute_inputs=self.attribute_inputs,
             distribution_head=self.distribution_head,
+            relu_gradient=self.relu_gradient,
         )
 
 
@@ -520,42 +558,62 @@ def soft_age_labels(ages, num_classes, sigma):
     return weights / ops.sum(weights, axis=-1, keepdims=True)
 
 
-def _age_loss(head, outputs, ages, loss):
-    """The age term of the loss of a head, from ages (batch, 1)."""
+def _age_losses(head, outputs, ages, loss):
+    """The age term of the loss of a head for each image (batch,), from ages (batch, 1)."""
     if head == "regression":
         predicted = ops.cast(outputs["age"], "float32")  # (batch, 1)
         if loss == "l1":
-            errors = keras.losses.mean_absolute_error(ages, predicted)
-        elif loss == "l2":
-            errors = keras.losses.mean_squared_error(ages, predicted)
-        else:
-            errors = keras.losses.huber(ages, predicted, delta=HUBER_DELTA)
-        return ops.mean(errors)
+            return keras.losses.mean_absolute_error(ages, predicted)
+        if loss == "l2":
+            return keras.losses.mean_squared_error(ages, predicted)
+        return keras.losses.huber(ages, predicted, delta=HUBER_DELTA)
     logits = ops.cast(outputs["logits"], "float32")
     if head == "classification":
         max_age = ops.shape(logits)[-1] - 1
         classes = ops.cast(ops.round(ops.clip(ages[:, 0], 0, max_age)), "int32")
-        return ops.mean(
-            keras.losses.sparse_categorical_crossentropy(
-                classes, logits, from_logits=True
-            )
+        return keras.losses.sparse_categorical_crossentropy(
+            classes, logits, from_logits=True
         )
     # CORAL sums the binary cross-entropies of the max_age thresholds.
     per_threshold = ops.binary_crossentropy(
         ordinal_targets(ages, ops.shape(logits)[-1]), logits, from_logits=True
     )  # (batch, max_age)
-    return ops.mean(ops.sum(per_threshold, axis=-1))
+    return ops.sum(per_threshold, axis=-1)
+
+
+def lds_age_weights(ages, max_age, kernel_size=5, sigma=2.0):
+    """A loss weight for every age 0..max_age, (max_age + 1,) float32, from the training
+    ages: label-distribution smoothing with square-root inverse weighting (Yang et al.,
+    "Delving into Deep Imbalanced Regression", ICML 2021). The square roots of the counts
+    of each age are smoothed by a Gaussian window of `kernel_size` ages and `sigma`
+    years, and a face weighs the inverse of that at its age: rare ages count more. The
+    weights average 1 over the training faces, so the loss keeps its scale."""
+    ages = np.clip(np.round(np.asarray(ages)), 0, max_age).astype(int)
+    counts = np.bincount(ages, minlength=max_age + 1).astype(np.float64)
+    offsets = np.arange(kernel_size) - kernel_size // 2
+    window = np.exp(-0.5 * (offsets / sigma) ** 2)  # its peak is 1
+    smoothed = np.convolve(np.sqrt(counts), window, mode="same")
+    # An age far from every training face (never met in training) weighs the most.
+    weights = 1.0 / np.maximum(smoothed, smoothed[smoothed > 0].min())
+    return (weights / weights[ages].mean()).astype(np.float32)
 
 
 def loss_terms(
-    head, outputs, labels, loss="l1", gender_weight=1.0, distribution_sigma=2.0
+    head,
+    outputs,
+    labels,
+    loss="l1",
+    gender_weight=1.0,
+    distribution_sigma=2.0,
+    age_weights=None,
 ):
     """Return scalar float32 losses {"age", "gender", "distribution" (if given), "total"}.
 
     `loss` ("l1", "huber" or "l2") applies to the regression head; the classification
     head uses cross-entropy and the ordinal head CORAL's summed binary cross-entropies.
     A distribution head adds the cross-entropy against Gaussian soft labels of
-    `distribution_sigma` years (DLDL, Gao et al. 2017).
+    `distribution_sigma` years (DLDL, Gao et al. 2017). `age_weights`, a weight for every
+    age (see lds_age_weights), weighs each image's age term by its age.
     """
     head = getattr(head, "head", head)
     _check_choice("head", head, HEADS)
@@ -566,7 +624,12 @@ def loss_terms(
         labels = {"age": labels}
     ages = ops.reshape(ops.cast(labels["age"], "float32"), (-1, 1))  # (batch, 1)
 
-    age_loss = _age_loss(head, outputs, ages, loss)
+    age_losses = _age_losses(head, outputs, ages, loss)  # (batch,)
+    if age_weights is not None:
+        last = ops.shape(age_weights)[0] - 1
+        index = ops.cast(ops.clip(ops.round(ages[:, 0]), 0, last), "int32")
+        age_losses = age_losses * ops.take(age_weights, index)
+    age_loss = ops.mean(age_losses)
     terms = {"age": age_loss, "total": age_loss}
     if "distribution_logits" in outputs:
         logits = ops.cast(outputs["distribution_logits"], "float32")

@@ -57,13 +57,17 @@ from evaluation import (  # noqa: E402
     write_json,
 )
 from model import age_labels, ages_from_outputs, build_model, loss_terms  # noqa: E402
-from model import model_head, model_inputs  # noqa: E402
+from model import lds_age_weights, model_head, model_inputs  # noqa: E402
 
 CHECKPOINT = "checkpoint.npz"
 
 # ---------------------------------------------------------------------------------------
 # Settings and presets
 # ---------------------------------------------------------------------------------------
+
+
+# The compute types of `--precision`: "auto" chooses one of the others for the machine.
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 
 
 def _option(default, help_text, choices=None):
@@ -97,6 +101,13 @@ class TrainConfig:
     output_activation: str = _option(
         "relu", "activation of the regression output", ("relu", "linear")
     )
+    relu_gradient: Optional[str] = _option(
+        None,
+        "the ReLU output's gradient below 0 while training: zero, as a ReLU has, or "
+        "straight_through, the identity's, so that a face predicted 0 still pulls its "
+        "output up (the output is max(0, z) either way)",
+        ("zero", "straight_through"),
+    )
     gender_head: bool = _option(False, "also predict gender (multi-task)")
     attribute_inputs: bool = _option(
         False, "give gender and race to the model as inputs"
@@ -120,6 +131,12 @@ class TrainConfig:
     warmup_epochs: Optional[float] = _option(None, "linear warm-up length in epochs")
     weight_decay: Optional[float] = _option(None, "decoupled weight decay (AdamW)")
     loss: str = _option("l1", "regression loss", ("l1", "huber", "l2"))
+    loss_weighting: Optional[str] = _option(
+        None,
+        "weight each face's loss: none, or lds, by the inverse square root of how "
+        "common its age is, smoothed over neighbouring ages (Yang et al., 2021)",
+        ("none", "lds"),
+    )
     augment: Optional[bool] = _option(None, "flip, crop/shift, brightness/contrast")
     patience: Optional[int] = _option(
         None, "early stopping: epochs without a better val MAE"
@@ -137,9 +154,17 @@ class TrainConfig:
     time_budget: Optional[float] = _option(
         None, "minutes for the whole run: epochs and schedule fitted to it"
     )
-    # Devices: None means on with a GPU, off on a CPU.
-    mixed_precision: Optional[bool] = _option(None, "mixed_float16 compute")
-    jit_compile: Optional[bool] = _option(None, "XLA-compile the train and test steps")
+    # Devices.
+    precision: Optional[str] = _option(
+        None,
+        "compute type (default: auto, which takes mixed_float16 on a GPU, "
+        "mixed_bfloat16 on a processor with bfloat16 units (AMX or AVX512-BF16), "
+        "float32 elsewhere)",
+        PRECISIONS,
+    )
+    jit_compile: Optional[bool] = _option(
+        None, "XLA-compile the train and test steps (default: with a GPU)"
+    )
     # Output.
     out: str = _option(
         "runs/default", "folder for model.keras, metrics, history, checkpoints"
@@ -174,6 +199,8 @@ CPU_PRESET = dict(
     distribution_head=False,
     ema=0.999,
     tta=True,
+    relu_gradient="zero",
+    loss_weighting="none",
 )
 PRESETS = {
     "cpu": CPU_PRESET,
@@ -211,6 +238,8 @@ COURSE_SETTINGS = dict(
     distribution_head=False,
     ema=0.0,
     tta=False,
+    relu_gradient="zero",
+    loss_weighting="none",
 )
 
 
@@ -222,14 +251,24 @@ def resolve_config(config):
     arch = config.arch or values["arch"]
     if arch == "course_cnn":
         values.update(COURSE_SETTINGS)
-    values.update(mixed_precision=gpu, jit_compile=gpu)
+    values.update(jit_compile=gpu)
     explicit = {
         name: value
         for name, value in dataclasses.asdict(config).items()
         if value is not None
     }
+    precision = explicit.pop("precision", "auto")
+    if precision == "auto":
+        precision = auto_precision(gpu)
     return dataclasses.replace(
-        config, **{**values, **explicit, "preset": preset, "arch": arch}
+        config,
+        **{
+            **values,
+            **explicit,
+            "preset": preset,
+            "arch": arch,
+            "precision": precision,
+        },
     )
 
 
@@ -261,6 +300,15 @@ def run_name(config):
 def has_gpu():
     """True when TensorFlow sees a GPU."""
     return bool(tf.config.list_physical_devices("GPU"))
+
+
+def auto_precision(gpu):
+    """The compute type `--precision auto` chooses: mixed float16 on a GPU (its tensor
+    cores), mixed bfloat16 on a processor with bfloat16 units, float32 elsewhere (where
+    bfloat16 is emulated and slow)."""
+    if gpu:
+        return "mixed_float16"
+    return "mixed_bfloat16" if bfloat16_units() else "float32"
 
 
 def _cpu_info(key):
@@ -339,13 +387,11 @@ def prepare_data(config):
 
 
 @contextmanager
-def dtype_policy(mixed):
-    """Build models under the mixed_float16 (or float32) policy, or the one named (such as
-    "mixed_bfloat16"), then restore the old one."""
+def dtype_policy(name):
+    """Build models under a Keras dtype policy ("float32", "mixed_float16" or
+    "mixed_bfloat16"), then restore the one before."""
     previous = keras.config.dtype_policy().name
-    if not isinstance(mixed, str):
-        mixed = "mixed_float16" if mixed else "float32"
-    keras.config.set_dtype_policy(mixed)
+    keras.config.set_dtype_policy(name)
     try:
         yield
     finally:
@@ -359,6 +405,7 @@ def make_model(config, initial_age=None):
         image_size=config.image_size,
         initial_age=initial_age,
         output_activation=config.output_activation,
+        relu_gradient=config.relu_gradient,
     )
     if config.arch == "course_cnn":
         return build_model("course_cnn", **options)
@@ -406,7 +453,8 @@ def make_optimizer(config, steps_per_epoch):
         )
         # Decay the kernels only: shrinking batch-norm scales and biases only hurts.
         optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
-    if config.mixed_precision:
+    if config.precision == "mixed_float16":
+        # float16 gradients can underflow: the loss is scaled up, and the scale adapted.
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
 
@@ -447,10 +495,14 @@ class WeightAverage:
 
 
 class Trainer:
-    """The model, its optimizer, metrics and the compiled train and test steps."""
+    """The model, its optimizer, metrics and the compiled train and test steps.
 
-    def __init__(self, model, optimizer, config):
+    `age_weights`, a loss weight for every age (model.lds_age_weights), weighs each face's
+    loss by its age; None: every face weighs the same."""
+
+    def __init__(self, model, optimizer, config, age_weights=None):
         self.model, self.optimizer, self.config = model, optimizer, config
+        self.age_weights = None if age_weights is None else tf.constant(age_weights)
         self.average = WeightAverage(model, config.ema) if config.ema else None
         self.train_loss = keras.metrics.Mean(name="loss")
         self.train_mae = keras.metrics.MeanAbsoluteError(name="mae")
@@ -458,8 +510,19 @@ class Trainer:
         self.val_rmse = keras.metrics.RootMeanSquaredError(name="val_rmse")
         self.optimizer.build(model.trainable_variables)
         # The steps below, compiled into TensorFlow graphs (and by XLA with jit_compile).
-        self.train_step = tf.function(self.train_batch, jit_compile=config.jit_compile)
+        self.update = tf.function(self.train_batch, jit_compile=config.jit_compile)
         self.test_step = tf.function(self.test_batch, jit_compile=config.jit_compile)
+        # The augmentation before the update runs on the same device, outside XLA, which
+        # has no kernel for its crop-and-resize.
+        self.train_step = tf.function(self.prepare_and_train)
+
+    def prepare_and_train(self, images, labels, seed=None):
+        """A train step on a batch of make_dataset(raw=True): uint8 images and their
+        augmentation seed, scaled and augmented where the model runs; or on float images
+        prepared before (seed None). Returns the loss."""
+        if seed is not None:
+            images = utk_data.prepare_batch(images, seed, self.config.augment)
+        return self.update(images, labels)
 
     def train_batch(self, images, labels):
         """One training step on a batch: the loss under the tape, its gradients, an update."""
@@ -468,9 +531,7 @@ class Trainer:
             outputs = self.model(
                 model_inputs(self.model, images, labels), training=True
             )
-            loss = loss_terms(
-                model_head(self.model), outputs, labels, self.config.loss
-            )["total"]
+            loss = self.loss(outputs, labels)
             scaled_loss = self.optimizer.scale_loss(loss)
         gradients = tape.gradient(scaled_loss, self.model.trainable_variables)
         self.optimizer.apply(gradients, self.model.trainable_variables)
@@ -481,6 +542,13 @@ class Trainer:
             age_labels(labels), ages_from_outputs(model_head(self.model), outputs)
         )
         return loss
+
+    def loss(self, outputs, labels):
+        """The training loss of a batch's outputs (model.loss_terms)."""
+        head = model_head(self.model)
+        return loss_terms(
+            head, outputs, labels, self.config.loss, age_weights=self.age_weights
+        )["total"]
 
     def test_batch(self, images, labels):
         """Predicted ages (batch, 1) of a batch, in inference mode."""
@@ -651,7 +719,8 @@ def progress(history, config):
 
 
 def _training_dataset(train_images, config, seed, start_epoch=0, epochs=None):
-    """Shuffled, augmented training batches from start_epoch on (see make_dataset)."""
+    """Shuffled training batches from start_epoch on, uint8 images with their labels and
+    augmentation seed, which the train step scales and augments (see make_dataset)."""
     return utk_data.make_dataset(
         train_images,
         config.image_size,
@@ -662,12 +731,13 @@ def _training_dataset(train_images, config, seed, start_epoch=0, epochs=None):
         seed=seed,
         start_epoch=start_epoch,
         epochs=epochs,
+        raw=True,
     )
 
 
 def _measure_seconds_per_step(config, train_images, initial_age, batches=8):
     """Time a few steps of a throwaway copy of the model (it does not touch the real one)."""
-    with dtype_policy(config.mixed_precision):
+    with dtype_policy(config.precision):
         model = make_model(config, initial_age)
     trainer = Trainer(model, make_optimizer(config, 1), config)
     iterator = iter(_training_dataset(train_images, config, seed=config.seed + 1))
@@ -755,10 +825,11 @@ def train(config, verbose=1, command=None):
         config = dataclasses.replace(config, epochs=epochs)
 
     keras.utils.set_random_seed(config.seed)
-    with dtype_policy(config.mixed_precision):
+    with dtype_policy(config.precision):
         model = make_model(config, initial_age)
     steps = utk_data.steps_per_epoch(len(train_images.records), config.batch_size)
-    trainer = Trainer(model, make_optimizer(config, steps), config)
+    optimizer = make_optimizer(config, steps)
+    trainer = Trainer(model, optimizer, config, _age_weights(config, train_records))
     history = []
     if checkpoint is not None:
         restore_checkpoint(checkpoint, model, trainer.optimizer, trainer.average)
@@ -769,6 +840,14 @@ def train(config, verbose=1, command=None):
     del train_images  # Frees the decoded training images before the test.
     splits = (train_records, val_records, test_records)
     return _finish(config, history, splits, command)
+
+
+def _age_weights(config, train_records):
+    """The loss weight of every age that config.loss_weighting asks for, or None."""
+    if config.loss_weighting != "lds":
+        return None
+    ages = [record.age for record in train_records]
+    return lds_age_weights(ages, utk_data.MAX_AGE)
 
 
 def _resumed_config(saved, config, out):
@@ -893,7 +972,7 @@ def run_metrics(config, history, splits, readouts, command=None):
         "test_rmse": test["rmse"],
         "tta": config.tta,
         "ema": config.ema,
-        "precision": "mixed_float16" if config.mixed_precision else "float32",
+        "precision": config.precision,
         "onednn": onednn_enabled(),
         "cpu_bfloat16_units": bfloat16_units(),
         **readouts.maes(),
@@ -953,7 +1032,7 @@ def _value_type(annotation):
 
 def _add_config_arguments(parser):
     """One flag per TrainConfig field: --image-size for image_size, and so on."""
-    from_preset = set(PRESETS["cpu"]) | {"image_size", "mixed_precision", "jit_compile"}
+    from_preset = set(PRESETS["cpu"]) | {"image_size", "jit_compile"}
     for config_field in dataclasses.fields(TrainConfig):
         flag = "--" + config_field.name.replace("_", "-")
         help_text = config_field.metadata["help"]

@@ -614,6 +614,7 @@ def make_dataset(
     seed=0,
     start_epoch=0,
     epochs=None,
+    raw=False,
 ):
     """A `tf.data.Dataset` of (images float32 [0, 1], ages (batch, 1)) batches.
 
@@ -623,6 +624,10 @@ def make_dataset(
     With `training`, the dataset runs from `start_epoch` up to `epochs` (for ever when None),
     each epoch a permutation of the images and an augmentation that depend only on (`seed`,
     epoch): a run resumed at epoch k sees what an uninterrupted one sees.
+
+    With `raw`, the batches are (uint8 images, labels, augmentation seed): the pipeline
+    only gathers them, and `prepare_batch` scales and augments them where the model runs
+    (inside the compiled train step, on a GPU when there is one) to the same images.
     """
     tf = _tf()
     augment = training if augment is None else augment
@@ -650,14 +655,22 @@ def make_dataset(
         batches = _decode_streaming(batches, records, image_size, batch_size)
 
     def to_example(epoch, number, indices, images):
-        images = tf.cast(images, tf.float32) / 255.0  # (batch, size, size, 3)
-        if augment:
-            images = augment_batch(images, _batch_seed(seed, epoch, number))
         targets = tf.nest.map_structure(lambda array: tf.gather(array, indices), labels)
-        return images, targets
+        batch_seed = _batch_seed(seed, epoch, number)
+        if raw:
+            return images, targets, batch_seed
+        return prepare_batch(images, batch_seed, augment), targets
 
     dataset = batches.map(to_example, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def prepare_batch(images, seed, augment):
+    """uint8 images (batch, size, size, 3) as the model takes them: float32 in [0, 1] and,
+    with `augment`, augmented as the stateless `seed` (2,) says (see augment_batch)."""
+    tf = _tf()
+    images = tf.cast(images, tf.float32) / 255.0  # (batch, size, size, 3)
+    return augment_batch(images, seed) if augment else images
 
 
 def _decode_streaming(batches, records, image_size, batch_size):

@@ -93,6 +93,8 @@ def make_config(arguments):
     # The same work for every contender: fit() trains the network alone, so our loop does
     # too (no teacher head, no average of the weights).
     overrides.update(distribution_head=False, ema=0.0)
+    # float32 but for loop_bf16, whatever `--precision auto` would choose here.
+    overrides.update(precision="float32")
     return train_loop.resolve_config(train_loop.TrainConfig(out="unused", **overrides))
 
 
@@ -100,7 +102,7 @@ def build_model(config, initial_age, policy=None):
     """A model built exactly as `train_loop.train` builds it, from the config's seed (under
     another dtype policy when one is named)."""
     keras.utils.set_random_seed(config.seed)
-    with train_loop.dtype_policy(policy or config.mixed_precision):
+    with train_loop.dtype_policy(policy or config.precision):
         return train_loop.make_model(config, initial_age)
 
 
@@ -255,7 +257,9 @@ def make_contenders(config, default_jit, initial_age, dataset, steps_per_epoch):
         "fit": FitContender(models[0], config, dataset, steps_per_epoch),
         "loop": loop(models[1], jit_compile=False),
         "loop_xla": loop(models[2], jit_compile=True),
-        "loop_bf16": loop(models[3], jit_compile=default_jit, mixed_precision=False),
+        "loop_bf16": loop(
+            models[3], jit_compile=default_jit, precision="mixed_bfloat16"
+        ),
     }
     print(f"fit() resolved jit_compile='auto' to: {models[0].jit_compile}")
     return contenders
@@ -269,7 +273,7 @@ def prepare(arguments):
         f"config: arch {config.arch}, image size {config.image_size}, "
         f"batch {config.batch_size}, optimizer {config.optimizer} "
         f"(lr {config.learning_rate:g}, {config.schedule}), augment {config.augment}, "
-        f"mixed precision {config.mixed_precision}"
+        f"precision {config.precision}"
     )
     initial_age, dataset, steps_per_epoch = prepare_data(arguments, config)
     print(f"our loop's default jit_compile on this machine: {default_jit}")

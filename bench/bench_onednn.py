@@ -71,7 +71,7 @@ def time_steps(arguments):
         )
     )
     keras.utils.set_random_seed(0)
-    with train_loop.dtype_policy(config.mixed_precision):
+    with train_loop.dtype_policy(config.precision):
         model = train_loop.make_model(config, initial_age=33.0)
     trainer = train_loop.Trainer(model, train_loop.make_optimizer(config, 100), config)
     size, batch = config.image_size, config.batch_size

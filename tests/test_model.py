@@ -17,9 +17,11 @@ from model import (
     feature_map_table,
     format_feature_map_table,
     forward_flops,
+    lds_age_weights,
     loss_terms,
     model_inputs,
     ordinal_targets,
+    relu_straight_through,
     soft_age_labels,
 )
 
@@ -325,3 +327,52 @@ def test_age_quantiles_of_a_known_distribution():
         ops.convert_to_numpy(median).tolist()
         == ops.convert_to_numpy(age_quantiles(logits, [0.5])).tolist()
     )
+
+
+def test_the_straight_through_relu_outputs_max_0_z_and_passes_every_gradient():
+    z = tf.constant([-3.0, -0.5, 0.0, 2.5])
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(z)
+        through, plain = relu_straight_through(z), tf.nn.relu(z)
+    np.testing.assert_array_equal(through.numpy(), plain.numpy())  # exactly max(0, z)
+    np.testing.assert_array_equal(tape.gradient(through, z).numpy(), [1, 1, 1, 1])
+    np.testing.assert_array_equal(tape.gradient(plain, z).numpy(), [0, 0, 0, 1])
+
+
+@pytest.mark.parametrize("arch, options", [("course_cnn", COURSE), ("age_cnn", SMALL)])
+def test_a_face_predicted_0_still_pulls_its_output_up(arch, options, tmp_path):
+    # An output bias far below 0: every face is predicted 0. With the plain ReLU no face
+    # moves the bias; with the straight-through gradient, the L1 loss pulls it up.
+    images = random_images(4, options["image_size"])
+    ages = tf.fill((4, 1), 30.0)
+    pulls = {}
+    for gradient in ("zero", "straight_through"):
+        model = build_model(arch, initial_age=-50.0, relu_gradient=gradient, **options)
+        bias = model.trainable_variables[-1]
+        with tf.GradientTape() as tape:
+            predicted = model(images, training=True)
+            loss = loss_terms(model, predicted, ages)["total"]
+        np.testing.assert_array_equal(predicted.numpy(), 0.0)
+        pulls[gradient] = float(tape.gradient(loss, bias)[0])
+    assert pulls["zero"] == 0.0 and pulls["straight_through"] < 0  # descent raises it
+    # Saved and loaded, the model still outputs max(0, z).
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    assert loaded.relu_gradient == "straight_through"
+    np.testing.assert_array_equal(loaded(images).numpy(), 0.0)
+
+
+def test_lds_weights_favour_rare_ages_and_average_1():
+    # Many faces at 25, a few at 80: an 80-year-old face weighs more, and the weights
+    # average 1 over the faces, so the loss keeps its scale.
+    ages = [25] * 400 + [26] * 300 + [80] * 4
+    weights = lds_age_weights(ages, MAX_AGE)
+    assert weights.shape == (MAX_AGE + 1,) and weights.dtype == np.float32
+    assert weights[80] > 5 * weights[25]
+    assert np.mean(weights[ages]) == pytest.approx(1.0)
+    assert np.isfinite(weights).all() and (weights > 0).all()
+    # The loss weighs each image's error by the weight of its age.
+    predicted, true = tf.constant([[20.0], [70.0]]), tf.constant([[25.0], [80.0]])
+    weighted = loss_terms("regression", predicted, true, age_weights=weights)["total"]
+    expected = (5 * weights[25] + 10 * weights[80]) / 2
+    assert float(weighted) == pytest.approx(expected, rel=1e-6)

@@ -36,7 +36,7 @@ def tiny_config(data, out, **changes):
     """A configuration that trains in a second or two on the CPU."""
     settings = dict(
         data=str(data), out=str(out), preset="cpu", image_size=32, batch_size=8,
-        epochs=2, mixed_precision=False, jit_compile=False,
+        epochs=2, precision="float32", jit_compile=False,
     )  # fmt: skip
     return train_loop.TrainConfig(**{**settings, **changes})
 
@@ -147,7 +147,7 @@ def _run_command(*arguments, **options):
 def test_kill_9_then_rerun_equals_uninterrupted(tiny_data, tmp_path):
     arguments = [
         "train", "--data", tiny_data, "--preset", "cpu", "--image-size", 32, "--batch-size", 8,
-        "--epochs", 12, "--no-mixed-precision", "--no-jit-compile",
+        "--epochs", 12, "--precision", "float32", "--no-jit-compile",
     ]  # fmt: skip
     whole = _run_command(*arguments, "--out", tmp_path / "whole")
     assert whole.wait(timeout=300) == 0, whole.stdout.read().decode()
@@ -194,7 +194,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
 @pytest.mark.slow
 def test_gpu_paths_mixed_precision_and_xla_run_on_the_cpu(tiny_data, tmp_path):
     config = tiny_config(
-        tiny_data, tmp_path, mixed_precision=True, jit_compile=True, epochs=1
+        tiny_data, tmp_path, precision="mixed_float16", jit_compile=True, epochs=1
     )
     run = train_loop.train(config, verbose=0)
     # The optimizer that trained was a loss-scale optimizer: its scale is checkpointed.
@@ -223,7 +223,7 @@ def test_a_bfloat16_model_trains_as_the_benchmark_trains_it():
 
 
 def test_mixed_precision_uses_a_loss_scale_optimizer():
-    config = train_loop.TrainConfig(out="unused", mixed_precision=True, epochs=1)
+    config = train_loop.TrainConfig(out="unused", precision="mixed_float16", epochs=1)
     optimizer = train_loop.make_optimizer(train_loop.resolve_config(config), 10)
     assert isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
@@ -296,15 +296,20 @@ def test_presets_and_explicit_flags(monkeypatch):
         train_loop.TrainConfig(out="x", preset="cpu", batch_size=7)
     )
     assert resolved.batch_size == 7 and resolved.arch == "age_cnn" and resolved.epochs
-    # Mixed precision and XLA follow the GPU, unless asked for.
-    for gpu in (False, True):
+    # The precision and XLA follow the machine, unless asked for.
+    for gpu, units, precision in (
+        (True, ["amx_bf16"], "mixed_float16"),
+        (False, ["avx512_bf16"], "mixed_bfloat16"),
+        (False, [], "float32"),
+    ):
         monkeypatch.setattr(train_loop, "has_gpu", lambda: gpu)
+        monkeypatch.setattr(train_loop, "bfloat16_units", lambda: units)
         config = train_loop.resolve_config(train_loop.TrainConfig(out="x"))
-        assert (config.preset, config.mixed_precision, config.jit_compile) == (
-            "gpu" if gpu else "cpu", gpu, gpu,
+        assert (config.preset, config.precision, config.jit_compile) == (
+            "gpu" if gpu else "cpu", precision, gpu,
         )  # fmt: skip
-        asked = train_loop.TrainConfig(out="x", mixed_precision=not gpu)
-        assert train_loop.resolve_config(asked).mixed_precision == (not gpu)
+        asked = train_loop.TrainConfig(out="x", precision="float32")
+        assert train_loop.resolve_config(asked).precision == "float32"
     monkeypatch.undo()
     course = train_loop.resolve_config(
         train_loop.TrainConfig(out="x", arch="course_cnn")
@@ -491,6 +496,9 @@ OPTIONS = {
     "distribution_head": {"distribution_head": True},
     "ema": {"ema": 0.9},
     "tta": {"tta": True},
+    "straight_through": {"relu_gradient": "straight_through"},
+    "lds": {"loss_weighting": "lds"},
+    "bfloat16": {"precision": "mixed_bfloat16"},
 }
 
 

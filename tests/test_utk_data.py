@@ -372,6 +372,31 @@ def test_epochs_depend_only_on_seed_and_epoch(image_folder):
     )
 
 
+def test_raw_batches_prepared_in_the_step_are_the_datasets_images(image_folder):
+    # Training gathers uint8 batches with their augmentation seeds; the train step scales
+    # and augments them: the images it sees are those of the prepared dataset, and a
+    # resumed run's batches carry the same seeds.
+    records, _ = utk_data.load_records(image_folder, verbose=False)
+    options = dict(seed=5, epochs=2, with_attributes=True)
+    prepared = list(utk_data.make_dataset(records, 32, 8, True, **options))
+    raw = list(utk_data.make_dataset(records, 32, 8, True, raw=True, **options))
+    resumed = list(
+        utk_data.make_dataset(records, 32, 8, True, raw=True, start_epoch=1, **options)
+    )
+    assert len(prepared) == len(raw) == 10 and len(resumed) == 5
+    for (images, labels), (uint8, raw_labels, seed) in zip(prepared, raw):
+        assert uint8.dtype == tf.uint8 and seed.shape == (2,)
+        again = utk_data.prepare_batch(uint8, seed, augment=True)
+        np.testing.assert_array_equal(again.numpy(), images.numpy())
+        np.testing.assert_array_equal(raw_labels["age"], labels["age"])
+    for (uint8, _, seed), (uint8_again, _, seed_again) in zip(raw[5:], resumed):
+        np.testing.assert_array_equal(uint8, uint8_again)
+        np.testing.assert_array_equal(seed, seed_again)
+    assert len({tuple(seed.numpy()) for _, _, seed in raw}) == 10  # a seed per batch
+    plain = utk_data.prepare_batch(raw[0][0], raw[0][2], augment=False)
+    np.testing.assert_array_equal(plain.numpy(), raw[0][0].numpy() / np.float32(255))
+
+
 def test_decoded_images_are_reused_across_datasets(image_folder, monkeypatch):
     records, _ = utk_data.load_records(image_folder, verbose=False)
     decoded = utk_data.decode_records(records, 20)
