@@ -54,27 +54,56 @@ def percentile_interval(resampled, level=0.95):
     return float(low), float(high)
 
 
-def paired_bootstrap(true, first, second, resamples=10_000, level=0.95, seed=0):
-    """MAE(second) - MAE(first) on the same faces, and its bootstrap interval.
+def paired_bootstrap(
+    true, first, second, resamples=10_000, level=0.95, seed=0, same_seeds=False
+):
+    """MAE(second) - MAE(first) on the same faces, and its interval from a two-level
+    bootstrap that resamples the seeds and the test faces.
 
-    The faces are drawn with replacement, each keeping its two predictions together, so
-    that how hard a face is counts for both models alike and only their difference varies.
-    `first` and `second` are (faces,) or (seeds, faces) arrays; with several seeds, a
-    variant's error on a face is the mean of its seeds' errors. Returns (difference, low,
-    high); `level` of the resampled differences lie between low and high.
+    `first` and `second` are (faces,) or (seeds, faces) predictions; a variant's error on
+    a face is the mean of its seeds' errors. Each resample draws the seeds with
+    replacement, then the faces, each face keeping its errors under both variants together
+    so that how hard a face is counts for both alike. With `same_seeds` (both trained with
+    the same seeds, in the same order) a seed's two runs are drawn together: they share
+    their initial weights, data order and augmentation, so only their difference varies.
+    An interval that excludes 0 holds across seeds as well as across faces. Returns
+    (difference, low, high); `level` of the resampled differences lie between low and high.
     """
     true = np.asarray(true, np.float64)
 
-    def face_errors(predicted):
+    def seed_errors(predicted):
         predicted = np.atleast_2d(np.asarray(predicted, np.float64))
         if predicted.shape[1] != true.size:
             raise ValueError(f"{predicted.shape[1]} predictions for {true.size} faces")
-        return np.abs(predicted - true).mean(axis=0)
+        return np.abs(predicted - true)  # (seeds, faces)
 
-    differences = face_errors(second) - face_errors(first)
+    first, second = seed_errors(first), seed_errors(second)
+    if same_seeds:
+        if len(first) != len(second):
+            raise ValueError(f"{len(first)} and {len(second)} seeds are not the same")
+        # A seed's difference, face by face: its two runs are drawn together.
+        first, second = np.zeros_like(first), second - first
     generator = np.random.default_rng(seed)
-    resampled = resampled_means(generator, differences, resamples)
-    return (float(differences.mean()), *percentile_interval(resampled, level))
+    resampled = []
+    for start in range(0, resamples, 1000):  # 1000 at a time bound the memory.
+        count = min(1000, resamples - start)
+        differences = _resampled_seeds(generator, second, count) - _resampled_seeds(
+            generator, first, count
+        )  # (count, faces)
+        picks = generator.integers(0, true.size, (count, true.size))
+        resampled.append(np.take_along_axis(differences, picks, axis=1).mean(axis=1))
+    difference = float(second.mean() - first.mean())
+    return (difference, *percentile_interval(np.concatenate(resampled), level))
+
+
+def _resampled_seeds(generator, errors, count):
+    """(count, faces): each face's error averaged over the seeds of one resample of the
+    (seeds, faces) errors, the seeds drawn with replacement (a single seed, or errors
+    that are all 0, stay as they are)."""
+    if len(errors) == 1 or not errors.any():
+        return np.broadcast_to(errors[0], (count, errors.shape[1]))
+    picks = generator.integers(0, len(errors), (count, len(errors)))
+    return errors[picks].mean(axis=1)
 
 
 class Variant(NamedTuple):
@@ -204,8 +233,12 @@ def compare_variants(variants, reference="first"):
             if test and base_test is not None:
                 if not np.array_equal(test.true, base_test.true):
                     raise ValueError(f"{variant.label!r} has other test faces")
+                same_seeds = base_row.seeds == seeds and None not in seeds
                 test_difference = paired_bootstrap(
-                    test.true, base_test.predicted, test.predicted
+                    test.true,
+                    base_test.predicted,
+                    test.predicted,
+                    same_seeds=same_seeds,
                 )
         rows.append(
             Comparison(
@@ -303,12 +336,24 @@ def gender_by_age_table(variant, resamples=10_000, seed=0):
     return "\n".join(lines)
 
 
+def year_inside(age, low, high):
+    """How much of each whole year of age, [age - 1/2, age + 1/2], lies between `low` and
+    `high`: 1 strictly inside, 1/2 at an end, 0 outside. Counting an age equal to an end as
+    inside would raise the coverage by itself."""
+    overlap = np.minimum(high, age + 0.5) - np.maximum(low, age - 0.5)
+    return np.clip(overlap, 0.0, 1.0)
+
+
 def calibration_table(variant):
     """A Markdown table of how often the true age of a test face falls in the 50 % and 90 %
     central intervals of a classification head's predicted distribution, the intervals'
     mean width and the MAE of the faces (mean ± sd over the seeds): a calibrated head has
     50 % and 90 %. Two more rows take the quarter of the faces with the narrowest and the
-    widest 90 % intervals: a width worth reading goes with a smaller or larger error."""
+    widest 90 % intervals: a width worth reading goes with a smaller or larger error.
+
+    The quantiles are whole ages (model.age_quantiles) and so are the true ages: a year
+    counts as far as it lies inside the interval from the middle of the interval's first
+    year to the middle of its last (see year_inside), so an age at an end counts half."""
     lines = [
         "| interval | faces | true age inside it | mean width (years) | MAE (years) |",
         "|---|---|---:|---:|---:|",
@@ -331,7 +376,7 @@ def calibration_table(variant):
                 limit = np.quantile(width, quarter)
                 chosen = width <= limit if quarter < 0.5 else width >= limit
             age = table["age"][chosen]
-            hit = (table[low][chosen] <= age) & (age <= table[high][chosen])
+            hit = year_inside(age, table[low][chosen], table[high][chosen])
             inside.append(100 * hit.mean())
             widths.append(width[chosen].mean())
             predicted = run_predictions(folder).predicted[chosen]  # its readout
@@ -459,6 +504,8 @@ def report(results="results", figures=None):
     lists, from the runs in `results`; returns {name: Markdown table}."""
     results = Path(results)
     entries = json.loads((results / REPORT).read_text())
+    if figures is not None:
+        Path(figures).mkdir(parents=True, exist_ok=True)
     tables = {}
     for entry in entries:
         variants = [

@@ -65,6 +65,22 @@ def test_several_seeds_average_their_errors_face_by_face():
         report.paired_bootstrap(true, first, np.ones(2))
 
 
+def test_a_difference_that_seeds_disagree_on_is_not_measurable():
+    # Every face 0.1 years worse on average, but the second variant's seeds range from
+    # 0.4 better to 0.6 worse: the faces alone would call it measurable, the seeds do not.
+    true = np.zeros(2000)
+    first = np.full((3, 2000), 5.0)
+    second = np.stack([np.full(2000, 5.0 + shift) for shift in (-0.4, 0.1, 0.6)])
+    difference, low, high = report.paired_bootstrap(true, first, second)
+    assert difference == pytest.approx(0.1)
+    assert low < 0 < high
+    # A seed's two runs drawn together: the same shifts in both variants cancel.
+    paired = report.paired_bootstrap(true, second - 0.1, second, same_seeds=True)
+    assert paired == pytest.approx((0.1, 0.1, 0.1))
+    with pytest.raises(ValueError, match="3 and 2 seeds"):
+        report.paired_bootstrap(true, first, second[:2], same_seeds=True)
+
+
 # --- run folders as `train` writes them ------------------------------------------------
 
 
@@ -243,8 +259,9 @@ def test_the_output_range_counts_predictions_below_and_at_zero(tmp_path):
 
 
 def test_calibration_counts_the_true_ages_inside_the_intervals(tmp_path):
-    """50 % intervals that hold the true age of 3 faces of 4, 90 % intervals that hold all
-    four, 10 to 40 years wide; the narrowest is the face with the smallest error."""
+    """50 % intervals that hold the true age of one face, two ages at an end (half each) and
+    one outside; 90 % intervals that hold all four, 10 to 40 years wide; the narrowest is
+    the face with the smallest error."""
     true = np.array([20.0, 30.0, 40.0, 50.0])
     records = [
         utk_data.Record(Path(f"{int(a)}_0_0_x{a}.jpg"), int(a), 0, 0) for a in true
@@ -266,7 +283,7 @@ def test_calibration_counts_the_true_ages_inside_the_intervals(tmp_path):
     )
     lines = report.calibration_table(report.Variant("softmax", [folder])).splitlines()
     assert lines[2:] == [
-        "| 50 % | all | 75.0 % | 4.2 | 3.50 |",  # widths 4, 5, 3, 5
+        "| 50 % | all | 50.0 % | 4.2 | 3.50 |",  # 1 + 1/2 + 0 + 1/2; widths 4, 5, 3, 5
         "| 90 % | all | 100.0 % | 22.5 | 3.50 |",
         "| 90 % | the narrowest quarter | 100.0 % | 10.0 | 1.00 |",
         "| 90 % | the widest quarter | 100.0 % | 40.0 | 8.00 |",

@@ -143,10 +143,10 @@ def written_cells():
         ("code", WORST),
         ("markdown", SANITY_TEXT),
         ("code", SANITY),
-        ("markdown", "## 8. Task 2: the ReLU output\n\n" + TASK2_TEXT),
+        ("markdown", "## 8. Task 2: the ReLU output\n" + TASK2_TEXT),
         ("code", TASK2),
-        ("markdown", "## 9. Task 3: age as classification\n\n" + TASK3_TEXT),
-        ("markdown", "## 10. Optional task: gender, race and age\n\n" + OPTIONAL_TEXT),
+        ("markdown", "## 9. Task 3: age as classification\n" + TASK3_TEXT),
+        ("markdown", "## 10. Optional task: gender, race and age\n" + OPTIONAL_TEXT),
         ("code", OPTIONAL),
         ("markdown", "## 11. Your own photo\n\n" + PHOTO_TEXT),
         ("code", PHOTO),
@@ -216,14 +216,22 @@ assignment's three tasks (and the optional one) with numbers from real runs.
 The code lives in modules that this notebook imports and calls: `utk_data.py` (the data),
 `model.py` (the networks) and `train_loop.py` (the training loop), beside `evaluation.py`
 (the metrics and figures of a model), `report.py` (tables of runs) and `photos.py` (ages of
-the faces in a photo). The notebook shows the parts a grader looks for (the model class and the
-training step) straight from those modules. [answers.md](answers.md) holds the full evidence
-for every answer: the commands, the tables and the figures.
+the faces in a photo). The model class and the training step are shown below as they stand
+in the modules. [answers.md](answers.md) holds the full evidence for every answer: the
+commands, the tables and the figures.
 
 **In Colab:** choose *Runtime → Change runtime type → GPU*, then *Runtime → Run all*. The setup
 cell asks you to upload the modules (or clones them once when you set `REPO_URL`), and
 keeps the data and the run on your Google Drive, so that rerunning after a disconnect
 resumes the training.
+
+**Words used below.** *MAE*: mean absolute error in years, on the test faces. *Seed*: fixes a
+run's initial weights, data order and augmentation; "± " is the spread over three seeds.
+*Interval*: the 95 % interval of a difference, resampling the seeds and the test faces; a
+difference is *measurable* when it excludes 0. *Preset*: the settings `train` picks for this
+machine (a smaller network on a CPU). *Short budget*: 64 px for 8 epochs, so that three seeds
+of every variant could be trained. *Mirror images*: each face is predicted as it is and
+mirrored, and the two ages averaged.
 """
 
 PARAMETERS_TEXT = """
@@ -451,11 +459,13 @@ course.summary()
 TASK1_TEXT = """
 ### Task 1: the sizes of the input, every feature map and the output
 
+**The input is 200 × 200 × 3; conv1 gives 49 × 49 × 8, conv2 12 × 12 × 16; flattening gives
+2,304 values, the dense layers 128 and 64, and the output is 1 value, the age.**
+
 A convolution with a `k × k` kernel, stride `s` and padding `p` maps a side of `n` pixels to
 `⌊(n + 2p − k) / s⌋ + 1`. The course network uses 5 × 5 kernels, stride 4 and no padding
 (`"valid"`), so:
 
-- the **input** is 200 × 200 × 3 (an RGB face);
 - conv1: `⌊(200 − 5) / 4⌋ + 1 = ⌊48.75⌋ + 1 = 49`, a feature map of **49 × 49 × 8**;
 - conv2: `⌊(49 − 5) / 4⌋ + 1 = 11 + 1 = 12`, a feature map of **12 × 12 × 16**;
 - flattening gives 12 · 12 · 16 = **2,304** values, the dense layers **128** and **64**, and
@@ -501,9 +511,9 @@ would have ended.
 EVALUATION_TEXT = """
 The metrics `train` computed on the test split with the best weights, beside the simplest
 baseline: predicting the median training age for every face. The presets validate and save
-an average of the weights (EMA), and each face's age is averaged with that of its mirror
-image; the second line shows what the mirror images changed (answers.md, "Accuracy, round
-2", has both measured).
+an average of the weights, and each face's age is averaged with that of its mirror image;
+the second line shows what the mirror images changed ([EXPERIMENTS.md](EXPERIMENTS.md) has
+both measured over three seeds).
 """
 
 EVALUATION = """
@@ -539,105 +549,86 @@ if not QUICK and TIME_BUDGET is None:
 """
 
 TASK2_TEXT = """
-**Why a ReLU output works here.** An age is never negative, and a ReLU output, `max(0, z)`,
-produces exactly the non-negative numbers. Above zero it is the identity, so, unlike a sigmoid
-scaled to 0–116, it neither squashes nor saturates the range of real ages, and the L1 loss
-gets the same gradient (±1) for an error at age 5 as at age 80.
+**A ReLU output works because an age is never negative and `max(0, z)` gives exactly the
+non-negative numbers, unchanged above 0. Its advantage over a linear output: it never
+predicts a negative age, and clipping a negative prediction to 0 always moves it closer to
+the truth. Measured over three seeds each, the advantage is small: on the course network
+both outputs did equally well (+0.00 [−0.20, +0.19] years); on ours the linear output was
+measurably better (−0.17 [−0.28, −0.06]).**
 
-**Its advantage over a linear output.** A linear output can predict a negative age, which is
-always wrong. The ReLU turns every such prediction into 0, which is never further from the
-truth, because `|0 − age| < |negative − age|` for every age ≥ 0. The constraint is built into
-the model instead of being left to be learned.
+- **Why it works.** Above 0 the ReLU is the identity: it neither squashes nor saturates the
+  ages, and the L1 loss's gradient is ±1 at every age.
+- **The advantage.** `|0 − age| < |negative − age|` for every age ≥ 0: the constraint is
+  built into the model instead of being learned.
+- **The risk.** Where `z < 0` the gradient is 0: such a face teaches the output nothing, and
+  an output below 0 for every face is dead. Its bias starts at the mean training age (about
+  33 years), on the live side.
+- **Where it costs, and where it pays.** Our network at the short budget held 186 ± 3 test
+  faces, nearly all children, at exactly 0; with a linear output it predicted a negative age
+  for 2 ± 2, and its MAE on ages 0–9 was a year lower (3.62 ± 0.09 against 4.62 ± 0.20). The
+  course network's linear output predicted 39 ± 31 faces below 0, and there the ReLU's
+  clipping helped the children (4.63 ± 0.29 against 5.03 ± 0.21).
 
-**Its risk.** Where `z < 0` the gradient is 0, and an output that is negative for every image
-is *dead* and never learns. We start the output bias at the mean training age (about 33
-years), so every first prediction is on the live side.
-
-**Measured** with three seeds of each output (`AgeCNN` at 64 px for 8 epochs, a short budget
-so that three seeds of every variant fit; the rest as the CPU preset; on a 2-core CPU:
-`python train_loop.py train --epochs 8 --image-size 64 --seed 0 --out runs/e8_relu`, the
-same with `--output-activation linear`, and seeds 1 and 2). Mean ± standard deviation over
-the seeds, and the paired bootstrap 95 % interval of the difference on the same test faces,
-drawn by `python train_loop.py report` from the runs kept in `results/`:
-
-<!-- report: Task 2: ReLU against linear output -->
-
-<!-- report: Task 2: predictions below and at 0 -->
-
-At this budget the linear output was measurably better, and the second table shows where:
-the ReLU output held about 186 test faces, nearly all children, at exactly 0, where they give
-no gradient, and its MAE on ages 0–9 was a year worse, while the linear output predicted a
-negative age for only a couple of faces. So here the guarantee buys little. The model keeps
-the ReLU output of the course network, which this task is about, with its bias started at the
-mean age. The details and the learning curves are in
+Measured with `python train_loop.py train --arch course_cnn --seed 0 --out runs/course`
+(the course network, 200 px, 20 epochs) and `python train_loop.py train --epochs 8
+--image-size 64 --seed 0 --out runs/e8_relu` (ours at the short budget), each also with
+`--output-activation linear` and seeds 1 and 2; tables and curves in
 [answers.md](answers.md#task-2-why-a-relu-output-works-here-and-its-advantage-over-a-linear-output).
-
-This run's test predictions that the ReLU clipped to 0, and the negative ones (always 0 with a
-ReLU output), as `train` counted them:
+This run's test faces at exactly 0 and below 0 (each face alone, without its mirror image):
 """
 
 TASK2 = """
-run.metrics["test_zero_predictions"], run.metrics["test_negative_predictions"], run.metrics["test_images"]
+single = evaluation.predict_records(run.model, run.test.records, config.batch_size, tta=False)
+int((single.predicted == 0).sum()), int((single.predicted < 0).sum()), len(single.predicted)
 """
 
 TASK3_TEXT = """
-**For.** A softmax over the ages 0–116 outputs a whole distribution: it can say "25 or 35"
-and show its uncertainty, and its expected value (or median) turns it back into one age.
-UTKFace's labels are noisy and partly guessed (801 faces aged 35 against 373 aged 34): trained
-on soft targets, a Gaussian over the neighbouring ages instead of one class, a classifier is
-taught "about 35" rather than "exactly 35", so a label a few years off costs it little (with
-one-hot classes, as `--head classification` is trained, it does not: 34 is then as wrong as 70).
+**For: a softmax over the ages 0–116 gives a distribution (its uncertainty, not one number),
+a cross-entropy gradient that shrinks near the target, and, with soft targets, tolerance for
+noisy labels. Against: plain classes ignore the order of ages, 117 classes split the data
+thinly, and cross-entropy does not measure years of error. Measured at the short budget,
+three seeds each, the classifier read out as an expected value was best: −0.52 [−0.67, −0.38]
+years against the L1 regression.**
 
-**Against.** Plain classes ignore the order of ages: confusing 30 with 31 costs as much
-cross-entropy as confusing 30 with 70, so the network must learn the order from the data.
-117 classes split the data thinly: there are hundreds of faces for each age from 20 to 35, but
-fewer than 20 for each age above 90, so the classes of old ages are barely trained. The argmax
-readout jumps between neighbouring classes; only an expected-value or median readout makes a
-classifier competitive, which brings back the regression view. And cross-entropy does not
-measure what we report, the error in years. Ordinal regression (CORAL: "older than k?" for
-every k) is a middle way that keeps the order.
+For:
+- A distribution can say "25 or 35" and how sure it is; its expected value turns it back into
+  one age (DEX: Rothe, Timofte and Van Gool, 2015).
+- The L1 loss's gradient is ±1 however close a prediction is; cross-entropy trains 117
+  outputs per face, and its gradient shrinks near the target.
+- Noisy labels (801 faces labelled 35 against 373 labelled 34): with soft targets, a Gaussian
+  over the neighbouring ages, a label a few years off costs little; with one-hot classes, as
+  `--head classification` trains, 34 is as wrong as 70.
 
-**Measured** at an equal budget, three seeds each (the `AgeCNN` backbone at 64 px for 8
-epochs, on a 2-core CPU; `python train_loop.py train --epochs 8 --image-size 64 --seed 0
---head classification --out runs/e8_classification`, the same with `--head ordinal`, and
-seeds 1 and 2, against the regression runs of Task 2; `python train_loop.py report`):
+Against:
+- Classes ignore the order: 30 for 31 costs as much cross-entropy as 30 for 70.
+- Thin classes: at least 132 faces for each age from 20 to 35, 0 to 17 for each over 90.
+- The argmax jumps between neighbours; only an expected-value or median readout competes,
+  which brings back the regression view.
 
-<!-- report: Task 3: heads -->
-
-How often the true age falls in the classifier's 50 % and 90 % intervals:
-
-<!-- report: Task 3: calibration of the classification head -->
-
-At this budget the classifier, read out as an expected value, was best, measurably ahead of
-the L1 regression, and the ordinal head was between. The reasons against did not show at this
-scale. Its 50 % and 90 % intervals were too wide (the classifier is underconfident after 8
-epochs), but their width tells the easy faces from the hard ones. The model keeps the
-regression head with the ReLU output, as the course network has it; the other heads are
-options of `AgeCNN` and of the command line. The commands and tables are in
-[answers.md](answers.md#task-3-age-as-classification--for-and-against).
+A middle way keeps the order: ordinal regression (CORAL: Cao, Mirjalili and Raschka, 2020),
+measurably better than the ReLU regression (−0.23 [−0.37, −0.08]). The classifier's 50 % and
+90 % intervals held 52.0 ± 0.3 % and 91.1 ± 0.2 % of the true ages; its most confident quarter
+of faces had a MAE of 2.70 ± 0.06, its least 9.05 ± 0.20. Measured with
+`python train_loop.py train --epochs 8 --image-size 64 --seed 0 --head classification --out
+runs/e8_classification` and `--head ordinal`, seeds 0–2; [answers.md](answers.md#task-3-age-as-classification--for-and-against) has the tables.
 """
 
 OPTIONAL_TEXT = """
-Two ways to use the other labels, both options of `AgeCNN` and of the command line:
+**Gender and race given as inputs lowered the test MAE measurably, by 0.15 years
+(−0.15 [−0.28, −0.04]), but only with the true labels; given "unknown", as for a new photo,
+they did not help (−0.02 [−0.15, +0.11]). Predicting gender as a second output made no
+measurable difference (−0.09 [−0.22, +0.03]), though it would need nothing but the photo.**
 
 - **(i) Multi-task:** a second output predicts gender (`--gender-head`), so that the shared
   features learn from both labels. At prediction time it needs nothing but the photo.
 - **(ii) Attributes as inputs:** gender and race enter the network as learned embeddings next
-  to the image features (`--attribute-inputs`). This only helps when someone gives them for
-  the photo.
+  to the image features (`--attribute-inputs`). This helps only when someone gives them for
+  the photo; "unknown" has its own embedding, but almost every training face has both labels,
+  so the network has barely seen it.
 
-**Measured**, three seeds each (`AgeCNN` at 64 px for 8 epochs, on a 2-core CPU;
-`python train_loop.py train --epochs 8 --image-size 64 --seed 0 --gender-head --out
-runs/e8_gender_head`, the same with `--attribute-inputs`, and seeds 1 and 2; the last row is
-the attribute models given "unknown" gender and race, as for a new photo;
-`python train_loop.py report`):
-
-<!-- report: Optional task: gender and race -->
-
-Both helped a little at this budget, measurably: the gender head for any photo, gender and
-race as inputs only when the true labels are given; given "unknown", as for a new photo, the
-attribute models were no better than age alone. The multi-task head is the one worth having:
-it costs one output and needs nothing more at prediction time. The commands and tables are in
+Measured at the short budget, three seeds each: `python train_loop.py train --epochs 8
+--image-size 64 --seed 0 --gender-head --out runs/e8_gender_head`, the same with
+`--attribute-inputs`, and seeds 1 and 2; tables in
 [answers.md](answers.md#optional-task-gender-race-and-age).
 
 The multi-task model has two outputs:
