@@ -754,16 +754,28 @@ def _measure_seconds_per_step(config, train_images, initial_age, batches=8):
 SPEED_MARGIN = 1.05
 
 
+def _epoch_seconds(seconds_per_step, steps, val_steps, val_passes=1):
+    """The planned seconds of an epoch: `steps` train steps, and `val_passes` validations
+    (two with an average of the weights: the average and the trained weights)."""
+    # A test step costs about a third of a train step.
+    validation_steps = val_passes * val_steps / 3
+    return SPEED_MARGIN * seconds_per_step * (steps + validation_steps)
+
+
+def _epoch_steps(config, train_count, val_count):
+    """(train steps, validation steps, validation passes) of an epoch of `config`."""
+    return (
+        utk_data.steps_per_epoch(train_count, config.batch_size),
+        math.ceil(val_count / config.batch_size),
+        2 if config.ema else 1,
+    )
+
+
 def epochs_for_budget(
     budget_seconds, elapsed_seconds, seconds_per_step, steps, val_steps, val_passes=1
 ):
-    """Whole epochs that fit in what is left of the budget, and the seconds of one epoch.
-
-    Each epoch validates `val_passes` times (twice with an average of the weights: the
-    average and the trained weights)."""
-    # A test step costs about a third of a train step.
-    validation_steps = val_passes * val_steps / 3
-    epoch_seconds = SPEED_MARGIN * seconds_per_step * (steps + validation_steps)
+    """Whole epochs that fit in what is left of the budget, and the seconds of one epoch."""
+    epoch_seconds = _epoch_seconds(seconds_per_step, steps, val_steps, val_passes)
     # Keep back time for the final test evaluation and for saving.
     remaining = budget_seconds - elapsed_seconds - 2 * epoch_seconds / 3 - 30
     return max(1, int(remaining // epoch_seconds)), epoch_seconds
@@ -776,15 +788,42 @@ def fit_to_time_budget(config, train_images, val_records, initial_age, started):
         config.time_budget * 60,
         time.perf_counter() - started,
         seconds_per_step,
-        utk_data.steps_per_epoch(len(train_images.records), config.batch_size),
-        math.ceil(len(val_records) / config.batch_size),
-        val_passes=2 if config.ema else 1,
+        *_epoch_steps(config, len(train_images.records), len(val_records)),
     )
     print(
         f"time budget {config.time_budget:g} min: {seconds_per_step:.3f} s/step, "
         f"{epoch_seconds:.0f} s/epoch -> {epochs} epochs"
     )
     return epochs
+
+
+class Estimate(NamedTuple):
+    """What `estimate_training` returns."""
+
+    seconds_per_step: float
+    steps: int  # train steps an epoch
+    epochs: int
+    minutes: float  # of training, the test evaluation aside
+
+
+def estimate_training(config, train_records, val_records):
+    """How long `train(config)` will train on this machine, from a few timed steps: for
+    config.epochs epochs, or the epochs that fit its time budget."""
+    config = resolve_config(config)
+    # A step takes as long whichever faces it sees: a few batches of them are enough.
+    sample = utk_data.decode_records(
+        train_records[: 4 * config.batch_size], config.image_size
+    )
+    initial_age = float(np.mean([record.age for record in train_records]))
+    seconds_per_step = _measure_seconds_per_step(config, sample, initial_age)
+    steps = _epoch_steps(config, len(train_records), len(val_records))
+    if config.time_budget:
+        epochs, epoch_seconds = epochs_for_budget(
+            config.time_budget * 60, 0, seconds_per_step, *steps
+        )
+    else:
+        epochs, epoch_seconds = config.epochs, _epoch_seconds(seconds_per_step, *steps)
+    return Estimate(seconds_per_step, steps[0], epochs, epochs * epoch_seconds / 60)
 
 
 # ---------------------------------------------------------------------------------------

@@ -75,6 +75,57 @@ def test_task1_markdown_agrees_with_the_model(notebook_markdown):
     assert shapes[1] == (49, 49, 8) and shapes[2] == (12, 12, 16)
 
 
+def test_the_course_network_and_the_train_step_stand_as_in_the_modules(
+    notebook_markdown,
+):
+    # Static code in the markdown, so that it reads unexecuted on GitHub, and the very
+    # source of the modules, so that it is never maintained twice.
+    generator = _load_generator()
+    for code, omit in (
+        (model.CourseCNN, ("get_config",)),
+        (train_loop.Trainer.train_batch, ()),
+    ):
+        text = generator.source_text(code, omit)
+        assert generator.python_block(text) in notebook_markdown, code.__qualname__
+    for line in (
+        "class CourseCNN(keras.Model):",
+        "def __init__",
+        "def forward",
+        "def call",
+        "with tf.GradientTape() as tape:",
+    ):
+        assert line in notebook_markdown
+    assert "def get_config" not in notebook_markdown
+
+
+def test_shown_source_leaves_out_only_the_methods_asked_for():
+    generator = _load_generator()
+    text = generator.source_text(model.CourseCNN, omit=("get_config",))
+    assert text.startswith("@keras.saving.register_keras_serializable")
+    assert "\n\n\n" not in text and text.endswith(
+        "return self.forward(inputs, training)\n"
+    )
+    with pytest.raises(ValueError, match="no method"):
+        generator.source_text(model.CourseCNN, omit=("fit_to_the_course",))
+
+
+def test_quick_is_a_plain_line_that_the_environment_overrides():
+    source = next(
+        "".join(cell["source"])
+        for cell in json.loads(NOTEBOOK.read_text())["cells"]
+        if "REPO_URL =" in "".join(cell["source"])
+    )
+    assert re.search(r"^QUICK = False  # ", source, re.M)
+    for environment, quick in ({}, False), ({"AGE_REGRESSION_QUICK": "1"}, True):
+        namespace = {}
+        with pytest.MonkeyPatch.context() as patch:
+            patch.delenv("AGE_REGRESSION_QUICK", raising=False)
+            for name, value in environment.items():
+                patch.setenv(name, value)
+            exec(source, namespace)
+        assert namespace["QUICK"] is quick
+
+
 @pytest.mark.parametrize(
     "heading", ["### Task 1", "## 8. Task 2", "## 9. Task 3", "## 10. Optional task"]
 )
@@ -180,13 +231,17 @@ def test_colab_modules_arrive_through_the_upload_dialog(colab):
     assert calls[0] == "upload " + " ".join(sorted([*MODULES, "my_photo.jpg"]))
     assert any(call.startswith("mount ") for call in calls)
     assert all((folder / name).is_file() for name in MODULES)
-    assert "class CourseCNN(keras.Model):" in text
-    assert "with tf.GradientTape() as tape:" in text
+    # The code is shown in markdown; the outputs hold what was computed with it: the
+    # course network's test error, and how long our network's training was to take.
+    assert re.search(r"the course network: test MAE \d+\.\d\d years", text)
+    assert re.search(r"about \d+\.\d minutes of training on this runtime", text)
     # train_loop set the environment before TensorFlow's first import: the notebook
     # trains with the oneDNN kernels on a CPU.
     assert "oneDNN CPU kernels: True" in text
     runs = colab["tmp_path"] / "drive" / "MyDrive" / "age_regression" / "runs"
-    assert len(list(runs.glob("*/metrics.json"))) == 1  # The run is kept on the Drive.
+    # The runs are kept on the Drive: the course network's, then ours.
+    kept = sorted(path.parent.name for path in runs.glob("*/metrics.json"))
+    assert len(kept) == 2 and kept[0].startswith("course-"), kept
 
 
 @pytest.mark.slow

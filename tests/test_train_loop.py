@@ -281,6 +281,40 @@ def test_a_budget_counts_both_validations_of_a_weight_average(monkeypatch):
     assert planned(0.999) < planned(0.0)
 
 
+def test_an_estimate_times_a_sample_and_plans_as_a_budget_does(monkeypatch):
+    # 6,400 training and 3,000 validation faces in batches of 64: 100 train steps and 47
+    # validation steps an epoch, each step timed at 2 s on a few decoded batches.
+    decoded = []
+
+    def decode(records, image_size):
+        decoded.append(len(records))
+        return SimpleNamespace(records=records)
+
+    monkeypatch.setattr(train_loop.utk_data, "decode_records", decode)
+    monkeypatch.setattr(train_loop, "_measure_seconds_per_step", lambda *args: 2.0)
+    train_records = [SimpleNamespace(age=30)] * 6400
+
+    def estimate(**changes):
+        settings = {**dict(out="x", batch_size=64, ema=0.999, epochs=50), **changes}
+        config = train_loop.TrainConfig(**settings)
+        return train_loop.estimate_training(config, train_records, [None] * 3000)
+
+    margin = train_loop.SPEED_MARGIN
+    epoch = 2.0 * margin * (100 + 2 * 47 / 3)  # Validated twice: the average and not.
+    assert estimate() == (2.0, 100, 50, pytest.approx(50 * epoch / 60))
+    assert decoded == [4 * 64]  # A few batches of faces, not all of them.
+    # Without an average of the weights, one validation an epoch.
+    single = 2.0 * margin * (100 + 47 / 3)
+    assert estimate(ema=0.0).minutes == pytest.approx(50 * single / 60)
+    # A time budget: the epochs that fit it, as the run fits them.
+    budgeted = estimate(time_budget=60)
+    fitted = train_loop.epochs_for_budget(3600, 0, 2.0, 100, 47, 2)[0]
+    assert budgeted.epochs == fitted == int((3600 - 2 * epoch / 3 - 30) // epoch)
+    assert (
+        budgeted.minutes == pytest.approx(fitted * epoch / 60) and budgeted.minutes < 60
+    )
+
+
 def test_bfloat16_units_are_read_from_the_processor_flags(monkeypatch):
     flags = "fpu avx2 avx512f avx512_bf16 amx_tile amx_bf16 amx_int8"
     monkeypatch.setattr(train_loop, "_cpu_info", {"flags": flags}.get)

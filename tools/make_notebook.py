@@ -3,15 +3,19 @@
     python tools/make_notebook.py            # rewrite the notebook
     python tools/make_notebook.py --check    # exit 1 if the notebook differs from this source
 
-The Task 1 table comes from `model.feature_map_table` and the versions the notebook installs
-come from requirements.txt, so that neither is typed twice.
+The Task 1 table comes from `model.feature_map_table`, the versions the notebook installs
+from requirements.txt, and the code it shows (the course network, the training step) from
+the modules' source, so that none of them is typed twice.
 """
 
 import argparse
+import ast
 import importlib
+import inspect
 import json
 import re
 import sys
+import textwrap
 from pathlib import Path
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -72,6 +76,45 @@ def course_table():
     return model.format_feature_map_table(model.feature_map_table(course))
 
 
+def source_text(code, omit=()):
+    """The source of a class or function of our modules, dedented, without the methods
+    named in `omit` (with their decorators)."""
+    lines = textwrap.dedent(inspect.getsource(code)).splitlines()
+    definition = ast.parse("\n".join(lines)).body[0]
+    methods = [
+        node
+        for node in getattr(definition, "body", [])
+        if isinstance(node, ast.FunctionDef)
+    ]
+    unknown = set(omit) - {node.name for node in methods}
+    if unknown:
+        raise ValueError(f"{code.__qualname__} has no method {sorted(unknown)}")
+    dropped = set()
+    for node in methods:
+        if node.name in omit:
+            first = min([node.lineno, *(d.lineno for d in node.decorator_list)]) - 1
+            # The blank line that separates the method from the one above goes with it.
+            if first > 0 and not lines[first - 1].strip():
+                first -= 1
+            dropped.update(range(first, node.end_lineno))
+    kept = [line for number, line in enumerate(lines) if number not in dropped]
+    return "\n".join(kept).strip("\n") + "\n"
+
+
+def python_block(text):
+    """Code as a fenced block of markdown, so that it reads unexecuted on GitHub."""
+    return f"```python\n{text}```"
+
+
+def shown_code():
+    """{name: source text} of the code the notebook shows, from the modules."""
+    model, train_loop = project("model"), project("train_loop")
+    return {
+        "course": source_text(model.CourseCNN, omit=("get_config",)),
+        "train_step": source_text(train_loop.Trainer.train_batch),
+    }
+
+
 def with_tables(cells):
     """The cells, every "<!-- report: NAME -->" line of their markdown followed by the
     table of that name as `python train_loop.py report` draws it from results/."""
@@ -94,6 +137,7 @@ def cells():
 def written_cells():
     """The cells as written below, before the tables are filled in."""
     specs = requirements()
+    shown = {name: python_block(text) for name, text in shown_code().items()}
     install_table = "\n".join(
         f"    {name!r}: ({spec!r}, {CHECKED[name]!r})," for name, spec in specs.items()
     )
@@ -112,10 +156,7 @@ def written_cells():
         ("code", GPU),
         ("markdown", STORAGE_TEXT),
         ("code", STORAGE),
-        (
-            "markdown",
-            "Our modules, a helper that shows their source, and a seed.",
-        ),
+        ("markdown", "Our modules and matplotlib, then a seed."),
         ("code", IMPORTS),
         ("code", "keras.utils.set_random_seed(42)"),
         ("markdown", "## 4. Dataset\n\n" + DATASET_TEXT),
@@ -124,16 +165,18 @@ def written_cells():
         ("code", "utk_data.plot_summary(records, samples=16)\nplt.show()"),
         ("markdown", CONFIG_TEXT),
         ("code", CONFIG),
-        ("markdown", "## 5. Keras model\n\n" + MODEL_TEXT),
-        ("code", "show_source(model.CourseCNN)"),
+        ("markdown", "## 5. Keras model\n\n" + MODEL_TEXT + "\n" + shown["course"]),
         ("code", COURSE),
         ("markdown", TASK1_TEXT.replace("{table}", course_table())),
         ("code", TASK1),
         ("markdown", OURS_TEXT),
         ("code", OURS),
-        ("markdown", "## 6. Training\n\n" + TRAINING_TEXT),
-        ("code", "show_source(train_loop.Trainer.train_batch)"),
+        ("markdown", "## 6. Training\n\n" + TRAINING_TEXT + "\n" + shown["train_step"]),
         ("markdown", RUN_TEXT),
+        ("code", COURSE_RUN),
+        ("code", COURSE_RESULT),
+        ("markdown", OUR_RUN_TEXT),
+        ("code", ESTIMATE),
         ("code", "run = train_loop.train(config)"),
         ("code", "evaluation.plot_history(run.history)\nplt.show()"),
         ("markdown", "## 7. Evaluation on the test split\n\n" + EVALUATION_TEXT),
@@ -235,17 +278,21 @@ mirrored, and the two ages averaged.
 """
 
 PARAMETERS_TEXT = """
-Edit these values in Colab if you need to; the defaults need no edit.
-`AGE_REGRESSION_QUICK=1` runs every cell on a small subset with small images in about a
-minute (the tests do this). Otherwise the notebook trains the full model: the GPU preset when
-a GPU is present, the CPU preset otherwise. `TIME_BUDGET` (minutes) fits the number of epochs
-and the learning-rate schedule to the time you have, from the measured speed of this machine.
+Edit these values in Colab if you need to; the defaults need no edit. With `QUICK = False`
+the notebook trains the full models: the course network, then ours with the GPU preset when a
+GPU is present, the CPU preset otherwise. `QUICK = True` runs every cell on a small subset
+with small images in a minute or two, to try the notebook out. The environment variable
+`AGE_REGRESSION_QUICK`, when it is set, decides instead (`1`: quick; the tests set it).
+`TIME_BUDGET` (minutes) fits the number of epochs of our network and its learning-rate
+schedule to the time you have, from the measured speed of this machine.
 """
 
 PARAMETERS = """
 import os
 
-QUICK = os.environ.get("AGE_REGRESSION_QUICK") == "1"  # a small run, for tests
+QUICK = False  # True: a small run of a minute or two
+if "AGE_REGRESSION_QUICK" in os.environ:  # The tests set it.
+    QUICK = os.environ["AGE_REGRESSION_QUICK"] == "1"
 DATA = os.environ.get("UTKFACE_DATA") or None  # a folder, archive or URL; None: the default
 REPO_URL = ""  # Colab: a git URL of this project to clone the modules from; "": upload them
 USE_DRIVE = True  # Colab: keep runs and the data on Google Drive (False: a disconnect loses them)
@@ -389,28 +436,28 @@ RUNS
 
 IMPORTS = """
 import dataclasses
-import inspect
 
 import matplotlib.pyplot as plt
-from IPython.display import Markdown, display
+from IPython.display import Markdown
 
 import evaluation
 import model
 import photos
 import train_loop
 import utk_data
-
-
-def show_source(code):
-    \"\"\"Display the source of a class or function of our modules.\"\"\"
-    display(Markdown(f"```python\\n{inspect.getsource(code)}```"))
 """
 
 DATASET_TEXT = """
 UTKFace: aligned and cropped 200×200 faces whose file names carry the labels,
 `[age]_[gender]_[race]_[date&time].jpg.chip.jpg`. Unless `DATA` says otherwise, the archive is
-downloaded once from a public mirror at a fixed revision (about 107 MB) and extracted. Files
-that cannot be used are skipped with a reason, never silently.
+downloaded once from a public mirror at a fixed revision and extracted. Files that cannot be
+used are skipped with a reason, never silently.
+
+The mirror holds the full set of 23,708 faces. The runs reported in
+[answers.md](answers.md) used a copy of 21,352 of them, the rest kept aside for an
+independent evaluation. A face's split depends on its file name alone, so the test split here
+holds the same test faces and about a tenth of the others as well: the numbers of this
+notebook will differ somewhat from those of answers.md.
 """
 
 DATASET = """
@@ -447,12 +494,11 @@ The assignment's skeleton, filled in: `CourseCNN` is the course's network, a `ke
 subclass that builds its layers in `__init__` and runs them in `call` (through `forward`, which
 can also note every layer's output for Task 1). Its output is a one-unit dense layer with a
 **ReLU**, whose bias starts at the mean training age. Here is the class as it stands in
-`model.py`:
+`model.py` (without its `get_config`, which lets a saved model be loaded again):
 """
 
 COURSE = """
-course_config = train_loop.TrainConfig(arch="course_cnn")
-course = train_loop.make_model(course_config, initial_age=33.0)
+course = train_loop.make_model(train_loop.TrainConfig(arch="course_cnn"), initial_age=33.0)
 course.summary()
 """
 
@@ -504,8 +550,47 @@ RUN_TEXT = """
 Around that step, `train` validates after every epoch, keeps the weights of the best
 validation epoch, stops early when the validation error stops improving, and writes a
 checkpoint after every epoch. **If the runtime disconnects, run the notebook again**: with the
-run on Drive, this cell resumes from the last finished epoch and ends where an uninterrupted run
-would have ended.
+runs on Drive, each training cell resumes from the last finished epoch and ends where an
+uninterrupted run would have ended.
+
+### The course network first
+
+The course network with the course's settings (200 px, RMSprop 1e-3, batch 64, 20 epochs, no
+augmentation), as a yardstick for ours. It takes minutes on a GPU, and about 3 minutes of
+training on a 2-core CPU (its 20 epochs took 2.2–2.4 minutes on a 2-core Intel Xeon).
+With `QUICK`, it trains for one epoch on 800 faces.
+"""
+
+COURSE_RUN = """
+course_quick = dict(limit=800, epochs=1) if QUICK else {}
+course_config = train_loop.TrainConfig(arch="course_cnn", data=str(folder), **course_quick)
+course_folder = RUNS / train_loop.run_name(course_config)
+course_config = dataclasses.replace(course_config, out=str(course_folder))
+course_run = train_loop.train(course_config)
+"""
+
+COURSE_RESULT = """
+print(
+    f"the course network: test MAE {course_run.metrics['test_mae']:.2f} years on "
+    f"{course_run.metrics['test_images']:,} faces (best epoch {course_run.metrics['best_epoch']})"
+)
+"""
+
+OUR_RUN_TEXT = """
+### Our network
+
+First an estimate of how long its training will take on this runtime, from a few timed
+steps (a rerun that resumes needs only the epochs that are left; early stopping may end it
+sooner). Then the training itself, the longest cell of the notebook.
+"""
+
+ESTIMATE = """
+estimate = train_loop.estimate_training(config, train_records, val_records)
+print(
+    f"about {estimate.minutes:.1f} minutes of training on this runtime "
+    f"({estimate.seconds_per_step:.2f} s a step, {estimate.steps} steps an epoch, "
+    f"{estimate.epochs} epochs)"
+)
 """
 
 EVALUATION_TEXT = """
