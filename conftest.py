@@ -18,9 +18,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("MPLBACKEND", "Agg")
 sys.path.insert(0, str(REPOSITORY))
 
-# The tests import TensorFlow as a user's run does: after train_loop has set its
-# environment (the Keras backend, oneDNN).
-import train_loop  # noqa: E402, F401
+# The tests import TensorFlow as a user's run does: after devices has set its environment
+# (the Keras backend, oneDNN).
+import devices  # noqa: E402, F401
 
 NO_DATA = (
     "no UTKFace data: UTKFACE_DATA is unset and no archive lies beside the repository "

@@ -162,28 +162,35 @@ def _model_config(model, **arguments):
 class ResidualBlock(keras.layers.Layer):
     """Two 3×3 convolutions with batch norm and a skip connection (He et al., 2016)."""
 
-    def __init__(self, filters, strides=1, projection=False, **kwargs):
+    def __init__(
+        self, filters, strides=1, projection=False, synchronized=False, **kwargs
+    ):
         super().__init__(**kwargs)
         self.filters = filters
         self.strides = strides
         self.projection = projection
+        # With several replicas, batch norm takes its statistics over the global batch.
+        self.synchronized = synchronized
+        norm = lambda **options: layers.BatchNormalization(  # noqa: E731
+            synchronized=synchronized, **options
+        )
         # Named sublayers give every variable a stable path (checkpoints are keyed by it).
         self.conv1 = layers.Conv2D(
             filters, 3, strides=strides, padding="same", use_bias=False, name="conv1"
         )
-        self.norm1 = layers.BatchNormalization(name="norm1")
+        self.norm1 = norm(name="norm1")
         self.conv2 = layers.Conv2D(
             filters, 3, padding="same", use_bias=False, name="conv2"
         )
         # Zero gamma makes each block start as the identity, which steadies early
         # training of residual networks (Goyal et al., 2017).
-        self.norm2 = layers.BatchNormalization(gamma_initializer="zeros", name="norm2")
+        self.norm2 = norm(gamma_initializer="zeros", name="norm2")
         if projection:
             # A 1×1 convolution matches the shortcut to a new width or resolution.
             self.shortcut_conv = layers.Conv2D(
                 filters, 1, strides=strides, use_bias=False, name="shortcut_conv"
             )
-            self.shortcut_norm = layers.BatchNormalization(name="shortcut_norm")
+            self.shortcut_norm = norm(name="shortcut_norm")
 
     def call(self, inputs, training=False):
         """Return relu(F(inputs) + shortcut(inputs))."""
@@ -211,6 +218,7 @@ class ResidualBlock(keras.layers.Layer):
             "filters": self.filters,
             "strides": self.strides,
             "projection": self.projection,
+            "synchronized": self.synchronized,
         }
 
 
@@ -289,6 +297,7 @@ class AgeCNN(keras.Model):
         attribute_inputs=False,
         distribution_head=False,
         relu_gradient="zero",
+        synchronized_batch_norm=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -307,6 +316,9 @@ class AgeCNN(keras.Model):
         self.max_age = max_age
         self.output_activation = output_activation
         self.relu_gradient = relu_gradient
+        # Trained on several replicas (tf.distribute), batch norm's statistics are those of
+        # the global batch, as on one device.
+        self.synchronized_batch_norm = synchronized_batch_norm
         self.initial_age = initial_age
         self.gender_head = gender_head
         self.attribute_inputs = attribute_inputs
@@ -345,7 +357,9 @@ class AgeCNN(keras.Model):
                 use_bias=False,
                 name="stem_conv",
             ),
-            layers.BatchNormalization(name="stem_norm"),
+            layers.BatchNormalization(
+                synchronized=self.synchronized_batch_norm, name="stem_norm"
+            ),
             layers.ReLU(name="stem_relu"),
         ]
         stages = zip(self.widths, self.blocks_per_stage)
@@ -357,6 +371,7 @@ class AgeCNN(keras.Model):
                         width,
                         strides=2 if block == 0 else 1,
                         projection=block == 0,
+                        synchronized=self.synchronized_batch_norm,
                         name=f"stage{stage + 1}_block{block + 1}",
                     )
                 )
@@ -465,6 +480,7 @@ class AgeCNN(keras.Model):
             attribute_inputs=self.attribute_inputs,
             distribution_head=self.distribution_head,
             relu_gradient=self.relu_gradient,
+            synchronized_batch_norm=self.synchronized_batch_norm,
         )
 
 
@@ -606,6 +622,7 @@ def loss_terms(
     gender_weight=1.0,
     distribution_sigma=2.0,
     age_weights=None,
+    average=None,
 ):
     """Return scalar float32 losses {"age", "gender", "distribution" (if given), "total"}.
 
@@ -613,8 +630,12 @@ def loss_terms(
     head uses cross-entropy and the ordinal head CORAL's summed binary cross-entropies.
     A distribution head adds the cross-entropy against Gaussian soft labels of
     `distribution_sigma` years (DLDL, Gao et al. 2017). `age_weights`, a weight for every
-    age (see lds_age_weights), weighs each image's age term by its age.
+    age (see lds_age_weights), weighs each image's age term by its age. `average` turns
+    the terms of the images (batch,) into one: their mean by default; under a
+    tf.distribute strategy, tf.nn.compute_average_loss, which divides a replica's sum by
+    the global batch, so that the replicas' gradients add up to the global batch's.
     """
+    average = average or ops.mean
     head = getattr(head, "head", head)
     _check_choice("head", head, HEADS)
     _check_choice("loss", loss, ("l1", "huber", "l2"))
@@ -629,12 +650,12 @@ def loss_terms(
         last = ops.shape(age_weights)[0] - 1
         index = ops.cast(ops.clip(ops.round(ages[:, 0]), 0, last), "int32")
         age_losses = age_losses * ops.take(age_weights, index)
-    age_loss = ops.mean(age_losses)
+    age_loss = average(age_losses)
     terms = {"age": age_loss, "total": age_loss}
     if "distribution_logits" in outputs:
         logits = ops.cast(outputs["distribution_logits"], "float32")
         targets = soft_age_labels(ages, ops.shape(logits)[-1], distribution_sigma)
-        terms["distribution"] = ops.mean(
+        terms["distribution"] = average(
             keras.losses.categorical_crossentropy(targets, logits, from_logits=True)
         )
         terms["total"] = terms["total"] + terms["distribution"]
@@ -647,7 +668,10 @@ def loss_terms(
             from_logits=True,
         )
         # Average over the images whose gender is known; 0 when none is.
-        terms["gender"] = ops.sum(per_image * known) / ops.maximum(ops.sum(known), 1.0)
+        share = ops.cast(ops.shape(known)[0], "float32") / ops.maximum(
+            ops.sum(known), 1.0
+        )
+        terms["gender"] = average(per_image * known) * share
         terms["total"] = terms["total"] + gender_weight * terms["gender"]
     return terms
 

@@ -11,6 +11,7 @@ own frames (`python bench/bench_framing.py`), is what the model sees. A picture 
 is a tight face crop, like UTKFace's, is taken as it is (`crop="auto"`).
 """
 
+import argparse
 import csv
 import math
 import sys
@@ -425,3 +426,36 @@ def plot_photo(picture, rows):
     for axis in axes:
         axis.axis("off")
     return figure
+
+
+# ---------------------------------------------------------------------------------------
+# The `predict` command of train_loop.py
+# ---------------------------------------------------------------------------------------
+
+
+def add_predict_arguments(parser):
+    """The arguments of `python train_loop.py predict`."""
+    parser.add_argument("--model", required=True, help="a model.keras file")
+    parser.add_argument(
+        "--crop",
+        choices=CROPS,
+        default="auto",
+        help="auto: find and frame the face unless the picture is a face crop already; "
+        "face: always find the faces; none: take each picture as it is (default: auto)",
+    )
+    parser.add_argument("--out", help="CSV file (default: standard output)")
+    parser.add_argument("sources", nargs="+", metavar="FILE_OR_FOLDER")
+    parser.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="average each face's prediction with its mirror image's (default: on)",
+    )
+
+
+def predict_command(arguments, parser):
+    """`predict`: a CSV of predicted ages; fails only when no image could be read."""
+    rows, _ = predict_files(
+        arguments.model, arguments.sources, arguments.out, arguments.tta, arguments.crop
+    )
+    return 0 if any(row.age is not None for row in rows) else 1

@@ -353,7 +353,8 @@ def calibration_table(variant):
 
     The quantiles are whole ages (model.age_quantiles) and so are the true ages: a year
     counts as far as it lies inside the interval from the middle of the interval's first
-    year to the middle of its last (see year_inside), so an age at an end counts half."""
+    year to the middle of its last (see year_inside), so an age at an end counts half.
+    """
     lines = [
         "| interval | faces | true age inside it | mean width (years) | MAE (years) |",
         "|---|---|---:|---:|---:|",
@@ -543,3 +544,63 @@ def update_tables(text, tables):
         return f"<!-- report: {name} -->\n{tables[name]}\n"
 
     return TABLE_MARKER.sub(replace, text)
+
+
+# ---------------------------------------------------------------------------------------
+# The `compare` and `report` commands of train_loop.py
+# ---------------------------------------------------------------------------------------
+
+
+def add_compare_arguments(parser):
+    """The arguments of `python train_loop.py compare`."""
+    parser.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    parser.add_argument("--plot", help="save the validation curves here")
+    parser.add_argument(
+        "--labels", nargs="+", help="a name for each row (default: folder names)"
+    )
+    parser.add_argument(
+        "--x-axis",
+        "--against",
+        dest="x_axis",
+        choices=("epoch", "minutes"),
+        default="epoch",
+        help="x axis of the plot: epochs, or minutes of training (test MAE marked)",
+    )
+
+
+def add_report_arguments(parser):
+    """The arguments of `python train_loop.py report`."""
+    parser.add_argument("--results", default="results", help="(default: results)")
+    parser.add_argument(
+        "--figures", help="re-draw the figures into this folder (default: none)"
+    )
+    parser.add_argument(
+        "--update",
+        nargs="*",
+        default=[],
+        metavar="MARKDOWN",
+        help="also rewrite, in these files, the table after each line "
+        "'<!-- report: NAME -->' (e.g. answers.md README.md)",
+    )
+
+
+def compare_command(arguments, parser):
+    """`compare`: a Markdown table of finished runs, and their curves in a figure."""
+    print(
+        compare_runs(arguments.runs, arguments.plot, arguments.x_axis, arguments.labels)
+    )
+    return 0
+
+
+def report_command(arguments, parser):
+    """`report`: every table of RESULTS/report.json in Markdown, and its figures."""
+    tables = report(arguments.results, arguments.figures)
+    updated = {
+        Path(file): update_tables(Path(file).read_text(), tables)
+        for file in arguments.update
+    }
+    for file, text in updated.items():
+        file.write_text(text)
+    for name, table in tables.items():
+        print(f"{name}:\n\n{table}\n")
+    return 0

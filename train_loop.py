@@ -20,8 +20,6 @@ import argparse
 import dataclasses
 import json
 import math
-import os
-import platform
 import re
 import sys
 import time
@@ -30,25 +28,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple, Optional
 
-# Both must be set before TensorFlow is first imported, which reads them only then:
-# Keras 3 runs on TensorFlow here, and TensorFlow turns its oneDNN kernels on by itself
-# only on processors with AVX-512 VNNI or newer; on an AVX2-only AMD EPYC they made the CPU
-# preset's train step 1.37x faster (bench/bench_onednn.py). Set TF_ENABLE_ONEDNN_OPTS=0
-# before the first import to compare.
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# devices first: it sets TensorFlow's environment (the Keras backend, oneDNN) before
+# TensorFlow is imported.
+import devices
 
-import keras  # noqa: E402
-import matplotlib  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import keras
+import matplotlib
+import numpy as np
+import tensorflow as tf
 
-import evaluation  # noqa: E402
-import photos  # noqa: E402
-import report  # noqa: E402
-import utk_data  # noqa: E402
-from evaluation import (  # noqa: E402
+import evaluation
+import photos
+import report
+import utk_data
+from evaluation import (
     PREDICTION_COLUMNS,
     PREDICTIONS,
     Predictions,
@@ -56,8 +49,8 @@ from evaluation import (  # noqa: E402
     evaluate_predictions,
     write_json,
 )
-from model import age_labels, ages_from_outputs, build_model, loss_terms  # noqa: E402
-from model import lds_age_weights, model_head, model_inputs  # noqa: E402
+from model import age_labels, ages_from_outputs, build_model, loss_terms
+from model import lds_age_weights, model_head, model_inputs
 
 CHECKPOINT = "checkpoint.npz"
 
@@ -68,6 +61,11 @@ CHECKPOINT = "checkpoint.npz"
 
 # The compute types of `--precision`: "auto" chooses one of the others for the machine.
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+
+
+# Settings a run may be resumed with other values of: where things are, and how the
+# training is spread over devices (the checkpoint holds no device).
+WHERE = ("data", "out", "strategy")
 
 
 def _option(default, help_text, choices=None):
@@ -165,6 +163,13 @@ class TrainConfig:
     jit_compile: Optional[bool] = _option(
         None, "XLA-compile the train and test steps (default: with a GPU)"
     )
+    strategy: str = _option(
+        "auto",
+        "how the training is spread: one device; mirrored, a replica per GPU; "
+        "multi_worker, the machines TF_CONFIG lists; tpu; auto: multi_worker with "
+        "TF_CONFIG, tpu on a TPU runtime, mirrored with several GPUs, else one",
+        devices.STRATEGIES,
+    )
     # Output.
     out: str = _option(
         "runs/default", "folder for model.keras, metrics, history, checkpoints"
@@ -245,7 +250,7 @@ COURSE_SETTINGS = dict(
 
 def resolve_config(config):
     """Fill every `None` of a TrainConfig from its preset (and the course settings)."""
-    gpu = has_gpu()
+    gpu = devices.has_gpu()
     preset = config.preset or ("gpu" if gpu else "cpu")
     values = {k: v for k, v in PRESETS[preset].items() if k != "network"}
     arch = config.arch or values["arch"]
@@ -259,7 +264,7 @@ def resolve_config(config):
     }
     precision = explicit.pop("precision", "auto")
     if precision == "auto":
-        precision = auto_precision(gpu)
+        precision = devices.auto_precision(gpu)
     return dataclasses.replace(
         config,
         **{
@@ -281,7 +286,7 @@ def run_name(config):
     """
     config = resolve_config(config)
     settings = dataclasses.asdict(config)
-    for name in ("data", "out"):
+    for name in WHERE:
         settings.pop(name)
     parts = ["course" if config.arch == "course_cnn" else config.preset]
     if config.time_budget:
@@ -293,92 +298,14 @@ def run_name(config):
 
 
 # ---------------------------------------------------------------------------------------
-# The machine: what it has, and what a run's metrics record of it
-# ---------------------------------------------------------------------------------------
-
-
-def has_gpu():
-    """True when TensorFlow sees a GPU."""
-    return bool(tf.config.list_physical_devices("GPU"))
-
-
-def auto_precision(gpu):
-    """The compute type `--precision auto` chooses: mixed float16 on a GPU (its tensor
-    cores), mixed bfloat16 on a processor with bfloat16 units, float32 elsewhere (where
-    bfloat16 is emulated and slow)."""
-    if gpu:
-        return "mixed_float16"
-    return "mixed_bfloat16" if bfloat16_units() else "float32"
-
-
-def _cpu_info(key):
-    """The value of the first `key` line of Linux's /proc/cpuinfo, or None elsewhere."""
-    try:
-        with open("/proc/cpuinfo") as file:
-            line = next((line for line in file if line.startswith(key)), None)
-    except OSError:
-        return None
-    return line.split(":", 1)[1].strip() if line else None
-
-
-def bfloat16_units():
-    """The processor's bfloat16 matrix features (Intel AMX, AVX512-BF16) that Linux lists,
-    such as ["amx_bf16", "avx512_bf16"]; [] without them or elsewhere."""
-    flags = set((_cpu_info("flags") or "").split())
-    return sorted(flags & {"amx_bf16", "avx512_bf16"})
-
-
-def onednn_enabled():
-    """Whether TensorFlow runs its oneDNN CPU kernels (None if it cannot tell)."""
-    try:
-        from tensorflow.python.util import _pywrap_util_port
-    except ImportError:
-        return None
-    return bool(_pywrap_util_port.IsMklEnabled())
-
-
-def describe_machine():
-    """One line: the processor, its cores, the GPU and the software versions."""
-    processor = _cpu_info("model name") or platform.processor() or platform.machine()
-    gpus = [device.name for device in tf.config.list_physical_devices("GPU")]
-    return (
-        f"{os.cpu_count()} CPU cores ({processor}, {platform.machine()}), "
-        f"{'GPU ' + ', '.join(gpus) if gpus else 'no GPU'}; TensorFlow {tf.__version__}, "
-        f"Keras {keras.__version__}, Python {platform.python_version()}"
-    )
-
-
-# ---------------------------------------------------------------------------------------
 # Data
 # ---------------------------------------------------------------------------------------
 
 
-def _hash_order(records):
-    return sorted(
-        records, key=lambda record: utk_data.stable_hash(Path(record.path).name)
-    )
-
-
 def prepare_data(config):
-    """Locate, read and split the records: (train, val, test), limited for quick runs."""
-    folder = utk_data.locate(config.data)
-    records, _ = utk_data.load_records(folder)
-    train, val, test = utk_data.split_records(records)
-    if config.limit:
-        # File names start with the age, so a limit takes a hash-ordered sample, not the
-        # first names in sorted order (which would be the youngest faces).
-        small = max(1, config.limit // 8)
-        train, val, test = (
-            _hash_order(part)[:size]
-            for part, size in ((train, config.limit), (val, small), (test, small))
-        )
-    for name, part in (("train", train), ("val", val), ("test", test)):
-        if not part:
-            raise ValueError(
-                f"the {name} split is empty ({len(records)} images in {folder}): "
-                "use more images or a larger --limit"
-            )
-    return train, val, test
+    """The (train, val, test) records of config.data, limited to config.limit training
+    images for quick runs (utk_data.load_splits)."""
+    return utk_data.load_splits(config.data, config.limit)
 
 
 # ---------------------------------------------------------------------------------------
@@ -398,8 +325,10 @@ def dtype_policy(name):
         keras.config.set_dtype_policy(previous)
 
 
-def make_model(config, initial_age=None):
-    """The model a TrainConfig describes, built (under the current dtype policy)."""
+def make_model(config, initial_age=None, synchronized=False):
+    """The model a TrainConfig describes, built (under the current dtype policy); with
+    `synchronized`, its batch norm takes the statistics of the global batch of several
+    replicas."""
     config = resolve_config(config)
     options = dict(
         image_size=config.image_size,
@@ -417,6 +346,7 @@ def make_model(config, initial_age=None):
         gender_head=config.gender_head,
         attribute_inputs=config.attribute_inputs,
         distribution_head=config.distribution_head and config.head == "regression",
+        synchronized_batch_norm=synchronized,
         **options,
     )
 
@@ -495,33 +425,50 @@ class WeightAverage:
 
 
 class Trainer:
-    """The model, its optimizer, metrics and the compiled train and test steps.
+    """The model, its optimizer, metrics and the compiled train and test steps, on the
+    replicas of a tf.distribute strategy (TensorFlow's default: one device).
 
     `age_weights`, a loss weight for every age (model.lds_age_weights), weighs each face's
-    loss by its age; None: every face weighs the same."""
+    loss by its age; None: every face weighs the same. The model and the optimizer must
+    have been made in `strategy.scope()`."""
 
-    def __init__(self, model, optimizer, config, age_weights=None):
+    def __init__(self, model, optimizer, config, age_weights=None, strategy=None):
         self.model, self.optimizer, self.config = model, optimizer, config
+        self.strategy = strategy or tf.distribute.get_strategy()
         self.age_weights = None if age_weights is None else tf.constant(age_weights)
-        self.average = WeightAverage(model, config.ema) if config.ema else None
-        self.train_loss = keras.metrics.Mean(name="loss")
-        self.train_mae = keras.metrics.MeanAbsoluteError(name="mae")
+        with self.strategy.scope():
+            self.average = WeightAverage(model, config.ema) if config.ema else None
+            self.train_loss = keras.metrics.Mean(name="loss")
+            self.train_mae = keras.metrics.MeanAbsoluteError(name="mae")
+            self.optimizer.build(model.trainable_variables)
+        # Validation runs on one device, outside the replicas: so do its metrics.
         self.val_mae = keras.metrics.MeanAbsoluteError(name="val_mae")
         self.val_rmse = keras.metrics.RootMeanSquaredError(name="val_rmse")
-        self.optimizer.build(model.trainable_variables)
         # The steps below, compiled into TensorFlow graphs (and by XLA with jit_compile).
         self.update = tf.function(self.train_batch, jit_compile=config.jit_compile)
         self.test_step = tf.function(self.test_batch, jit_compile=config.jit_compile)
-        # The augmentation before the update runs on the same device, outside XLA, which
-        # has no kernel for its crop-and-resize.
-        self.train_step = tf.function(self.prepare_and_train)
+        self.train_step = tf.function(self.distributed_step)
 
-    def prepare_and_train(self, images, labels, seed=None):
-        """A train step on a batch of make_dataset(raw=True): uint8 images and their
-        augmentation seed, scaled and augmented where the model runs; or on float images
-        prepared before (seed None). Returns the loss."""
-        if seed is not None:
+    def distributed_step(self, images, labels, seeds=None):
+        """A train step of every replica on its share of a global batch; returns the
+        global batch's loss. A batch of make_dataset(raw=True) holds uint8 images and
+        their augmentation seeds; float images prepared before come without seeds."""
+        losses = self.strategy.run(self.replica_step, args=(images, labels, seeds))
+        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
+
+    def replica_step(self, images, labels, seeds=None):
+        """One replica's step: its images scaled and augmented where the model runs (on the
+        GPU, outside XLA, which has no kernel for crop-and-resize), then the update."""
+        if seeds is not None:
+            seed = seeds[0]  # Every row of a batch carries the batch's seed.
+            if self.strategy.num_replicas_in_sync > 1:
+                replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+                seed = tf.random.experimental.stateless_fold_in(seed, replica)
             images = utk_data.prepare_batch(images, seed, self.config.augment)
+        if self.strategy.num_replicas_in_sync > 1:
+            # Under several replicas a tf.function inside strategy.run cannot hold their
+            # synchronisation (batch norm's statistics, the gradients): no XLA there.
+            return self.train_batch(images, labels)
         return self.update(images, labels)
 
     def train_batch(self, images, labels):
@@ -531,24 +478,32 @@ class Trainer:
             outputs = self.model(
                 model_inputs(self.model, images, labels), training=True
             )
-            loss = self.loss(outputs, labels)
+            loss = self.loss(outputs, labels)  # this replica's share of the mean
             scaled_loss = self.optimizer.scale_loss(loss)
         gradients = tape.gradient(scaled_loss, self.model.trainable_variables)
-        self.optimizer.apply(gradients, self.model.trainable_variables)
+        self.optimizer.apply(gradients, self.model.trainable_variables)  # all-reduced
         if self.average is not None:
             self.average.update()
-        self.train_loss.update_state(loss)
+        self.train_loss.update_state(loss * self.strategy.num_replicas_in_sync)
         self.train_mae.update_state(
             age_labels(labels), ages_from_outputs(model_head(self.model), outputs)
         )
         return loss
 
     def loss(self, outputs, labels):
-        """The training loss of a batch's outputs (model.loss_terms)."""
+        """The training loss of a replica's batch (model.loss_terms): the images' losses
+        summed and divided by the global batch size, so that the replicas' gradients add
+        up to those of the global batch's mean loss (with one replica: the mean)."""
         head = model_head(self.model)
-        return loss_terms(
-            head, outputs, labels, self.config.loss, age_weights=self.age_weights
-        )["total"]
+        terms = loss_terms(
+            head,
+            outputs,
+            labels,
+            self.config.loss,
+            age_weights=self.age_weights,
+            average=tf.nn.compute_average_loss,
+        )
+        return terms["total"]
 
     def test_batch(self, images, labels):
         """Predicted ages (batch, 1) of a batch, in inference mode."""
@@ -827,6 +782,47 @@ def estimate_training(config, train_records, val_records):
 
 
 # ---------------------------------------------------------------------------------------
+# TensorBoard curves
+# ---------------------------------------------------------------------------------------
+
+# Under a run's folder: TensorBoard's event files (`tensorboard --logdir RUN/logs`).
+LOGS = "logs"
+# The training loss is written every LOG_EVERY steps, beside the epochs' scalars.
+LOG_EVERY = 20
+# The history's entries that become TensorBoard scalars, each under its own name.
+CURVES = {
+    "loss": "train/loss",
+    "mae": "train/mae",
+    "val_mae": "validation/mae",
+    "val_mae_without_ema": "validation/mae_without_average",
+    "learning_rate": "train/learning_rate",
+    "seconds": "epoch/seconds",
+    "images_per_second": "epoch/images_per_second",
+}
+
+
+class Curves:
+    """TensorBoard scalars of a run: per epoch the history's entries (CURVES) at the
+    epoch's number, and the training loss of every LOG_EVERY-th step at the step's number.
+    An epoch is written after its checkpoint, so a resumed run continues the curves
+    without writing a step twice."""
+
+    def __init__(self, folder, steps_per_epoch):
+        self.writer = tf.summary.create_file_writer(str(folder))
+        self.steps_per_epoch = steps_per_epoch
+
+    def write(self, row, step_losses):
+        """Write an epoch's history row and its steps' losses {step: loss}."""
+        with self.writer.as_default():
+            for step, loss in step_losses.items():
+                tf.summary.scalar("train/loss_per_step", loss, step=step)
+            for name, tag in CURVES.items():
+                if name in row:
+                    tf.summary.scalar(tag, row[name], step=row["epoch"])
+        self.writer.flush()
+
+
+# ---------------------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------------------
 
@@ -842,15 +838,19 @@ class Run:
     test: Predictions
 
 
-def train(config, verbose=1, command=None):
+def train(config, verbose=1, command=None, strategy=None):
     """Train (or resume) a model as `config` says; return the best model and its metrics.
 
-    `command`, the command line that asked for it, is recorded in metrics.json."""
+    `command`, the command line that asked for it, is recorded in metrics.json. The
+    replicas of `strategy` (by default the one config.strategy names) share each batch;
+    only the chief process writes files, and only it returns a Run (the others None)."""
     started = time.perf_counter()
     config = resolve_config(config)
+    strategy = strategy or devices.make_strategy(config.strategy)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    train_records, val_records, test_records = prepare_data(config)
+    splits = prepare_data(config)
+    train_records, val_records, _ = splits
     initial_age = float(np.mean([record.age for record in train_records]))
     checkpoint = read_checkpoint(out)
     if checkpoint is not None:
@@ -862,23 +862,38 @@ def train(config, verbose=1, command=None):
             config, train_images, val_records, initial_age, started
         )
         config = dataclasses.replace(config, epochs=epochs)
-
-    keras.utils.set_random_seed(config.seed)
-    with dtype_policy(config.precision):
-        model = make_model(config, initial_age)
     steps = utk_data.steps_per_epoch(len(train_images.records), config.batch_size)
-    optimizer = make_optimizer(config, steps)
-    trainer = Trainer(model, optimizer, config, _age_weights(config, train_records))
+    trainer = _make_trainer(config, strategy, initial_age, train_records, steps)
     history = []
     if checkpoint is not None:
-        restore_checkpoint(checkpoint, model, trainer.optimizer, trainer.average)
+        restore_checkpoint(
+            checkpoint, trainer.model, trainer.optimizer, trainer.average
+        )
         history = checkpoint.history
         print(f"resuming {out} after epoch {len(history)} of {config.epochs}")
     if not progress(history, config).finished:
         _train_epochs(trainer, history, out, train_images, val_records, steps, verbose)
     del train_images  # Frees the decoded training images before the test.
-    splits = (train_records, val_records, test_records)
-    return _finish(config, history, splits, command)
+    run = _finish(config, history, splits, command, strategy)
+    devices.wait_for_all(strategy)  # The other workers wait for the chief's files.
+    return run
+
+
+def _make_trainer(config, strategy, initial_age, train_records, steps):
+    """The model (built from config.seed), its optimizer and their Trainer, the model and
+    the optimizer made in the strategy's scope."""
+    replicas = strategy.num_replicas_in_sync
+    if config.batch_size % replicas:
+        raise ValueError(
+            f"a batch of {config.batch_size} images does not split evenly between "
+            f"{replicas} replicas: choose a --batch-size divisible by {replicas}"
+        )
+    keras.utils.set_random_seed(config.seed)
+    with strategy.scope(), dtype_policy(config.precision):
+        model = make_model(config, initial_age, synchronized=replicas > 1)
+        optimizer = make_optimizer(config, steps)
+    age_weights = _age_weights(config, train_records)
+    return Trainer(model, optimizer, config, age_weights, strategy)
 
 
 def _age_weights(config, train_records):
@@ -893,12 +908,13 @@ def _resumed_config(saved, config, out):
     """The settings a resumed run goes on with: the checkpoint's (the epochs fitted to a
     time budget are part of the run), but where the data and the run are now."""
     _check_same_run(saved, config, out)
-    return TrainConfig(**{**saved, "data": config.data, "out": config.out})
+    return TrainConfig(**{**saved, **{name: getattr(config, name) for name in WHERE}})
 
 
 def _check_same_run(saved, config, out):
     current = dataclasses.asdict(config)
-    ignored = {"data", "out", "epochs"} if config.time_budget else {"data", "out"}
+    # The epochs fitted to a time budget are part of the run, whatever the command says.
+    ignored = {*WHERE, "epochs"} if config.time_budget else set(WHERE)
     different = sorted(
         k for k in current if k not in ignored and saved.get(k) != current[k]
     )
@@ -910,43 +926,41 @@ def _check_same_run(saved, config, out):
 
 
 def _train_epochs(trainer, history, out, train_images, val_records, steps, verbose):
-    """Run the remaining epochs of `steps` batches; after each, save the best model and a
-    checkpoint."""
+    """Run the remaining epochs of `steps` batches; after each, the chief saves the best
+    model, a checkpoint, the history and the epoch's TensorBoard curves."""
     config = trainer.config
     start = len(history)
-    batches = iter(
-        _training_dataset(train_images, config, config.seed, start, config.epochs)
-    )
+    dataset = _training_dataset(train_images, config, config.seed, start, config.epochs)
+    batches = iter(trainer.strategy.experimental_distribute_dataset(dataset))
     val_dataset = evaluation.evaluation_dataset(
         val_records, config.image_size, config.batch_size
     )
+    chief = devices.is_chief(trainer.strategy)
+    curves = Curves(out / LOGS, steps) if chief else None
     for epoch in range(start, config.epochs):
-        history.append(
-            _run_epoch(trainer, batches, steps, val_dataset, epoch, out, verbose)
+        row, step_losses = _run_epoch(
+            trainer, batches, steps, val_dataset, epoch, out, verbose
         )
+        history.append(row)
         state = progress(history, config)
-        if state.best_epoch == epoch + 1:
-            with trainer.evaluated_weights():
-                atomic_write(out / "model.keras", trainer.model.save)
-        save_checkpoint(
-            out, trainer.model, trainer.optimizer, config, history, trainer.average
-        )
-        write_json(out / "history.json", history)
+        if chief:
+            if state.best_epoch == epoch + 1:
+                with trainer.evaluated_weights():
+                    atomic_write(out / "model.keras", trainer.model.save)
+            save_checkpoint(
+                out, trainer.model, trainer.optimizer, config, history, trainer.average
+            )
+            write_json(out / evaluation.HISTORY, history)
+            curves.write(row, step_losses)
         if state.finished:
             if state.bad_epochs >= config.patience and verbose:
                 print(f"early stop: no better val MAE for {config.patience} epochs")
             break
 
 
-def _run_epoch(trainer, batches, steps, val_dataset, epoch, out, verbose):
-    """Train one epoch of `steps` batches, validate, and return the epoch's history row."""
-    epoch_start = time.perf_counter()
-    trainer.reset_metrics()
-    progress_bar = keras.utils.Progbar(
-        steps, verbose=verbose, stateful_metrics=["loss", "mae"]
-    )
-    if verbose:
-        print(f"epoch {epoch + 1}/{trainer.config.epochs}")
+def _train_steps(trainer, batches, steps, epoch, out, progress_bar):
+    """Train `steps` batches; return the loss of every LOG_EVERY-th step, by step number."""
+    losses = {}
     for step in range(steps):
         loss = float(trainer.train_step(*next(batches)))
         if not math.isfinite(loss):
@@ -954,13 +968,28 @@ def _run_epoch(trainer, batches, steps, val_dataset, epoch, out, verbose):
                 f"the loss became {loss} at epoch {epoch + 1}, step {step + 1}: stopped; "
                 f"the last good checkpoint in {out} is kept (try a lower --learning-rate)"
             )
-        progress_bar.update(
-            step + 1,
-            [
-                ("loss", float(trainer.train_loss.result())),
-                ("mae", float(trainer.train_mae.result())),
-            ],
-        )
+        if step % LOG_EVERY == 0:
+            losses[epoch * steps + step] = loss
+        metrics = [
+            ("loss", trainer.train_loss.result()),
+            ("mae", trainer.train_mae.result()),
+        ]
+        progress_bar.update(step + 1, [(name, float(value)) for name, value in metrics])
+    return losses
+
+
+def _run_epoch(trainer, batches, steps, val_dataset, epoch, out, verbose):
+    """Train one epoch of `steps` batches and validate: (the epoch's history row, the loss
+    of every LOG_EVERY-th step)."""
+    epoch_start = time.perf_counter()
+    trainer.reset_metrics()
+    progress_bar = keras.utils.Progbar(
+        steps, verbose=verbose, stateful_metrics=["loss", "mae"]
+    )
+    if verbose:
+        print(f"epoch {epoch + 1}/{trainer.config.epochs}")
+    step_losses = _train_steps(trainer, batches, steps, epoch, out, progress_bar)
+    train_seconds = time.perf_counter() - epoch_start
     val_mae, val_rmse, trained_mae = trainer.validate(val_dataset)
     seconds = time.perf_counter() - epoch_start
     row = {
@@ -971,6 +1000,8 @@ def _run_epoch(trainer, batches, steps, val_dataset, epoch, out, verbose):
         "val_rmse": val_rmse,
         "learning_rate": float(_current_learning_rate(trainer.optimizer)),
         "seconds": seconds,
+        # Training images a second, validation left out.
+        "images_per_second": steps * trainer.config.batch_size / train_seconds,
     }
     if trained_mae is not None:
         row["val_mae_without_ema"] = trained_mae
@@ -979,7 +1010,7 @@ def _run_epoch(trainer, batches, steps, val_dataset, epoch, out, verbose):
         print(
             f"val_mae {val_mae:.3f}{without}  val_rmse {val_rmse:.3f}  ({seconds:.0f} s)"
         )
-    return row
+    return row, step_losses
 
 
 def _current_learning_rate(optimizer):
@@ -998,9 +1029,11 @@ def _read_out(config, out, splits):
     )
 
 
-def run_metrics(config, history, splits, readouts, command=None):
+def run_metrics(config, history, splits, readouts, command=None, strategy=None):
     """The metrics.json of a run: its test metrics (the configured readout), both readouts
-    of the validation and test faces, its progress, settings, command and machine."""
+    of the validation and test faces, its progress, settings, command and machine (and
+    the tf.distribute strategy that trained it)."""
+    strategy = strategy or tf.distribute.get_strategy()
     test = evaluate_predictions(*readouts.reported[1:])
     state = progress(history, config)
     without_average = [
@@ -1012,8 +1045,8 @@ def run_metrics(config, history, splits, readouts, command=None):
         "tta": config.tta,
         "ema": config.ema,
         "precision": config.precision,
-        "onednn": onednn_enabled(),
-        "cpu_bfloat16_units": bfloat16_units(),
+        "onednn": devices.onednn_enabled(),
+        "cpu_bfloat16_units": devices.bfloat16_units(),
         **readouts.maes(),
         "val_mae": state.best_val_mae,
         # With EMA: the best val MAE the trained weights reached without the average.
@@ -1026,7 +1059,9 @@ def run_metrics(config, history, splits, readouts, command=None):
         "train_images": len(splits[0]),
         "val_images": len(splits[1]),
         "command": command,
-        "machine": describe_machine(),
+        "machine": devices.describe_machine(),
+        "strategy": devices.strategy_name(strategy),
+        "replicas": strategy.num_replicas_in_sync,
         "tensorflow": tf.__version__,
         "config": dataclasses.asdict(config),
         # By age, gender and race; negative and zero predictions (Task 2).
@@ -1038,12 +1073,14 @@ def run_metrics(config, history, splits, readouts, command=None):
     }
 
 
-def _finish(config, history, splits, command):
+def _finish(config, history, splits, command, strategy):
     """Read out the best model on the test split; write metrics.json and the per-face
-    test predictions; print the test MAE."""
+    test predictions; print the test MAE (the chief; the other workers return None)."""
+    if not devices.is_chief(strategy):
+        return None
     out = Path(config.out)
     model, readouts = _read_out(config, out, splits)
-    metrics = run_metrics(config, history, splits, readouts, command)
+    metrics = run_metrics(config, history, splits, readouts, command, strategy)
     write_json(out / evaluation.METRICS, metrics)
     evaluation.write_predictions(out / PREDICTIONS, readouts.test, readouts.quantiles)
     print(
@@ -1144,51 +1181,6 @@ def _evaluate_arguments(parser):
     _tta_argument(parser)
 
 
-def _compare_arguments(parser):
-    parser.add_argument("runs", nargs="+", metavar="RUN_DIR")
-    parser.add_argument("--plot", help="save the validation curves here")
-    parser.add_argument(
-        "--labels", nargs="+", help="a name for each row (default: folder names)"
-    )
-    parser.add_argument(
-        "--x-axis",
-        "--against",
-        dest="x_axis",
-        choices=("epoch", "minutes"),
-        default="epoch",
-        help="x axis of the plot: epochs, or minutes of training (test MAE marked)",
-    )
-
-
-def _report_arguments(parser):
-    parser.add_argument("--results", default="results", help="(default: results)")
-    parser.add_argument(
-        "--figures", help="re-draw the figures into this folder (default: none)"
-    )
-    parser.add_argument(
-        "--update",
-        nargs="*",
-        default=[],
-        metavar="MARKDOWN",
-        help="also rewrite, in these files, the table after each line "
-        "'<!-- report: NAME -->' (e.g. answers.md README.md)",
-    )
-
-
-def _predict_arguments(parser):
-    parser.add_argument("--model", required=True, help="a model.keras file")
-    parser.add_argument(
-        "--crop",
-        choices=photos.CROPS,
-        default="auto",
-        help="auto: find and frame the face unless the picture is a face crop already; "
-        "face: always find the faces; none: take each picture as it is (default: auto)",
-    )
-    parser.add_argument("--out", help="CSV file (default: standard output)")
-    parser.add_argument("sources", nargs="+", metavar="FILE_OR_FOLDER")
-    _tta_argument(parser)
-
-
 def _clear_errors(command):
     """A command that prints a one-line error and returns 1 instead of a traceback for
     the errors a user can fix (bad settings, missing files, a diverged run)."""
@@ -1204,7 +1196,6 @@ def _clear_errors(command):
     return run
 
 
-@_clear_errors
 def command_train(arguments, parser):
     """`train`: train or resume a model."""
     # A live progress bar on a terminal; one line per epoch in a log file.
@@ -1247,40 +1238,6 @@ def command_baseline(arguments, parser):
     return 0
 
 
-@_clear_errors
-def command_compare(arguments, parser):
-    """`compare`: a Markdown table of finished runs, and their curves in a figure."""
-    print(
-        report.compare_runs(
-            arguments.runs, arguments.plot, arguments.x_axis, arguments.labels
-        )
-    )
-    return 0
-
-
-@_clear_errors
-def command_report(arguments, parser):
-    """`report`: every table of RESULTS/report.json in Markdown, and its figures."""
-    tables = report.report(arguments.results, arguments.figures)
-    updated = {
-        Path(file): report.update_tables(Path(file).read_text(), tables)
-        for file in arguments.update
-    }
-    for file, text in updated.items():
-        file.write_text(text)
-    for name, table in tables.items():
-        print(f"{name}:\n\n{table}\n")
-    return 0
-
-
-def command_predict(arguments, parser):
-    """`predict`: a CSV of predicted ages; fails only when no image could be read."""
-    rows, _ = photos.predict_files(
-        arguments.model, arguments.sources, arguments.out, arguments.tta, arguments.crop
-    )
-    return 0 if any(row.age is not None for row in rows) else 1
-
-
 # Each command: its help, the function that adds its arguments, the function that runs it.
 COMMANDS = {
     "train": ("train or resume a model", _add_config_arguments, command_train),
@@ -1297,19 +1254,19 @@ COMMANDS = {
     "compare": (
         "a table of finished runs (runs differing only in seed form one row, with mean "
         "± sd and an interval against the first row) and their validation curves",
-        _compare_arguments,
-        command_compare,
+        report.add_compare_arguments,
+        report.compare_command,
     ),
     "report": (
         f"re-draw the tables and figures that RESULTS/{report.REPORT} lists, from the "
         "runs kept in RESULTS",
-        _report_arguments,
-        command_report,
+        report.add_report_arguments,
+        report.report_command,
     ),
     "predict": (
         "ages of the faces in pictures (a CSV row per face)",
-        _predict_arguments,
-        command_predict,
+        photos.add_predict_arguments,
+        photos.predict_command,
     ),
 }
 
@@ -1336,7 +1293,7 @@ def main(argv=None):
     arguments = parser.parse_args(argv)
     # What metrics.json records as the command that made a run.
     arguments.command_line = " ".join(["train_loop.py", *argv])
-    return COMMANDS[arguments.command][2](arguments, parser)
+    return _clear_errors(COMMANDS[arguments.command][2])(arguments, parser)
 
 
 if __name__ == "__main__":

@@ -387,6 +387,33 @@ def split_records(records, val_fraction=0.1, test_fraction=0.1, seed=0):
     return train, val, test
 
 
+def _hash_order(records):
+    return sorted(records, key=lambda record: stable_hash(Path(record.path).name))
+
+
+def load_splits(source=None, limit=None):
+    """Locate, read and split the records: (train, val, test); with `limit`, that many
+    training images and an eighth as many of each other split, for quick runs."""
+    folder = locate(source)
+    records, _ = load_records(folder)
+    train, val, test = split_records(records)
+    if limit:
+        # File names start with the age, so a limit takes a hash-ordered sample, not the
+        # first names in sorted order (which would be the youngest faces).
+        small = max(1, limit // 8)
+        train, val, test = (
+            _hash_order(part)[:size]
+            for part, size in ((train, limit), (val, small), (test, small))
+        )
+    for name, part in (("train", train), ("val", val), ("test", test)):
+        if not part:
+            raise ValueError(
+                f"the {name} split is empty ({len(records)} images in {folder}): "
+                "use more images or a larger --limit"
+            )
+    return train, val, test
+
+
 # ---------------------------------------------------------------------------------------
 # Decoding
 # ---------------------------------------------------------------------------------------
@@ -625,9 +652,10 @@ def make_dataset(
     each epoch a permutation of the images and an augmentation that depend only on (`seed`,
     epoch): a run resumed at epoch k sees what an uninterrupted one sees.
 
-    With `raw`, the batches are (uint8 images, labels, augmentation seed): the pipeline
-    only gathers them, and `prepare_batch` scales and augments them where the model runs
-    (inside the compiled train step, on a GPU when there is one) to the same images.
+    With `raw`, the batches are (uint8 images, labels, augmentation seeds (batch, 2), every
+    row the batch's seed): the pipeline only gathers them, and `prepare_batch` scales and
+    augments them where the model runs (inside the compiled train step, on a GPU when
+    there is one) to the same images.
     """
     tf = _tf()
     augment = training if augment is None else augment
@@ -658,7 +686,10 @@ def make_dataset(
         targets = tf.nest.map_structure(lambda array: tf.gather(array, indices), labels)
         batch_seed = _batch_seed(seed, epoch, number)
         if raw:
-            return images, targets, batch_seed
+            # A row per image, so that a tf.distribute strategy, which splits every part
+            # of a batch between its replicas, gives each replica the batch's seed.
+            seeds = tf.tile(batch_seed[None], [tf.shape(images)[0], 1])
+            return images, targets, seeds
         return prepare_batch(images, batch_seed, augment), targets
 
     dataset = batches.map(to_example, num_parallel_calls=tf.data.AUTOTUNE)

@@ -44,7 +44,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPOSITORY_ROOT))
 
-# train_loop first: it sets TensorFlow's environment (oneDNN) before the import.
+# devices first: it sets TensorFlow's environment (oneDNN) before the import.
+import devices  # noqa: E402
 import train_loop  # noqa: E402
 import utk_data  # noqa: E402
 
@@ -297,10 +298,10 @@ def main(argv=None):
     """Run the benchmark and print the per-round results and a summary."""
     arguments = parse_arguments(argv)
     print("=== bench_loop ===")
-    print("machine:", train_loop.describe_machine())
+    print("machine:", devices.describe_machine())
     print(
-        f"oneDNN kernels: {train_loop.onednn_enabled()}; bfloat16 units of the "
-        f"processor: {', '.join(train_loop.bfloat16_units()) or 'none'}"
+        f"oneDNN kernels: {devices.onednn_enabled()}; bfloat16 units of the "
+        f"processor: {', '.join(devices.bfloat16_units()) or 'none'}"
     )
     config, default_jit, contenders = prepare(arguments)
     print()

@@ -60,6 +60,7 @@ def time_steps(arguments):
     import keras
     import tensorflow as tf
 
+    import devices
     import train_loop
 
     config = train_loop.resolve_config(
@@ -83,10 +84,10 @@ def time_steps(arguments):
     for _ in range(arguments.steps):
         float(trainer.train_step(images, ages))
     return {
-        "onednn": train_loop.onednn_enabled(),
+        "onednn": devices.onednn_enabled(),
         "wall": (time.perf_counter() - wall) / arguments.steps,
         "cpu": (time.process_time() - cpu) / arguments.steps,
-        "machine": train_loop.describe_machine(),
+        "machine": devices.describe_machine(),
     }
 
 

@@ -22,8 +22,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-# train_loop first: it sets TensorFlow's environment (oneDNN) before the import.
-import train_loop  # noqa: E402
+# devices first: it sets TensorFlow's environment (oneDNN) before the import.
+import devices  # noqa: E402
 import photos  # noqa: E402
 import utk_data  # noqa: E402
 
@@ -115,7 +115,7 @@ def main(argv=None):
         find_faces = photos.find_faces
         photos.find_faces = lambda image: find_faces(image, use_eyes=False)
     print("=== bench_pictures ===")
-    print("machine:", train_loop.describe_machine())
+    print("machine:", devices.describe_machine())
     model = keras.models.load_model(arguments.model)
     records, _ = utk_data.load_records(utk_data.locate(arguments.data), verbose=False)
     _, val, test = utk_data.split_records(records)

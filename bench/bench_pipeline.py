@@ -254,9 +254,9 @@ def main(argv=None):
     arguments = parse_arguments(argv)
     tf = warm_up_tensorflow()
     print("=== bench_pipeline ===")
-    import train_loop  # Only for the machine's description; it imports TensorFlow too.
+    import devices  # Only for the machine's description; it imports TensorFlow too.
 
-    print("machine:", train_loop.describe_machine())
+    print("machine:", devices.describe_machine())
 
     folder = utk_data.locate(arguments.data)
     clock = Clock()

@@ -28,7 +28,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-# train_loop first: it sets TensorFlow's environment (oneDNN) before the import.
+# devices first: it sets TensorFlow's environment (oneDNN) before the import.
+import devices  # noqa: E402
 import train_loop  # noqa: E402
 import evaluation  # noqa: E402
 import photos  # noqa: E402
@@ -68,7 +69,7 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=3, help="rounds of both")
     arguments = parser.parse_args(argv)
     print("=== bench_predict ===")
-    print("machine:", train_loop.describe_machine())
+    print("machine:", devices.describe_machine())
     records, _ = utk_data.load_records(utk_data.locate(arguments.data), verbose=False)
     paths = [str(r.path) for r in random.Random(SEED).sample(records, arguments.images)]
     keras.utils.set_random_seed(SEED)

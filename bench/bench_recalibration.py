@@ -28,7 +28,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-# train_loop first: it sets TensorFlow's environment (oneDNN) before the import.
+# devices first: it sets TensorFlow's environment (oneDNN) before the import.
+import devices  # noqa: E402
 import train_loop  # noqa: E402
 import evaluation  # noqa: E402
 
@@ -100,7 +101,7 @@ def main(argv=None):
         predictions = evaluation.predict_records(model, records, tta=arguments.tta)
         found[split] = (predictions.true, predictions.predicted)
     print("=== bench_recalibration ===")
-    print("machine:", train_loop.describe_machine())
+    print("machine:", devices.describe_machine())
     print(f"model {arguments.model}, TTA {arguments.tta}")
     knots, values = fit_isotonic(*found["validation"][::-1], arguments.bins)
     intercept, slope = fit_stretch(*found["validation"][::-1])

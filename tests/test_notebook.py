@@ -18,7 +18,6 @@ import pytest
 from nbclient import NotebookClient
 
 import model
-import report
 import train_loop
 from synthetic import write_image
 
@@ -29,9 +28,11 @@ MODULES = (
     "utk_data.py",
     "model.py",
     "train_loop.py",
+    "devices.py",
     "evaluation.py",
     "report.py",
     "photos.py",
+    "export.py",
 )
 
 

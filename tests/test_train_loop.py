@@ -20,6 +20,7 @@ import tensorflow as tf
 
 import evaluation
 import report
+import devices
 import train_loop
 from synthetic import make_folder, write_image
 
@@ -317,12 +318,12 @@ def test_an_estimate_times_a_sample_and_plans_as_a_budget_does(monkeypatch):
 
 def test_bfloat16_units_are_read_from_the_processor_flags(monkeypatch):
     flags = "fpu avx2 avx512f avx512_bf16 amx_tile amx_bf16 amx_int8"
-    monkeypatch.setattr(train_loop, "_cpu_info", {"flags": flags}.get)
-    assert train_loop.bfloat16_units() == ["amx_bf16", "avx512_bf16"]
-    monkeypatch.setattr(train_loop, "_cpu_info", {"flags": "fpu avx2 avx512f"}.get)
-    assert train_loop.bfloat16_units() == []
-    monkeypatch.setattr(train_loop, "_cpu_info", {}.get)  # not Linux
-    assert train_loop.bfloat16_units() == []
+    monkeypatch.setattr(devices, "_cpu_info", {"flags": flags}.get)
+    assert devices.bfloat16_units() == ["amx_bf16", "avx512_bf16"]
+    monkeypatch.setattr(devices, "_cpu_info", {"flags": "fpu avx2 avx512f"}.get)
+    assert devices.bfloat16_units() == []
+    monkeypatch.setattr(devices, "_cpu_info", {}.get)  # not Linux
+    assert devices.bfloat16_units() == []
 
 
 def test_presets_and_explicit_flags(monkeypatch):
@@ -336,8 +337,8 @@ def test_presets_and_explicit_flags(monkeypatch):
         (False, ["avx512_bf16"], "mixed_bfloat16"),
         (False, [], "float32"),
     ):
-        monkeypatch.setattr(train_loop, "has_gpu", lambda: gpu)
-        monkeypatch.setattr(train_loop, "bfloat16_units", lambda: units)
+        monkeypatch.setattr(devices, "has_gpu", lambda: gpu)
+        monkeypatch.setattr(devices, "bfloat16_units", lambda: units)
         config = train_loop.resolve_config(train_loop.TrainConfig(out="x"))
         assert (config.preset, config.precision, config.jit_compile) == (
             "gpu" if gpu else "cpu", precision, gpu,

@@ -384,16 +384,17 @@ def test_raw_batches_prepared_in_the_step_are_the_datasets_images(image_folder):
         utk_data.make_dataset(records, 32, 8, True, raw=True, start_epoch=1, **options)
     )
     assert len(prepared) == len(raw) == 10 and len(resumed) == 5
-    for (images, labels), (uint8, raw_labels, seed) in zip(prepared, raw):
-        assert uint8.dtype == tf.uint8 and seed.shape == (2,)
-        again = utk_data.prepare_batch(uint8, seed, augment=True)
+    for (images, labels), (uint8, raw_labels, seeds) in zip(prepared, raw):
+        assert uint8.dtype == tf.uint8 and seeds.shape == (len(uint8), 2)
+        assert (seeds.numpy() == seeds.numpy()[0]).all()  # the batch's seed, per image
+        again = utk_data.prepare_batch(uint8, seeds[0], augment=True)
         np.testing.assert_array_equal(again.numpy(), images.numpy())
         np.testing.assert_array_equal(raw_labels["age"], labels["age"])
-    for (uint8, _, seed), (uint8_again, _, seed_again) in zip(raw[5:], resumed):
+    for (uint8, _, seeds), (uint8_again, _, seeds_again) in zip(raw[5:], resumed):
         np.testing.assert_array_equal(uint8, uint8_again)
-        np.testing.assert_array_equal(seed, seed_again)
-    assert len({tuple(seed.numpy()) for _, _, seed in raw}) == 10  # a seed per batch
-    plain = utk_data.prepare_batch(raw[0][0], raw[0][2], augment=False)
+        np.testing.assert_array_equal(seeds, seeds_again)
+    assert len({tuple(seeds.numpy()[0]) for _, _, seeds in raw}) == 10  # one per batch
+    plain = utk_data.prepare_batch(raw[0][0], raw[0][2][0], augment=False)
     np.testing.assert_array_equal(plain.numpy(), raw[0][0].numpy() / np.float32(255))
 
 

@@ -24,6 +24,7 @@ NOTEBOOK = REPOSITORY / "age_regression.ipynb"
 # distributions that provide it (a CPU-only TensorFlow build counts as TensorFlow).
 CHECKED = {
     "tensorflow": ("tensorflow", "tensorflow-cpu", "tf-nightly"),
+    "tensorboard": ("tensorboard", "tb-nightly"),
     "keras": ("keras",),
     "numpy": ("numpy",),
     "pillow": ("pillow",),
@@ -257,9 +258,10 @@ UTKFace faces with Keras 3 and our own `tf.GradientTape` training loop, and answ
 assignment's three tasks (and the optional one) with numbers from real runs.
 
 The code lives in modules that this notebook imports and calls: `utk_data.py` (the data),
-`model.py` (the networks) and `train_loop.py` (the training loop), beside `evaluation.py`
-(the metrics and figures of a model), `report.py` (tables of runs) and `photos.py` (ages of
-the faces in a photo). The model class and the training step are shown below as they stand
+`model.py` (the networks) and `train_loop.py` (the training loop), beside `devices.py` (the
+GPU, TPU or CPU and how to spread the training over them), `evaluation.py` (the metrics and
+figures of a model), `report.py` (tables of runs), `photos.py` (ages of the faces in a
+photo) and `export.py` (the trained model for other programs and phones). The model class and the training step are shown below as they stand
 in the modules. [answers.md](answers.md) holds the full evidence for every answer: the
 commands, the tables and the figures.
 
@@ -302,10 +304,10 @@ QUICK
 """
 
 MODULES_TEXT = """
-The six modules must sit beside the notebook. In Colab, when they are missing, an upload
-dialog asks for them (`utk_data.py`, `model.py`, `train_loop.py`, `evaluation.py`,
-`report.py` and `photos.py`, from a copy of this project on your computer): select all six
-at once in the dialog, which takes several files. With `REPO_URL` set, the project is cloned once into `age_regression/`. A rerun,
+The eight modules must sit beside the notebook. In Colab, when they are missing, an upload
+dialog asks for them (`utk_data.py`, `model.py`, `train_loop.py`, `devices.py`,
+`evaluation.py`, `report.py`, `photos.py` and `export.py`, from a copy of this project on
+your computer): select all eight at once in the dialog, which takes several files. With `REPO_URL` set, the project is cloned once into `age_regression/`. A rerun,
 or a rerun after *Runtime → Restart*, reuses what is there.
 """
 
@@ -313,7 +315,10 @@ MODULES = """
 import subprocess
 from pathlib import Path
 
-MODULE_FILES = ["utk_data.py", "model.py", "train_loop.py", "evaluation.py", "report.py", "photos.py"]
+MODULE_FILES = [
+    "utk_data.py", "model.py", "train_loop.py", "devices.py",
+    "evaluation.py", "report.py", "photos.py", "export.py",
+]
 CLONE = Path("age_regression")  # where REPO_URL is cloned
 
 
@@ -389,15 +394,15 @@ and more slowly; the cell below warns, it does not stop.
 VERSIONS = """
 import warnings
 
-# train_loop before TensorFlow: it chooses Keras's backend and TensorFlow's fast oneDNN CPU
+# devices before TensorFlow: it chooses Keras's backend and TensorFlow's fast oneDNN CPU
 # kernels, which TensorFlow reads only when it is first imported.
-import train_loop
+import devices
 
 import keras
 import tensorflow as tf
 
 print("TensorFlow", tf.__version__, "| Keras", keras.__version__, "| backend", keras.backend.backend())
-print("oneDNN CPU kernels:", train_loop.onednn_enabled())
+print("oneDNN CPU kernels:", devices.onednn_enabled())
 """
 
 GPU = """
