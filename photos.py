@@ -375,36 +375,61 @@ def _face_crops(picture, face, image_size):
     return tf.stack(crops)
 
 
-def _sort_picture(path, crop, image_size):
-    """How one picture is predicted: ("as is", None), ("faces", [(Face, its crops)]), with
-    no face when none was found, or ("skipped", the reason it could not be read)."""
+def _reason(error):
+    """Why a file could not be read, from the ValueError that `read_photo` raised."""
+    return str(error).split(": ", 1)[-1]
+
+
+def _sort_by_size(path):
+    """("as is", None) for a small, about square picture, ("skipped", why) for a file
+    whose header cannot be read, None for a picture that must be searched."""
+    # Such a picture is a face crop whatever the detector says, and its header tells: it
+    # is neither decoded here nor searched. The test holds whichever way EXIF turns the
+    # picture, so its tag need not be read.
     try:
-        # A small, about square picture is a face crop whatever the detector says, and its
-        # header tells: it is neither decoded here nor searched. The test holds whichever
-        # way EXIF turns the picture, so its tag need not be read.
-        if crop == "auto" and is_small_square(*picture_size(path)):
-            return "as is", None
+        return ("as is", None) if is_small_square(*picture_size(path)) else None
+    except ValueError as error:
+        return "skipped", _reason(error)
+
+
+def _search_picture(path, crop, image_size):
+    """How a picture is predicted after a search for its faces: ("as is", None),
+    ("faces", [(Face, its crops)]) with no face if none was found, or ("skipped", why).
+    """
+    try:
         picture = read_photo(path)
     except ValueError as error:
-        return "skipped", str(error).split(": ", 1)[-1]
+        return "skipped", _reason(error)
     found = find_faces(picture)
     if crop == "auto" and is_tight_crop(picture, found):
         return "as is", None
     return "faces", [(face, _face_crops(picture, face, image_size)) for face in found]
 
 
-def _sort_pictures(paths, crop, image_size):
-    """`_sort_picture` of each picture, in order, a thread per core; a picture taken as it
-    is is decoded again by `_predict_as_is`, so that it predicts exactly as with "none".
-    """
-    sort = functools.partial(_sort_picture, crop=crop, image_size=image_size)
+def _search_pictures(paths, crop, image_size):
+    """`_search_picture` of each picture, in order, a thread per core."""
+    search = functools.partial(_search_picture, crop=crop, image_size=image_size)
     threads = min(_cpu_count(), len(paths))
     if threads <= 1:
-        return list(map(sort, paths))
+        return list(map(search, paths))
     # OpenCV's detector releases the GIL and would spread each search over every core
     # too: a thread of its own per picture keeps the cores from being oversubscribed.
     with _opencv_threads(1), ThreadPoolExecutor(threads) as pool:
-        return list(pool.map(sort, paths))
+        return list(pool.map(search, paths))
+
+
+def _sort_pictures(paths, crop, image_size):
+    """How each picture is predicted, in order (see `_search_picture`): face crops known
+    from their size first, the others searched. A picture taken as it is is decoded again
+    by `_predict_as_is`, so that it predicts exactly as with crop "none"."""
+    sorted_pictures = [
+        _sort_by_size(path) if crop == "auto" else None for path in paths
+    ]
+    unsorted = [index for index, how in enumerate(sorted_pictures) if how is None]
+    searched = _search_pictures([paths[index] for index in unsorted], crop, image_size)
+    for index, how in zip(unsorted, searched):
+        sorted_pictures[index] = how
+    return sorted_pictures
 
 
 def _predict_faces(model, faces, batch_size, tta):
