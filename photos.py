@@ -13,8 +13,13 @@ is a tight face crop, like UTKFace's, is taken as it is (`crop="auto"`).
 
 import argparse
 import csv
+import functools
 import math
+import os
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple, Optional
 
@@ -41,6 +46,20 @@ def read_photo(path):
         raise ValueError(
             f"{path}: not a readable JPEG or PNG image ({error})"
         ) from error
+
+
+def picture_size(path):
+    """The (height, width) of an image file from its header, without decoding its pixels."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except Exception as error:
+        raise ValueError(
+            f"{path}: not a readable JPEG or PNG image ({error})"
+        ) from error
+    return height, width
 
 
 def _orientation(path):
@@ -156,15 +175,20 @@ class Face(NamedTuple):
     eyes: Optional[tuple] = None  # ((x, y) of the eye on the left, (x, y) on the right)
 
 
-_cascades = {}
+# A cascade classifier keeps its working buffers in itself while it searches (OpenCV's
+# detectMultiScale is not const, opencv/opencv#4287), so threads must not share one: each
+# thread loads its own, which takes about 20 ms.
+_cascades = threading.local()
 
 
 def _cascade(name):
+    """This thread's OpenCV cascade classifier of the file `name`."""
     import cv2
 
-    if name not in _cascades:
-        _cascades[name] = cv2.CascadeClassifier(cv2.data.haarcascades + name)
-    return _cascades[name]
+    loaded = _cascades.__dict__
+    if name not in loaded:
+        loaded[name] = cv2.CascadeClassifier(cv2.data.haarcascades + name)
+    return loaded[name]
 
 
 def find_faces(image, use_eyes=True):
@@ -255,11 +279,16 @@ def crop_frame(image, frame):
     return image[y + pad : y + pad + side, x + pad : x + pad + side]
 
 
+def is_small_square(height, width):
+    """True for a picture small and about square enough to be a face crop as it is."""
+    return max(height, width) <= SMALL_PICTURE and 0.8 <= width / height <= 1.25
+
+
 def is_tight_crop(image, faces):
     """True when a picture already is a face crop like UTKFace's: a small, about square
     picture, or one whose largest face fills most of it."""
     height, width = image.shape[:2]
-    if max(height, width) <= SMALL_PICTURE and 0.8 <= width / height <= 1.25:
+    if is_small_square(height, width):
         return True
     return bool(faces) and faces[0].box[2] >= TIGHT_CROP * min(height, width)
 
@@ -318,30 +347,103 @@ def _predict_as_is(model, paths, batch_size, tta):
     return rows, skipped
 
 
+def _cpu_count():
+    """The processor cores this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+@contextmanager
+def _opencv_threads(count):
+    """Run the block with OpenCV's own thread pool set to `count` threads."""
+    import cv2
+
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(count)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(before)
+
+
+def _face_crops(picture, face, image_size):
+    """The crops (variants, size, size, 3) of a face's frames, resized for the model."""
+    crops = [
+        utk_data.resize_square(crop_frame(picture, frame), image_size)
+        for frame in frame_variants(face)
+    ]
+    return tf.stack(crops)
+
+
+def _reason(error):
+    """Why a file could not be read, from the ValueError that `read_photo` raised."""
+    return str(error).split(": ", 1)[-1]
+
+
+def _sort_by_size(path):
+    """("as is", None) for a small, about square picture, ("skipped", why) for a file
+    whose header cannot be read, None for a picture that must be searched."""
+    # Such a picture is a face crop whatever the detector says, and its header tells: it
+    # is neither decoded here nor searched. The test holds whichever way EXIF turns the
+    # picture, so its tag need not be read.
+    try:
+        return ("as is", None) if is_small_square(*picture_size(path)) else None
+    except ValueError as error:
+        return "skipped", _reason(error)
+
+
+def _search_picture(path, crop, image_size):
+    """How a picture is predicted after a search for its faces: ("as is", None),
+    ("faces", [(Face, its crops)]) with no face if none was found, or ("skipped", why).
+    """
+    try:
+        picture = read_photo(path)
+    except ValueError as error:
+        return "skipped", _reason(error)
+    found = find_faces(picture)
+    if crop == "auto" and is_tight_crop(picture, found):
+        return "as is", None
+    return "faces", [(face, _face_crops(picture, face, image_size)) for face in found]
+
+
+def _search_pictures(paths, crop, image_size):
+    """`_search_picture` of each picture, in order, a thread per core."""
+    search = functools.partial(_search_picture, crop=crop, image_size=image_size)
+    threads = min(_cpu_count(), len(paths))
+    if threads <= 1:
+        return list(map(search, paths))
+    # OpenCV's detector releases the GIL and would spread each search over every core
+    # too: a thread of its own per picture keeps the cores from being oversubscribed.
+    with _opencv_threads(1), ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(search, paths))
+
+
 def _sort_pictures(paths, crop, image_size):
-    """Sort pictures: (paths taken as they are, [(path, face, its frames' crops)], rows of
-    pictures without a face, skipped files). A picture taken as it is is decoded again by
-    `_predict_as_is`, so that it predicts exactly as with crop "none"."""
-    as_is, faces, rows, skipped = [], [], [], []
-    for path in paths:
-        try:
-            picture = read_photo(path)
-        except ValueError as error:
-            skipped.append((path, str(error).split(": ", 1)[-1]))
-            continue
-        found = find_faces(picture)
-        if crop == "auto" and is_tight_crop(picture, found):
-            as_is.append(path)
-            continue
-        if not found:
-            rows.append(PhotoAge(path, None, "no face found"))
-        for face in found:
-            crops = [
-                utk_data.resize_square(crop_frame(picture, frame), image_size)
-                for frame in frame_variants(face)
-            ]
-            faces.append((path, face, tf.stack(crops)))  # (variants, size, size, 3)
-    return as_is, faces, rows, skipped
+    """How each picture is predicted, in order (see `_search_picture`): face crops known
+    from their size first, the others searched. A picture taken as it is is decoded again
+    by `_predict_as_is`, so that it predicts exactly as with crop "none"."""
+    sorted_pictures = [
+        _sort_by_size(path) if crop == "auto" else None for path in paths
+    ]
+    unsorted = [index for index, how in enumerate(sorted_pictures) if how is None]
+    searched = _search_pictures([paths[index] for index in unsorted], crop, image_size)
+    for index, how in zip(unsorted, searched):
+        sorted_pictures[index] = how
+    return sorted_pictures
+
+
+def _predict_faces(model, faces, batch_size, tta):
+    """[PhotoAge] of [(path, Face, its crops)]: the mean over each face's frames."""
+    if not faces:
+        return []
+    images = tf.cast(tf.concat([crops for _, _, crops in faces], 0), tf.float32)
+    ages = predict_ages(model, images / 255.0, batch_size, tta)
+    ages = ages.reshape(len(faces), -1).mean(axis=1)
+    return [
+        PhotoAge(path, float(age), "face", face.box, face.frame)
+        for (path, face, _), age in zip(faces, ages)
+    ]
 
 
 def predict_paths(model, paths, batch_size=64, tta=False, crop="none"):
@@ -353,24 +455,32 @@ def predict_paths(model, paths, batch_size=64, tta=False, crop="none"):
     """
     if crop not in CROPS:
         raise ValueError(f"crop must be one of {CROPS}, got {crop!r}")
+    paths = list(paths)
     if crop == "none":
-        return _predict_as_is(model, list(paths), batch_size, tta)
-    as_is, faces, rows, skipped = _sort_pictures(paths, crop, model.image_size)
+        return _predict_as_is(model, paths, batch_size, tta)
+    as_is, faces, rows, skipped = [], [], [], []
+    # A chunk of pictures at a time, and their faces predicted as soon as a chunk of them
+    # is ready: the memory stays bounded however large the folder.
+    for start in range(0, len(paths), PREDICT_CHUNK):
+        chunk = paths[start : start + PREDICT_CHUNK]
+        for path, (how, found) in zip(
+            chunk, _sort_pictures(chunk, crop, model.image_size)
+        ):
+            if how == "skipped":
+                skipped.append((path, found))
+            elif how == "as is":
+                as_is.append(path)
+            elif not found:
+                rows.append(PhotoAge(path, None, "no face found"))
+            else:
+                faces += [(path, face, crops) for face, crops in found]
+        while len(faces) >= PREDICT_CHUNK:
+            rows += _predict_faces(model, faces[:PREDICT_CHUNK], batch_size, tta)
+            del faces[:PREDICT_CHUNK]
+    rows += _predict_faces(model, faces, batch_size, tta)
     found, failed = _predict_as_is(model, as_is, batch_size, tta)
-    rows += found
-    skipped += failed
-    for start in range(0, len(faces), PREDICT_CHUNK):
-        chunk = faces[start : start + PREDICT_CHUNK]
-        images = tf.cast(tf.concat([crops for _, _, crops in chunk], 0), tf.float32)
-        ages = predict_ages(model, images / 255.0, batch_size, tta)
-        # The mean over each face's frame variants.
-        ages = ages.reshape(len(chunk), -1).mean(axis=1)
-        rows += [
-            PhotoAge(path, float(age), "face", face.box, face.frame)
-            for (path, face, _), age in zip(chunk, ages)
-        ]
     order = {path: index for index, path in enumerate(paths)}
-    return sorted(rows, key=lambda row: order[row.path]), skipped
+    return sorted(rows + found, key=lambda row: order[row.path]), skipped + failed
 
 
 def predict_files(model_path, sources, out=None, tta=False, crop="auto"):

@@ -1,28 +1,37 @@
-"""Benchmark `predict` on a folder of faces: one image per call against batches.
+"""Benchmark `predict` on a folder of face crops: images per second of the whole path.
 
     python bench/bench_predict.py
-    python bench/bench_predict.py --data ~/UTKFace --images 1000 --rounds 3
+    python bench/bench_predict.py --model runs/cpu/model.keras --images 1000 --rounds 3
 
-Two contenders predict the ages of the same real UTKFace files with the same untrained
-CPU-preset model (the weights do not change the speed):
+Real test-split UTKFace faces (aligned 200x200 crops) are linked into a temporary folder,
+and three contenders run `photos.predict_files` on it as `python train_loop.py predict
+FOLDER` does: the model loaded from its file, the folder listed, the faces predicted and
+the CSV written (only Python's and TensorFlow's start-up are left out):
 
-1. per_image: what `predict` did before, for every file `utk_data.load_images([path])`
-   and then `evaluation.predict_ages` on that one image;
-2. batched: `photos.predict_paths`, which decodes the files in parallel with `tf.data`
-   and predicts them in batches, as `predict --crop none` does (and `predict` does for the
-   pictures that are face crops already).
+1. auto: `--crop auto`, the default: a small, about square picture is known for a face
+   crop from its header and taken as it is; the other pictures are searched by threads;
+2. none: `--crop none`, every picture taken as it is: the batched prediction alone;
+3. sequential: `--crop auto` as it was, every picture decoded and searched for faces by
+   OpenCV's detector, one after another, before the face crops are taken as they are.
 
-Both start after an untimed warm-up (tracing, the first decode), alternate over the
-rounds, and the median images per second of each is reported, with their ratio.
+All three must write the same rows. The model is the untrained CPU-preset one unless
+`--model` gives one (the weights do not change the speed). Every contender runs once,
+untimed, on a few files first (tracing, the first reads from disk); then they alternate,
+starting at a different one each round, and the median images per second of each is
+reported, with the ratios.
 """
 
 import argparse
+import contextlib
+import io
 import os
 import random
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -31,72 +40,141 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 # devices first: it sets TensorFlow's environment (oneDNN) before the import.
 import devices  # noqa: E402
 import train_loop  # noqa: E402
-import evaluation  # noqa: E402
 import photos  # noqa: E402
 import utk_data  # noqa: E402
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 
 SEED = 0
 
 
-def per_image(model, paths):
-    """Ages predicted one file at a time, as `predict` did."""
-    ages = []
+# The processor's vector extensions, which set how fast the detector and the model run.
+VECTOR_FLAGS = ("sse", "ssse", "avx", "fma", "f16c", "amx")
+
+
+def sort_one_by_one(paths, crop, image_size):
+    """`photos._sort_pictures` as it was: each picture decoded and searched in turn."""
+    sorted_pictures = []
     for path in paths:
-        image = utk_data.load_images([path], model.image_size)
-        ages.append(float(evaluation.predict_ages(model, image)[0]))
-    return ages
+        try:
+            picture = photos.read_photo(path)
+        except ValueError as error:
+            sorted_pictures.append(("skipped", str(error).split(": ", 1)[-1]))
+            continue
+        found = photos.find_faces(picture)
+        if crop == "auto" and photos.is_tight_crop(picture, found):
+            sorted_pictures.append(("as is", None))
+            continue
+        crops = [
+            (face, photos._face_crops(picture, face, image_size)) for face in found
+        ]
+        sorted_pictures.append(("faces", crops))
+    return sorted_pictures
 
 
-def batched(model, paths):
-    """Ages predicted by `photos.predict_paths`, as `predict --crop none` does."""
-    rows, skipped = photos.predict_paths(model, paths)
+def predict(model_file, sources, out, crop):
+    """Rows of `photos.predict_files`, its summary on standard error kept quiet."""
+    with contextlib.redirect_stderr(io.StringIO()):
+        rows, skipped = photos.predict_files(model_file, sources, out, crop=crop)
     if skipped:
         raise ValueError(f"unreadable files in the benchmark: {skipped[:3]}")
-    return [row.age for row in rows]
+    return rows
 
 
-CONTENDERS = {"per_image": per_image, "batched": batched}
+def auto(model_file, sources, out):
+    """`predict --crop auto`: face crops known from their header."""
+    return predict(model_file, sources, out, "auto")
 
 
-def main(argv=None):
-    """Time both contenders and print each round and the medians."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", help="folder, archive or URL (default: see README)")
-    parser.add_argument("--images", type=int, default=600, help="files to predict")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of both")
-    arguments = parser.parse_args(argv)
-    print("=== bench_predict ===")
-    print("machine:", devices.describe_machine())
-    records, _ = utk_data.load_records(utk_data.locate(arguments.data), verbose=False)
-    paths = [str(r.path) for r in random.Random(SEED).sample(records, arguments.images)]
+def none(model_file, sources, out):
+    """`predict --crop none`: the batched prediction alone."""
+    return predict(model_file, sources, out, "none")
+
+
+def sequential(model_file, sources, out):
+    """`predict --crop auto` as it was: the detector on every picture, in turn."""
+    with mock.patch.object(photos, "_sort_pictures", sort_one_by_one):
+        return predict(model_file, sources, out, "auto")
+
+
+CONTENDERS = {"auto": auto, "none": none, "sequential": sequential}
+
+
+def link_faces(records, folder):
+    """Link the image files of `records` into `folder`; return their links."""
+    links = []
+    for record in records:
+        link = Path(folder) / Path(record.path).name
+        link.symlink_to(Path(record.path).resolve())
+        links.append(str(link))
+    return links
+
+
+def model_file(arguments, folder):
+    """The model file to predict with: `--model`, or the untrained CPU-preset model."""
+    if arguments.model:
+        return arguments.model
     keras.utils.set_random_seed(SEED)
     model = train_loop.make_model(train_loop.TrainConfig(preset="cpu"), 33.0)
-    print(f"{len(paths)} files, CPU-preset model at {model.image_size} px")
-    # Untimed warm-up: tracing and the first reads from disk.
-    reference = {name: run(model, paths[:64]) for name, run in CONTENDERS.items()}
-    np.testing.assert_allclose(*reference.values(), rtol=1e-4, atol=1e-3)
+    path = Path(folder) / "model.keras"
+    model.save(path)
+    return str(path)
+
+
+def time_rounds(model_path, folder, out, rounds, images):
+    """Images per second of each contender in each round, the order turning."""
     speeds = {name: [] for name in CONTENDERS}
-    for round_number in range(arguments.rounds):
-        order = (
-            list(CONTENDERS)[round_number % 2 :] + list(CONTENDERS)[: round_number % 2]
-        )
+    for round_number in range(rounds):
+        turn = round_number % len(CONTENDERS)
+        order = list(CONTENDERS)[turn:] + list(CONTENDERS)[:turn]
+        rows = {}
         for name in order:
             start = time.perf_counter()
-            CONTENDERS[name](model, paths)
-            speeds[name].append(len(paths) / (time.perf_counter() - start))
+            rows[name] = CONTENDERS[name](model_path, [folder], out)
+            speeds[name].append(images / (time.perf_counter() - start))
+        if len({tuple(found) for found in rows.values()}) != 1:
+            raise ValueError(f"different rows in round {round_number + 1}: {rows}")
         print(
             f"round {round_number + 1}: "
             + ", ".join(f"{name} {speeds[name][-1]:,.0f} img/s" for name in CONTENDERS)
         )
+    return speeds
+
+
+def main(argv=None):
+    """Time the three contenders and print each round, the medians and the ratios."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", help="folder, archive or URL (default: see README)")
+    parser.add_argument("--model", help="a model.keras file (default: untrained)")
+    parser.add_argument("--images", type=int, default=600, help="face crops to predict")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of all three")
+    arguments = parser.parse_args(argv)
+    print("=== bench_predict ===")
+    print("machine:", devices.describe_machine())
+    flags = (devices._cpu_info("flags") or "").split()
+    print(
+        "CPU vector flags:",
+        " ".join(flag for flag in flags if flag.startswith(VECTOR_FLAGS)),
+    )
+    records, _ = utk_data.load_records(utk_data.locate(arguments.data), verbose=False)
+    _, _, test = utk_data.split_records(records)
+    chosen = random.Random(SEED).sample(test, arguments.images)
+    with tempfile.TemporaryDirectory() as temporary:
+        folder = Path(temporary) / "faces"
+        folder.mkdir()
+        paths = link_faces(chosen, folder)
+        model_path = model_file(arguments, temporary)
+        out = Path(temporary) / "ages.csv"
+        print(f"{len(paths)} test-split face crops, model {Path(model_path).name}")
+        # Untimed warm-up: tracing and the first reads from disk.
+        for run in CONTENDERS.values():
+            run(model_path, paths[:64], out)
+        speeds = time_rounds(model_path, str(folder), out, arguments.rounds, len(paths))
     medians = {name: statistics.median(values) for name, values in speeds.items()}
     for name, value in medians.items():
         print(f"{name}: {value:,.0f} images/s (median of {arguments.rounds})")
-    print(
-        f"batched/per_image img/s ratio: {medians['batched'] / medians['per_image']:.1f}"
-    )
+    print(f"auto/sequential img/s ratio: {medians['auto'] / medians['sequential']:.1f}")
+    print(f"auto/none img/s ratio: {medians['auto'] / medians['none']:.2f}")
 
 
 if __name__ == "__main__":

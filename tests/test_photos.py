@@ -3,6 +3,7 @@ frames them, `predict` gives a row per face, and photos are read upright. Nothin
 is committed: the pictures are made here from the archive's faces."""
 
 import csv
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -194,3 +195,114 @@ def test_read_images_reports_bad_files_and_keeps_the_good_ones(tmp_path):
         "notes.jpg",
     ]
     assert all(reason for _, reason in failed)
+
+
+# --- predicting folders fast --------------------------------------------------------------
+
+
+def _predict_one_by_one(model, paths, crop):
+    """`predict_paths` as it was before the threads: every picture decoded and searched,
+    one after another, its faces predicted in chunks and the face crops as they are."""
+    as_is, faces, rows, skipped = [], [], [], []
+    for path in paths:
+        try:
+            picture = photos.read_photo(path)
+        except ValueError:
+            skipped.append(path)
+            continue
+        found = photos.find_faces(picture)
+        if crop == "auto" and photos.is_tight_crop(picture, found):
+            as_is.append(path)
+            continue
+        if not found:
+            rows.append(photos.PhotoAge(path, None, "no face found"))
+        faces += [(path, face, photos._face_crops(picture, face, 32)) for face in found]
+    chunk = photos.PREDICT_CHUNK
+    for start in range(0, len(faces), chunk):
+        rows += photos._predict_faces(model, faces[start : start + chunk], 64, False)
+    found, failed = photos.predict_paths(model, as_is, crop="none")
+    order = {path: index for index, path in enumerate(paths)}
+    return sorted(rows + found, key=lambda row: order[row.path]), skipped + failed
+
+
+@pytest.fixture(scope="module")
+def mixed_pictures(faces, tmp_path_factory):
+    """Face crops, larger pictures with one, two or no faces, an enlarged crop, a small
+    wide one and an unreadable file, in a mixed order."""
+    records, images = faces
+    folder = tmp_path_factory.mktemp("mixed")
+    pictures = {
+        "one.png": _place(images[2], 1.0, 30, 40, size=(330, 420), seed=1)[0],
+        "big_crop.jpg": np.asarray(Image.fromarray(images[3]).resize((320, 320))),
+        "wide.jpg": images[4][60:160],
+        "none.jpg": np.random.default_rng(2).integers(0, 255, (300, 420, 3), np.uint8),
+    }
+    two, _ = _place(images[0], 1.0, 20, 60, size=(330, 520), seed=2)
+    two[60:260, 290:490] = images[1]
+    pictures["two.png"] = two
+    for name, picture in pictures.items():
+        Image.fromarray(picture).save(folder / name)
+    (folder / "bad.jpg").write_text("not an image")
+    names = ["one.png", "bad.jpg", "big_crop.jpg", "two.png", "wide.jpg", "none.jpg"]
+    crops = [str(record.path) for record in records[5:]]
+    return [crops[0], *(str(folder / name) for name in names[:3]), crops[1]] + [
+        *(str(folder / name) for name in names[3:]),
+        crops[2],
+    ]
+
+
+@pytest.mark.parametrize("crop", ["auto", "face"])
+def test_threads_predict_as_one_picture_after_another_did(
+    mixed_pictures, network, monkeypatch, crop
+):
+    # Chunks of three pictures, and of three faces, so that several of each are predicted.
+    monkeypatch.setattr(photos, "PREDICT_CHUNK", 3)
+    monkeypatch.setattr(photos, "_cpu_count", lambda: 3)
+    rows, skipped = photos.predict_paths(network, mixed_pictures, crop=crop)
+    expected, failed = _predict_one_by_one(network, mixed_pictures, crop)
+    assert rows == expected
+    assert [path for path, _ in skipped] == failed == [mixed_pictures[2]]
+    kinds = {"face", "no face found"} | ({"as is"} if crop == "auto" else set())
+    assert {row.crop for row in rows} == kinds
+    assert sum(row.path.endswith("two.png") for row in rows) == 2
+
+
+def test_face_crops_are_neither_decoded_nor_searched_for_faces(
+    faces, network, monkeypatch
+):
+    records, _ = faces
+    paths = [str(record.path) for record in records]
+    plain, _ = photos.predict_paths(network, paths, crop="none")
+
+    def fail(*arguments, **options):
+        raise AssertionError("a face crop was decoded or searched for faces")
+
+    monkeypatch.setattr(photos, "find_faces", fail)
+    monkeypatch.setattr(photos, "read_photo", fail)
+    rows, skipped = photos.predict_paths(network, paths, crop="auto")
+    assert rows == plain and not skipped
+
+
+def test_a_small_square_stays_one_whichever_way_exif_turns_it():
+    # The header gives the size before EXIF turns the picture: both must answer alike.
+    sides = range(1, photos.SMALL_PICTURE + 2)
+    assert all(
+        photos.is_small_square(height, width) == photos.is_small_square(width, height)
+        for height in sides
+        for width in sides
+    )
+
+
+def test_each_thread_has_its_own_cascade():
+    from concurrent.futures import ThreadPoolExecutor
+
+    # Both wait for each other, so the two run at once, on two threads.
+    both = threading.Barrier(2, timeout=30)
+
+    def cascade(_):
+        both.wait()
+        return photos._cascade(photos.CASCADE)
+
+    with ThreadPoolExecutor(2) as pool:
+        first, second = pool.map(cascade, range(2))
+    assert first is not second
