@@ -38,6 +38,7 @@ import numpy as np
 import tensorflow as tf
 
 import evaluation
+import export
 import photos
 import report
 import utk_data
@@ -1268,6 +1269,12 @@ COMMANDS = {
         photos.add_predict_arguments,
         photos.predict_command,
     ),
+    "export": (
+        "a model as a SavedModel or a TFLite file, with its test MAE beside the Keras "
+        "model's",
+        export.add_export_arguments,
+        export.export_command,
+    ),
 }
 
 
@@ -1285,7 +1292,7 @@ def _parser():
 
 
 def main(argv=None):
-    """The command line: train, evaluate, baseline, compare, report, predict."""
+    """The command line: train, evaluate, baseline, compare, report, predict, export."""
     argv = sys.argv[1:] if argv is None else [str(argument) for argument in argv]
     # The commands save their figures into files and never show them.
     matplotlib.use("Agg")

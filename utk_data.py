@@ -452,12 +452,14 @@ def decode_and_resize(contents, image_size):
 
 
 def resize_square(image, image_size):
-    """Centre-crop an RGB image to a square and resize it to uint8 (image_size, image_size, 3)."""
+    """Centre-crop an RGB image (height, width, 3), or a batch of them (n, height, width,
+    3), to a square and resize it to uint8 (image_size, image_size, 3) (or a batch)."""
     tf = _tf()
     shape = tf.shape(image)
-    side = tf.minimum(shape[0], shape[1])
-    top, left = (shape[0] - side) // 2, (shape[1] - side) // 2
-    image = image[top : top + side, left : left + side]
+    height, width = shape[-3], shape[-2]
+    side = tf.minimum(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    image = image[..., top : top + side, left : left + side, :]
 
     def shrink():
         # "area" averages the pixels under each output pixel: antialiased like PIL's

@@ -50,7 +50,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPOSITORY_ROOT))
 
-# train_loop first: it sets TensorFlow's environment (oneDNN) before the import.
+# devices first: it sets TensorFlow's environment (oneDNN) before the import.
+import devices  # noqa: E402
 import train_loop  # noqa: E402
 import utk_data  # noqa: E402
 
@@ -185,9 +186,9 @@ def dataset(decoded, batch_size, raw, augment=True):
 # ---------------------------------------------------------------------------------------
 
 
-def augment_on_device(images, seed):
-    """What the train step does to a raw batch before the update."""
-    return utk_data.prepare_batch(images, seed, augment=True)
+def augment_on_device(images, seeds):
+    """The train step's augmentation of a raw batch (every row of `seeds` the batch's)."""
+    return utk_data.prepare_batch(images, seeds[0], augment=True)
 
 
 class PipelineContender:
@@ -438,11 +439,11 @@ def main(argv=None):
     """Run both parts and print each round and the summaries."""
     arguments = parse_arguments(argv)
     print("=== bench_input ===")
-    print("machine:", train_loop.describe_machine())
+    print("machine:", devices.describe_machine())
     print(
-        f"oneDNN kernels: {train_loop.onednn_enabled()}; CPU flags: "
+        f"oneDNN kernels: {devices.onednn_enabled()}; CPU flags: "
         f"{', '.join(cpu_flags()) or 'none listed'}; bfloat16 units: "
-        f"{', '.join(train_loop.bfloat16_units()) or 'none'}"
+        f"{', '.join(devices.bfloat16_units()) or 'none'}"
     )
     decoded = decode_images(arguments)
     print()

@@ -44,7 +44,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPOSITORY_ROOT))
 
-# train_loop first: it sets TensorFlow's environment (oneDNN) before the import.
+# devices first: it sets TensorFlow's environment (oneDNN) before the import.
+import devices  # noqa: E402
 import train_loop  # noqa: E402
 import utk_data  # noqa: E402
 from model import forward_flops  # noqa: E402
@@ -334,11 +335,11 @@ def main(argv=None):
     """Run the rounds, print each and the summary; save the figure when asked."""
     arguments = parse_arguments(argv)
     print("=== bench_roofline ===")
-    print("machine:", train_loop.describe_machine())
+    print("machine:", devices.describe_machine())
     print(
-        f"oneDNN kernels: {train_loop.onednn_enabled()}; CPU flags: "
+        f"oneDNN kernels: {devices.onednn_enabled()}; CPU flags: "
         f"{', '.join(cpu_flags()) or 'none listed'}; bfloat16 units: "
-        f"{', '.join(train_loop.bfloat16_units()) or 'none'}"
+        f"{', '.join(devices.bfloat16_units()) or 'none'}"
     )
     contenders = make_contenders(arguments)
     print()
