@@ -395,6 +395,70 @@ def run_predictions(folder, column=None):
 
 
 # ---------------------------------------------------------------------------------------
+# TensorBoard curves
+# ---------------------------------------------------------------------------------------
+
+# Under a run's folder: TensorBoard's event files (`tensorboard --logdir RUN/logs`).
+LOGS = "logs"
+# The training loss is written every LOG_EVERY steps, beside the epochs' scalars.
+LOG_EVERY = 20
+STEP_LOSS = "train/loss_per_step"
+# The history's entries that become TensorBoard scalars, each under its own name.
+CURVES = {
+    "loss": "train/loss",
+    "mae": "train/mae",
+    "val_mae": "validation/mae",
+    "val_mae_without_ema": "validation/mae_without_average",
+    "learning_rate": "train/learning_rate",
+    "seconds": "epoch/seconds",
+    "images_per_second": "epoch/images_per_second",
+}
+
+
+class Curves:
+    """TensorBoard scalars of a run: per epoch the history's entries (CURVES) at the
+    epoch's number, and the training loss of every LOG_EVERY-th step at the step's number.
+    An epoch is written before its checkpoint; a resumed run first keeps only the curves
+    of the epochs its checkpoint holds, so the curves go on with no step twice and none
+    missing."""
+
+    def __init__(self, folder, steps_per_epoch, epochs_done=0):
+        folder = Path(folder)
+        kept = self._written(folder, epochs_done * steps_per_epoch, epochs_done)
+        for old in folder.glob("events.out.tfevents.*"):
+            old.unlink()
+        self.writer = tf.summary.create_file_writer(str(folder))
+        with self.writer.as_default():
+            for tag, step, value in kept:
+                tf.summary.scalar(tag, value, step=step)
+        self.writer.flush()
+
+    @staticmethod
+    def _written(folder, steps_done, epochs_done):
+        """[(tag, step, value)] in the folder's event files of the first `epochs_done`
+        epochs (`steps_done` steps)."""
+        kept = []
+        for path in sorted(folder.glob("events.out.tfevents.*")):
+            for event in tf.compat.v1.train.summary_iterator(str(path)):
+                for value in event.summary.value:
+                    last = steps_done - 1 if value.tag == STEP_LOSS else epochs_done
+                    if event.step <= last:
+                        number = float(tf.make_ndarray(value.tensor))
+                        kept.append((value.tag, event.step, number))
+        return kept
+
+    def write(self, row, step_losses):
+        """Write an epoch's history row and its steps' losses {step: loss}."""
+        with self.writer.as_default():
+            for step, loss in step_losses.items():
+                tf.summary.scalar(STEP_LOSS, loss, step=step)
+            for name, tag in CURVES.items():
+                if name in row:
+                    tf.summary.scalar(tag, row[name], step=row["epoch"])
+        self.writer.flush()
+
+
+# ---------------------------------------------------------------------------------------
 # Figures
 # ---------------------------------------------------------------------------------------
 

@@ -783,47 +783,6 @@ def estimate_training(config, train_records, val_records):
 
 
 # ---------------------------------------------------------------------------------------
-# TensorBoard curves
-# ---------------------------------------------------------------------------------------
-
-# Under a run's folder: TensorBoard's event files (`tensorboard --logdir RUN/logs`).
-LOGS = "logs"
-# The training loss is written every LOG_EVERY steps, beside the epochs' scalars.
-LOG_EVERY = 20
-# The history's entries that become TensorBoard scalars, each under its own name.
-CURVES = {
-    "loss": "train/loss",
-    "mae": "train/mae",
-    "val_mae": "validation/mae",
-    "val_mae_without_ema": "validation/mae_without_average",
-    "learning_rate": "train/learning_rate",
-    "seconds": "epoch/seconds",
-    "images_per_second": "epoch/images_per_second",
-}
-
-
-class Curves:
-    """TensorBoard scalars of a run: per epoch the history's entries (CURVES) at the
-    epoch's number, and the training loss of every LOG_EVERY-th step at the step's number.
-    An epoch is written after its checkpoint, so a resumed run continues the curves
-    without writing a step twice."""
-
-    def __init__(self, folder, steps_per_epoch):
-        self.writer = tf.summary.create_file_writer(str(folder))
-        self.steps_per_epoch = steps_per_epoch
-
-    def write(self, row, step_losses):
-        """Write an epoch's history row and its steps' losses {step: loss}."""
-        with self.writer.as_default():
-            for step, loss in step_losses.items():
-                tf.summary.scalar("train/loss_per_step", loss, step=step)
-            for name, tag in CURVES.items():
-                if name in row:
-                    tf.summary.scalar(tag, row[name], step=row["epoch"])
-        self.writer.flush()
-
-
-# ---------------------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------------------
 
@@ -937,7 +896,7 @@ def _train_epochs(trainer, history, out, train_images, val_records, steps, verbo
         val_records, config.image_size, config.batch_size
     )
     chief = devices.is_chief(trainer.strategy)
-    curves = Curves(out / LOGS, steps) if chief else None
+    curves = evaluation.Curves(out / evaluation.LOGS, steps, start) if chief else None
     for epoch in range(start, config.epochs):
         row, step_losses = _run_epoch(
             trainer, batches, steps, val_dataset, epoch, out, verbose
@@ -945,6 +904,7 @@ def _train_epochs(trainer, history, out, train_images, val_records, steps, verbo
         history.append(row)
         state = progress(history, config)
         if chief:
+            curves.write(row, step_losses)
             if state.best_epoch == epoch + 1:
                 with trainer.evaluated_weights():
                     atomic_write(out / "model.keras", trainer.model.save)
@@ -952,7 +912,6 @@ def _train_epochs(trainer, history, out, train_images, val_records, steps, verbo
                 out, trainer.model, trainer.optimizer, config, history, trainer.average
             )
             write_json(out / evaluation.HISTORY, history)
-            curves.write(row, step_losses)
         if state.finished:
             if state.bad_epochs >= config.patience and verbose:
                 print(f"early stop: no better val MAE for {config.patience} epochs")
@@ -960,7 +919,8 @@ def _train_epochs(trainer, history, out, train_images, val_records, steps, verbo
 
 
 def _train_steps(trainer, batches, steps, epoch, out, progress_bar):
-    """Train `steps` batches; return the loss of every LOG_EVERY-th step, by step number."""
+    """Train `steps` batches; return the loss of every LOG_EVERY-th step (evaluation.py)
+    by step number."""
     losses = {}
     for step in range(steps):
         loss = float(trainer.train_step(*next(batches)))
@@ -969,7 +929,7 @@ def _train_steps(trainer, batches, steps, epoch, out, progress_bar):
                 f"the loss became {loss} at epoch {epoch + 1}, step {step + 1}: stopped; "
                 f"the last good checkpoint in {out} is kept (try a lower --learning-rate)"
             )
-        if step % LOG_EVERY == 0:
+        if step % evaluation.LOG_EVERY == 0:
             losses[epoch * steps + step] = loss
         metrics = [
             ("loss", trainer.train_loss.result()),

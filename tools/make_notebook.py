@@ -178,6 +178,8 @@ def written_cells():
         ("code", COURSE_RESULT),
         ("markdown", OUR_RUN_TEXT),
         ("code", ESTIMATE),
+        ("markdown", TENSORBOARD_TEXT),
+        ("code", TENSORBOARD),
         ("code", "run = train_loop.train(config)"),
         ("code", "evaluation.plot_history(run.history)\nplt.show()"),
         ("markdown", "## 7. Evaluation on the test split\n\n" + EVALUATION_TEXT),
@@ -388,7 +390,10 @@ to_install
 GPU_TEXT = """
 In Colab choose *Runtime → Change runtime type → GPU* (a T4 is enough). Training then uses
 mixed precision and XLA by itself. Without a GPU everything still runs, with a smaller model
-and more slowly; the cell below warns, it does not stop.
+and more slowly; the cell below warns, it does not stop. A *TPU* runtime also works: the
+training then spreads its batches over the TPU's cores (`tf.distribute.TPUStrategy`, in
+bfloat16), with the GPU preset's network; this path has not been tried on a real TPU. With
+several GPUs, each takes a share of every batch (`MirroredStrategy`).
 """
 
 VERSIONS = """
@@ -587,6 +592,21 @@ OUR_RUN_TEXT = """
 First an estimate of how long its training will take on this runtime, from a few timed
 steps (a rerun that resumes needs only the epochs that are left; early stopping may end it
 sooner). Then the training itself, the longest cell of the notebook.
+"""
+
+TENSORBOARD_TEXT = """
+The training's curves in TensorBoard, live while the next cell trains (in Colab; in quick
+mode and elsewhere the cell says where they are): the training loss every 20 steps and, per
+epoch, the training and validation MAE, the learning rate and the images a second.
+"""
+
+TENSORBOARD = """
+LOGS = Path(config.out) / "logs"
+if IS_COLAB and not QUICK:  # As the magics %load_ext tensorboard, %tensorboard --logdir LOGS
+    get_ipython().run_line_magic("load_ext", "tensorboard")
+    get_ipython().run_line_magic("tensorboard", f"--logdir {LOGS}")
+else:
+    print(f"TensorBoard curves in {LOGS}: tensorboard --logdir {LOGS}")
 """
 
 ESTIMATE = """

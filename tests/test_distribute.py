@@ -1,0 +1,311 @@
+"""Training past one device (tf.distribute), its TensorBoard curves, and the exported model.
+
+MirroredStrategy runs over this machine's CPU split into two logical devices, in processes
+of their own (tests/on_cpus.py); MultiWorkerMirroredStrategy over two worker processes on
+127.0.0.1. The TPU path cannot run here.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import devices
+import evaluation
+import export
+import train_loop
+import utk_data
+from synthetic import make_folder
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+ON_CPUS = REPOSITORY / "tests" / "on_cpus.py"
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """Sixty-four small synthetic images named like UTKFace."""
+    return make_folder(tmp_path_factory.mktemp("tiny") / "UTKFace", 64, seed=7)
+
+
+def _arguments(data, out, epochs=2, *more):
+    return [
+        "train", "--data", str(data), "--out", str(out), "--preset", "cpu",
+        "--image-size", "32", "--batch-size", "8", "--epochs", str(epochs),
+        "--precision", "float32", "--no-jit-compile", "--ema", "0.9", *more,
+    ]  # fmt: skip
+
+
+def _start(arguments, replicas=1, **environment):
+    """A process running `arguments` on CPU_REPLICAS logical CPU devices."""
+    env = {**os.environ, "CPU_REPLICAS": str(replicas), **environment}
+    return subprocess.Popen(
+        [sys.executable, str(ON_CPUS), *arguments],
+        cwd=REPOSITORY,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _finish(process, timeout=300):
+    """The output of a process that must succeed within `timeout` seconds."""
+    try:
+        output = process.communicate(timeout=timeout)[0]
+    finally:
+        process.kill()
+    assert process.returncode == 0, output
+    return output
+
+
+# --- MirroredStrategy over two logical CPU devices --------------------------------------
+
+
+@pytest.mark.slow
+def test_mirrored_replicas_update_the_weights_as_one_device_does():
+    # The same global batch of 8 images, split 4 and 4: the loss is averaged over the
+    # global batch and batch norm takes the global batch's statistics, so three steps
+    # (with the average of the weights) end with the same weights, up to float round-off.
+    found = json.loads(_finish(_start(["one-step"], replicas=2)).splitlines()[-1])
+    assert found["replicas"] == [1, 2]
+    assert found["losses"][0] == pytest.approx(found["losses"][1], rel=1e-5)
+    assert found["difference"] < 1e-5
+
+
+@pytest.mark.slow
+def test_a_mirrored_run_killed_and_rerun_ends_as_an_uninterrupted_one(
+    tiny_data, tmp_path
+):
+    mirrored = ["--strategy", "mirrored"]
+    whole = _finish(_start(_arguments(tiny_data, tmp_path / "whole", 6, *mirrored), 2))
+    assert "resuming" not in whole
+    killed = _start(_arguments(tiny_data, tmp_path / "killed", 6, *mirrored), 2)
+    checkpoint = tmp_path / "killed" / train_loop.CHECKPOINT
+    deadline = time.time() + 240
+    while not checkpoint.exists() and time.time() < deadline and killed.poll() is None:
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    rerun = _finish(_start(_arguments(tiny_data, tmp_path / "killed", 6, *mirrored), 2))
+    assert "resuming" in rerun, rerun
+    runs = [
+        json.loads((tmp_path / n / "metrics.json").read_text())
+        for n in ("whole", "killed")
+    ]
+    assert runs[0]["replicas"] == runs[1]["replicas"] == 2
+    assert runs[0]["strategy"] == "mirrored"
+    histories = [
+        json.loads((tmp_path / n / "history.json").read_text())
+        for n in ("whole", "killed")
+    ]
+    assert [row["val_mae"] for row in histories[1]] == [
+        row["val_mae"] for row in histories[0]
+    ]
+    assert runs[1]["test_mae"] == runs[0]["test_mae"]
+
+
+# --- MultiWorkerMirroredStrategy: two worker processes on this machine ------------------
+
+
+def _free_ports(count):
+    """Ports free on 127.0.0.1 just now."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+@pytest.mark.slow
+def test_two_workers_train_and_only_the_chief_writes(tiny_data, tmp_path):
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
+    out = tmp_path / "workers"
+    workers = [
+        _start(
+            _arguments(tiny_data, out, 2, "--strategy", "multi_worker"),
+            TF_CONFIG=json.dumps(
+                {"cluster": cluster, "task": {"type": "worker", "index": i}}
+            ),
+        )
+        for i in range(2)
+    ]
+    try:
+        outputs = [_finish(worker, timeout=300) for worker in workers]
+    finally:
+        for worker in workers:
+            worker.kill()
+    assert "test MAE" in outputs[0] and "test MAE" not in outputs[1]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["strategy"], metrics["replicas"]) == ("multi_worker", 2)
+    assert sorted(path.name for path in out.iterdir() if not path.name.startswith(".")) == [
+        "checkpoint.npz", "history.json", "logs", "metrics.json", "model.keras",
+        "test_predictions.csv",
+    ]  # fmt: skip
+    # One process, the same global batch: each replica draws its own augmentation and
+    # dropout, and all-reduced sums round otherwise, so the two runs follow nearby paths,
+    # not the same one. After two epochs the test MAE (about 25 years on these random
+    # images) agrees to within a year.
+    one = train_loop.train(train_loop.config_from_arguments(
+        train_loop._parser().parse_args(_arguments(tiny_data, tmp_path / "one", 2))
+    ), verbose=0)  # fmt: skip
+    assert abs(metrics["test_mae"] - one.metrics["test_mae"]) < 1.0
+
+
+# --- TensorBoard ------------------------------------------------------------------------
+
+
+def _scalars(folder):
+    """{tag: [(step, value)]} of every event file under `folder`, in writing order."""
+    found = {}
+    for path in sorted(Path(folder).glob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                number = float(tf.make_ndarray(value.tensor))
+                found.setdefault(value.tag, []).append((event.step, number))
+    return found
+
+
+@pytest.mark.slow
+def test_the_curves_are_the_history_and_a_resume_repeats_no_step(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    config = train_loop.config_from_arguments(
+        train_loop._parser().parse_args(_arguments(tiny_data, out, 3))
+    )
+    save = train_loop.save_checkpoint
+    saves = []
+
+    def stop_after_two(*args, **kwargs):
+        save(*args, **kwargs)
+        saves.append(1)
+        if len(saves) == 2:
+            raise KeyboardInterrupt
+
+    train_loop.save_checkpoint = stop_after_two
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train_loop.train(config, verbose=0)
+    finally:
+        train_loop.save_checkpoint = save
+    run = train_loop.train(config, verbose=0)
+    scalars = _scalars(out / evaluation.LOGS)
+    for name, tag in evaluation.CURVES.items():
+        steps = [step for step, _ in scalars[tag]]
+        assert steps == [1, 2, 3], (tag, steps)  # each epoch once, in order
+        expected = [row[name] for row in run.history]
+        assert [value for _, value in scalars[tag]] == pytest.approx(expected, rel=1e-6)
+    per_step = [step for step, _ in scalars["train/loss_per_step"]]
+    assert per_step == sorted(set(per_step)) and per_step[0] == 0
+    assert len(per_step) == 3 * len(
+        range(0, 6, evaluation.LOG_EVERY)
+    )  # 6 steps an epoch
+
+
+# --- export -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(real_folder, tmp_path_factory):
+    """A small model trained for a few seconds on real faces, and 64 test faces (uint8
+    images of its size, true ages)."""
+    out = tmp_path_factory.mktemp("export") / "run"
+    config = train_loop.TrainConfig(
+        data=str(real_folder), out=str(out), limit=800, image_size=48, epochs=2,
+        precision="float32",
+    )  # fmt: skip
+    run = train_loop.train(config, verbose=0)
+    decoded = utk_data.decode_records(run.test.records[:64], 48)
+    ages = np.array([record.age for record in decoded.records])
+    return out / "model.keras", run.model, decoded.images.numpy(), ages
+
+
+@pytest.mark.slow
+def test_the_exported_models_give_the_keras_models_ages(trained, tmp_path):
+    model_file, model, images, _ = trained
+    keras_ages = export.serving_model(model)(images).numpy()
+    predicted = evaluation.predict_ages(model, images / 255.0, tta=True)
+    np.testing.assert_allclose(keras_ages, predicted, atol=1e-4)
+    _, folder = export.export_model(model_file, "saved_model", tmp_path / "saved")
+    np.testing.assert_allclose(
+        export.saved_model_ages(folder, images), keras_ages, atol=0.05
+    )
+    # Any size: the same faces at 60 px are resized inside, as in training.
+    larger = tf.image.resize(images, (60, 60), method="nearest").numpy()
+    assert export.saved_model_ages(folder, larger).shape == (64,)
+    _, path = export.export_model(model_file, "tflite", tmp_path / "m.tflite")
+    np.testing.assert_allclose(export.tflite_ages(path, images), keras_ages, atol=0.05)
+
+
+@pytest.mark.slow
+def test_quantized_models_lose_little_on_the_test_split(trained, tmp_path, capsys):
+    model_file = trained[0]
+    train_loop.main([
+        "export", "--model", model_file, "--format", "tflite", "--limit", "800",
+        "--out", tmp_path / "float.tflite",
+    ])  # fmt: skip
+    maes = {}
+    for quantize in export.QUANTIZATIONS:
+        _, path = export.export_model(
+            model_file, "tflite", tmp_path / f"{quantize}.tflite", quantize
+        )
+        found = export.compare_on_test_faces(trained[1], path, "tflite", limit=800)
+        maes[quantize] = found["exported_mae"]
+    assert abs(maes["float16"] - maes["none"]) < 0.1
+    assert abs(maes["dynamic"] - maes["none"]) < 0.1
+    sizes = {q: (tmp_path / f"{q}.tflite").stat().st_size for q in export.QUANTIZATIONS}
+    assert sizes["dynamic"] < sizes["float16"] < sizes["none"]
+    assert "test MAE on 100 faces: Keras model" in capsys.readouterr().out
+
+
+def test_export_names_what_is_wrong(tmp_path, capsys):
+    missing = tmp_path / "missing.keras"
+    assert train_loop.main(["export", "--model", missing, "--format", "tflite"]) == 1
+    assert f"{missing}: no such file" in capsys.readouterr().err
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    assert (
+        train_loop.main(["export", "--model", folder, "--format", "saved_model"]) == 1
+    )
+    assert "not a Keras model file" in capsys.readouterr().err
+    damaged = tmp_path / "damaged.keras"
+    damaged.write_text("not a model")
+    assert train_loop.main(["export", "--model", damaged, "--format", "tflite"]) == 1
+    assert "not a readable Keras model" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train_loop.main(["export", "--model", damaged, "--format", "onnx"])
+    assert "invalid choice: 'onnx'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="format must be one of"):
+        export.export_model(damaged, "onnx")
+
+
+def test_auto_picks_the_strategy_of_the_machine(monkeypatch):
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1", "b:2"]}}))
+    assert devices.auto_strategy() == "multi_worker"
+    monkeypatch.delenv("TF_CONFIG")
+    for name in devices.TPU_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("COLAB_TPU_ADDR", "10.0.0.2:8470")
+    assert devices.auto_strategy() == "tpu" and devices.auto_precision(False) == (
+        "mixed_bfloat16"
+    )
+    monkeypatch.delenv("COLAB_TPU_ADDR")
+    gpus = {"GPU": ["gpu0", "gpu1"]}
+    monkeypatch.setattr(
+        tf.config, "list_physical_devices", lambda kind: gpus.get(kind, [])
+    )
+    assert devices.auto_strategy() == "mirrored"
+    gpus["GPU"] = ["gpu0"]
+    assert devices.auto_strategy() == "one"
+    assert devices.strategy_name(devices.make_strategy("one")) == "one"
+    with pytest.raises(ValueError, match="strategy must be one of"):
+        devices.make_strategy("several")
