@@ -65,11 +65,28 @@ def _cpu_info(key):
     return line.split(":", 1)[1].strip() if line else None
 
 
+# The processor features that set how fast TensorFlow's CPU kernels run, and the speed of
+# the same run on one processor or another.
+VECTOR_FLAGS = (
+    "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16",
+)  # fmt: skip
+
+
+def cpu_flags(names=VECTOR_FLAGS):
+    """The features among `names` that Linux lists for the processor, in that order."""
+    present = set((_cpu_info("flags") or "").split())
+    return [name for name in names if name in present]
+
+
+def cpu_name():
+    """The processor's model name."""
+    return _cpu_info("model name") or platform.processor() or platform.machine()
+
+
 def bfloat16_units():
     """The processor's bfloat16 matrix features (Intel AMX, AVX512-BF16) that Linux lists,
     such as ["amx_bf16", "avx512_bf16"]; [] without them or elsewhere."""
-    flags = set((_cpu_info("flags") or "").split())
-    return sorted(flags & {"amx_bf16", "avx512_bf16"})
+    return sorted(cpu_flags(("amx_bf16", "avx512_bf16")))
 
 
 def onednn_enabled():
@@ -82,11 +99,11 @@ def onednn_enabled():
 
 
 def describe_machine():
-    """One line: the processor, its cores, the GPU and the software versions."""
-    processor = _cpu_info("model name") or platform.processor() or platform.machine()
+    """One line: the processor, its cores and features, the GPU and the software versions."""
+    flags = " ".join(cpu_flags()) or "none of " + " ".join(VECTOR_FLAGS)
     gpus = [device.name for device in tf.config.list_physical_devices("GPU")]
     return (
-        f"{os.cpu_count()} CPU cores ({processor}, {platform.machine()}), "
+        f"{os.cpu_count()} CPU cores ({cpu_name()}, {platform.machine()}; {flags}), "
         f"{'GPU ' + ', '.join(gpus) if gpus else 'no GPU'}; TensorFlow {tf.__version__}, "
         f"Keras {keras.__version__}, Python {platform.python_version()}"
     )

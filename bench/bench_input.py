@@ -70,7 +70,6 @@ RAW_TARGET = 20_000
 # The speed the train step should keep with the augmentation inside it.
 STEP_TARGET = 0.97
 # The processor features that decide the speed of the kernels, when Linux lists them.
-FLAGS_OF_INTEREST = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16")
 
 
 def parse_arguments(argv=None):
@@ -92,17 +91,6 @@ def parse_arguments(argv=None):
         if getattr(arguments, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be positive")
     return arguments
-
-
-def cpu_flags():
-    """The flags of FLAGS_OF_INTEREST that /proc/cpuinfo lists, in that order."""
-    try:
-        with open("/proc/cpuinfo") as file:
-            line = next((line for line in file if line.startswith("flags")), "")
-    except OSError:
-        line = ""
-    present = set(line.split(":", 1)[-1].split())
-    return [flag for flag in FLAGS_OF_INTEREST if flag in present]
 
 
 class Timing(NamedTuple):
@@ -442,7 +430,7 @@ def main(argv=None):
     print("machine:", devices.describe_machine())
     print(
         f"oneDNN kernels: {devices.onednn_enabled()}; CPU flags: "
-        f"{', '.join(cpu_flags()) or 'none listed'}; bfloat16 units: "
+        f"{', '.join(devices.cpu_flags()) or 'none listed'}; bfloat16 units: "
         f"{', '.join(devices.bfloat16_units()) or 'none'}"
     )
     decoded = decode_images(arguments)

@@ -48,10 +48,6 @@ import keras  # noqa: E402
 SEED = 0
 
 
-# The processor's vector extensions, which set how fast the detector and the model run.
-VECTOR_FLAGS = ("sse", "ssse", "avx", "fma", "f16c", "amx")
-
-
 def sort_one_by_one(paths, crop, image_size):
     """`photos._sort_pictures` as it was: each picture decoded and searched in turn."""
     sorted_pictures = []
@@ -151,11 +147,6 @@ def main(argv=None):
     arguments = parser.parse_args(argv)
     print("=== bench_predict ===")
     print("machine:", devices.describe_machine())
-    flags = (devices._cpu_info("flags") or "").split()
-    print(
-        "CPU vector flags:",
-        " ".join(flag for flag in flags if flag.startswith(VECTOR_FLAGS)),
-    )
     records, _ = utk_data.load_records(utk_data.locate(arguments.data), verbose=False)
     _, _, test = utk_data.split_records(records)
     chosen = random.Random(SEED).sample(test, arguments.images)

@@ -32,7 +32,6 @@ round and the medians over rounds are printed. `--figure PATH` draws the GFLOP/s
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -61,15 +60,6 @@ CONTENDERS = tuple(f"{kind}_{dtype}" for kind in ("matmul", "step") for dtype in
 # Forward + backward (gradients for the inputs and for the weights) ~ 3 forward passes.
 PASSES_PER_STEP = 3
 # The processor features that decide the speed of the kernels, when Linux lists them.
-FLAGS_OF_INTEREST = (
-    "avx2",
-    "fma",
-    "avx512f",
-    "avx512_vnni",
-    "avx512_bf16",
-    "amx_tile",
-    "amx_bf16",
-)
 
 
 def parse_arguments(argv=None):
@@ -93,27 +83,6 @@ def parse_arguments(argv=None):
     if arguments.rounds < 1:
         raise ValueError("--rounds must be positive")
     return arguments
-
-
-def cpu_info(key):
-    """The value of the first `key` line of Linux's /proc/cpuinfo, or "" elsewhere."""
-    try:
-        with open("/proc/cpuinfo") as file:
-            line = next((line for line in file if line.startswith(key)), "")
-    except OSError:
-        line = ""
-    return line.split(":", 1)[-1].strip()
-
-
-def cpu_flags():
-    """The flags of FLAGS_OF_INTEREST that the processor has, in that order."""
-    present = set(cpu_info("flags").split())
-    return [flag for flag in FLAGS_OF_INTEREST if flag in present]
-
-
-def cpu_name():
-    """The processor's model name."""
-    return cpu_info("model name") or platform.processor() or platform.machine()
 
 
 class Speed(NamedTuple):
@@ -292,7 +261,9 @@ def print_summary(summary, arguments):
     """The medians: GFLOP/s, images/s, fractions of the matmul and bfloat16's speed-ups."""
     print()
     print(f"=== summary: medians over {arguments.rounds} rounds ===")
-    print(f"processor: {cpu_name()}; flags: {', '.join(cpu_flags()) or 'none listed'}")
+    print(
+        f"processor: {devices.cpu_name()}; flags: {', '.join(devices.cpu_flags()) or 'none listed'}"
+    )
     for dtype in DTYPES:
         print(
             f"{dtype:<9} matmul {summary[f'matmul_{dtype} GFLOP/s']:7.1f} GFLOP/s   "
@@ -324,7 +295,7 @@ def save_figure(summary, path, size):
         axes.bar_label(bars, fmt="%.0f")
     axes.set_xticks(positions, DTYPES)
     axes.set_ylabel("GFLOP/s")
-    axes.set_title(f"{cpu_name()}, {os.cpu_count()} cores", fontsize=10)
+    axes.set_title(f"{devices.cpu_name()}, {os.cpu_count()} cores", fontsize=10)
     axes.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=100)
@@ -338,7 +309,7 @@ def main(argv=None):
     print("machine:", devices.describe_machine())
     print(
         f"oneDNN kernels: {devices.onednn_enabled()}; CPU flags: "
-        f"{', '.join(cpu_flags()) or 'none listed'}; bfloat16 units: "
+        f"{', '.join(devices.cpu_flags()) or 'none listed'}; bfloat16 units: "
         f"{', '.join(devices.bfloat16_units()) or 'none'}"
     )
     contenders = make_contenders(arguments)
