@@ -660,7 +660,7 @@ def test_presets_build_and_cost():
         assert sum(row.parameters for row in feature_map_table(model)) == (
             model.count_params()
         )
-    # 76 MFLOPs at 96 px: 50 epochs take about 20 minutes on 2 CPU cores (answers.md);
+    # 76 MFLOPs at 96 px: 56 epochs took about half an hour on a 2-core Xeon (EXPERIMENTS.md);
     # a preset much dearer than 100 MFLOPs would not fit a 30-minute CPU run.
     assert 20e6 < forward_flops(models["cpu"]) <= 100e6
     assert forward_flops(models["gpu"]) > 10 * forward_flops(models["cpu"])
