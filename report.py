@@ -151,6 +151,11 @@ def _mean_sd(values, digits=2, sign=""):
     return text if values.size < 2 else f"{text} ± {values.std(ddof=1):.{digits}f}"
 
 
+def _seeds(variant):
+    """The seeds of a variant's runs, in their order (None for a run that records none)."""
+    return [read_metrics(f).get("config", {}).get("seed") for f in variant.folders]
+
+
 class TestFaces(NamedTuple):
     """A variant's test predictions, the faces in the same order for every seed."""
 
@@ -215,7 +220,7 @@ def compare_variants(variants, reference="first"):
     rows, tests = [], []
     for variant in variants:
         metrics = [read_metrics(folder) for folder in variant.folders]
-        seeds = [m.get("config", {}).get("seed") for m in metrics]
+        seeds = _seeds(variant)
         val = [m[variant.val] for m in metrics] if variant.val else []
         test = _test_predictions(variant)
         if test:
@@ -389,6 +394,41 @@ def calibration_table(variant):
     return "\n".join(lines)
 
 
+def old_faces_table(variants, oldest=60):
+    """A Markdown table of how each variant predicts the faces aged `oldest` and over: their
+    test MAE and mean signed error (predicted − true: negative when they are predicted too
+    young), beside the MAE of all faces, mean ± sd over the seeds, and against the first
+    row the difference in the old faces' MAE with its interval (paired_bootstrap on them).
+    """
+    lines = [
+        f"| | seeds | test MAE, all faces | faces aged {oldest}+ | their MAE | their mean "
+        "signed error | their MAE − first row [95 % interval] |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    first = None
+    for variant in variants:
+        test = _needed_test_predictions(variant)
+        old = test.true >= oldest
+        errors = test.predicted[:, old] - test.true[old]
+        difference = "—"
+        if first is None:
+            first = test, variant
+        else:
+            seeds, base = _seeds(variant), _seeds(first[1])
+            found = paired_bootstrap(
+                test.true[old], first[0].predicted[:, old], test.predicted[:, old],
+                same_seeds=seeds == base and None not in seeds,
+            )  # fmt: skip
+            difference = "{:+.2f} [{:+.2f}, {:+.2f}]".format(*found)
+        lines.append(
+            f"| {variant.label} | {len(test.predicted)} | "
+            f"{_mean_sd(np.abs(test.predicted - test.true).mean(axis=1))} | {old.sum()} | "
+            f"{_mean_sd(np.abs(errors).mean(axis=1))} | "
+            f"{_mean_sd(errors.mean(axis=1), 2, '+')} | {difference} |"
+        )
+    return "\n".join(lines)
+
+
 def output_range_table(variants):
     """A Markdown table of what each variant's output does at the low end of the ages
     (Task 2): its test MAE, its MAE on the faces aged 0-9, and how many test faces it
@@ -479,6 +519,9 @@ TABLES = {
         variants, entry.get("reference", "first")
     ),
     "output_range": lambda variants, entry: output_range_table(variants),
+    "old_faces": lambda variants, entry: old_faces_table(
+        variants, entry.get("oldest", 60)
+    ),
     "errors_by_age": lambda variants, entry: errors_by_age_table(variants[0]),
     "gender_by_age": lambda variants, entry: gender_by_age_table(variants[0]),
     "calibration": lambda variants, entry: calibration_table(variants[0]),

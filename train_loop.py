@@ -1130,6 +1130,12 @@ def _evaluate_arguments(parser):
     _data_argument(parser)
     parser.add_argument("--limit", type=int, help="as given to train")
     parser.add_argument(
+        "--split",
+        choices=SPLITS,
+        default="test",
+        help="the faces to evaluate: train (not augmented), val or test (default: test)",
+    )
+    parser.add_argument(
         "--unknown-attributes",
         action="store_true",
         help="give a model trained with --attribute-inputs 'unknown' gender and race, "
@@ -1140,8 +1146,8 @@ def _evaluate_arguments(parser):
     )
     parser.add_argument(
         "--predictions",
-        help=f"write a CSV row per test face here, with and without the mirror images "
-        f"(as train writes {PREDICTIONS})",
+        help=f"write a CSV row per face here, with and without the mirror images "
+        f"(as train writes {PREDICTIONS} for the test faces)",
     )
     _tta_argument(parser)
 
@@ -1169,12 +1175,18 @@ def command_train(arguments, parser):
     return 0
 
 
+# The splits `evaluate` reads out, in the order prepare_data returns them.
+SPLITS = ("train", "val", "test")
+
+
 def command_evaluate(arguments, parser):
-    """`evaluate`: the metrics of a saved model on the test split, as JSON."""
+    """`evaluate`: the metrics of a saved model on a split (the test split by default), as
+    JSON."""
     model = keras.models.load_model(arguments.model)
     if arguments.unknown_attributes and not getattr(model, "attribute_inputs", False):
         parser.error(f"{arguments.model} has no gender and race inputs")
-    _, _, test = prepare_data(TrainConfig(data=arguments.data, limit=arguments.limit))
+    splits = prepare_data(TrainConfig(data=arguments.data, limit=arguments.limit))
+    test = splits[SPLITS.index(arguments.split)]
     test = utk_data.decode_records(test, model.image_size)  # once for both readouts
     known = not arguments.unknown_attributes
     readouts = {  # Both readouts, as train writes them; the asked-for one first.

@@ -302,3 +302,25 @@ def test_women_one_year_worse_at_every_age_is_one_year_at_equal_ages(tmp_path):
     table = report.gender_by_age_table(report.Variant("run", [tmp_path / "run"]))
     assert "| 2.00 | 3.00 | +1.00 |" in table.splitlines()[2]
     assert table.endswith("| +1.00 [+1.00, +1.00] |")
+
+
+def test_the_old_faces_table_compares_the_faces_over_60(tmp_path):
+    # Two faces over 60 among six; the second variant predicts them 4 years closer.
+    true = np.array([10.0, 20.0, 30.0, 40.0, 70.0, 80.0])
+    young = np.array([11.0, 21.0, 31.0, 41.0, 60.0, 70.0])  # the old 10 years too young
+    closer = np.array([11.0, 21.0, 31.0, 41.0, 64.0, 74.0])  # 6 years too young
+    for name, predicted in (("plain", young), ("weighted", closer)):
+        for seed in (0, 1):
+            write_run(tmp_path / f"{name}{seed}", true, predicted, seed)
+    variants = [
+        report.Variant(name, [tmp_path / f"{name}0", tmp_path / f"{name}1"])
+        for name in ("plain", "weighted")
+    ]
+    lines = report.old_faces_table(variants).splitlines()
+    assert (
+        lines[2] == "| plain | 2 | 4.00 ± 0.00 | 2 | 10.00 ± 0.00 | -10.00 ± 0.00 | — |"
+    )
+    assert lines[3] == (
+        "| weighted | 2 | 2.67 ± 0.00 | 2 | 6.00 ± 0.00 | -6.00 ± 0.00 | "
+        "-4.00 [-4.00, -4.00] |"
+    )

@@ -414,6 +414,10 @@ def test_the_evaluate_command(trained, tiny_data, tmp_path, capsys):
     with pytest.raises(SystemExit):
         train_loop.main(["evaluate", "--model", model_file, "--unknown-attributes"])
     assert "has no gender and race inputs" in capsys.readouterr().err
+    # The training faces too (as a ReLU output's zeros there give no gradient).
+    assert train_loop.main([*arguments, "--split", "train", "--no-tta"]) == 0
+    on_train = json.loads(capsys.readouterr().out.split("\n", 1)[1])
+    assert on_train["count"] == metrics["train_images"]
     figures = tmp_path / "figures"
     assert train_loop.main([*arguments, "--figures", figures]) == 0
     assert sorted(path.name for path in figures.iterdir()) == [
