@@ -98,6 +98,12 @@ def onednn_enabled():
     return bool(_pywrap_util_port.IsMklEnabled())
 
 
+def describe_kernels():
+    """One line for benchmarks: oneDNN's state, and the processor's bfloat16 units."""
+    units = ", ".join(bfloat16_units()) or "none"
+    return f"oneDNN kernels: {onednn_enabled()}; bfloat16 units: {units}"
+
+
 def describe_machine():
     """One line: the processor, its cores and features, the GPU and the software versions."""
     flags = " ".join(cpu_flags()) or "none of " + " ".join(VECTOR_FLAGS)

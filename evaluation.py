@@ -8,6 +8,7 @@ gender and race, the median baseline, the per-face predictions file, and the fig
 It also owns the files of a run's folder: how they are written (atomically) and read.
 """
 
+import argparse
 import csv
 import hashlib
 import json
@@ -257,6 +258,16 @@ def read_out(model, val_images, test_images, batch_size=64, tta=False):
         predict_readouts(model, test_images, batch_size, unknown_attributes=True),
         bool(tta),
         quantiles,
+    )
+
+
+def add_tta_argument(parser):
+    """The `--tta/--no-tta` switch of the commands that predict (on by default)."""
+    parser.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="average each face's age with its mirror image's (default: on)",
     )
 
 

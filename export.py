@@ -12,7 +12,6 @@ phone app resizes the face itself). Both average each face's age with its mirror
 as `predict` does, unless exported with `--no-tta`.
 """
 
-import argparse
 import shutil
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 import utk_data
-from evaluation import age_predictor
+from evaluation import add_tta_argument, age_predictor
 from model import ages_from_outputs, model_inputs
 
 FORMATS = ("saved_model", "tflite")
@@ -212,12 +211,7 @@ def add_export_arguments(parser):
     )
     parser.add_argument("--data", help="folder, archive or URL of UTKFace (the check)")
     parser.add_argument("--limit", type=int, help="as given to train")
-    parser.add_argument(
-        "--tta",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="average each face's age with its mirror image's (default: on)",
-    )
+    add_tta_argument(parser)
 
 
 def export_command(arguments, parser):

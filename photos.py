@@ -11,7 +11,6 @@ own frames (`python bench/bench_framing.py`), is what the model sees. A picture 
 is a tight face crop, like UTKFace's, is taken as it is (`crop="auto"`).
 """
 
-import argparse
 import csv
 import functools
 import math
@@ -28,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 import utk_data
-from evaluation import predict_ages
+from evaluation import add_tta_argument, predict_ages
 
 # ---------------------------------------------------------------------------------------
 # Reading photos
@@ -555,12 +554,7 @@ def add_predict_arguments(parser):
     )
     parser.add_argument("--out", help="CSV file (default: standard output)")
     parser.add_argument("sources", nargs="+", metavar="FILE_OR_FOLDER")
-    parser.add_argument(
-        "--tta",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="average each face's prediction with its mirror image's (default: on)",
-    )
+    add_tta_argument(parser)
 
 
 def predict_command(arguments, parser):

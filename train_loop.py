@@ -1112,15 +1112,6 @@ def config_from_arguments(arguments):
     return TrainConfig(**given)
 
 
-def _tta_argument(parser):
-    parser.add_argument(
-        "--tta",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="average each face's prediction with its mirror image's (default: on)",
-    )
-
-
 def _data_argument(parser):
     parser.add_argument("--data", help="folder, archive or URL of UTKFace")
 
@@ -1149,7 +1140,7 @@ def _evaluate_arguments(parser):
         help=f"write a CSV row per face here, with and without the mirror images "
         f"(as train writes {PREDICTIONS} for the test faces)",
     )
-    _tta_argument(parser)
+    evaluation.add_tta_argument(parser)
 
 
 def _clear_errors(command):

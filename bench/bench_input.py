@@ -428,11 +428,7 @@ def main(argv=None):
     arguments = parse_arguments(argv)
     print("=== bench_input ===")
     print("machine:", devices.describe_machine())
-    print(
-        f"oneDNN kernels: {devices.onednn_enabled()}; CPU flags: "
-        f"{', '.join(devices.cpu_flags()) or 'none listed'}; bfloat16 units: "
-        f"{', '.join(devices.bfloat16_units()) or 'none'}"
-    )
+    print(devices.describe_kernels())
     decoded = decode_images(arguments)
     print()
     pipeline = measure_pipeline(arguments, decoded)

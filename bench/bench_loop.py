@@ -299,10 +299,7 @@ def main(argv=None):
     arguments = parse_arguments(argv)
     print("=== bench_loop ===")
     print("machine:", devices.describe_machine())
-    print(
-        f"oneDNN kernels: {devices.onednn_enabled()}; bfloat16 units of the "
-        f"processor: {', '.join(devices.bfloat16_units()) or 'none'}"
-    )
+    print(devices.describe_kernels())
     config, default_jit, contenders = prepare(arguments)
     print()
 

@@ -307,11 +307,7 @@ def main(argv=None):
     arguments = parse_arguments(argv)
     print("=== bench_roofline ===")
     print("machine:", devices.describe_machine())
-    print(
-        f"oneDNN kernels: {devices.onednn_enabled()}; CPU flags: "
-        f"{', '.join(devices.cpu_flags()) or 'none listed'}; bfloat16 units: "
-        f"{', '.join(devices.bfloat16_units()) or 'none'}"
-    )
+    print(devices.describe_kernels())
     contenders = make_contenders(arguments)
     print()
     summary = summarize(run_rounds(contenders, arguments.rounds))

@@ -7,11 +7,9 @@ of their own (tests/on_cpus.py); MultiWorkerMirroredStrategy over two worker pro
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +21,7 @@ import evaluation
 import export
 import train_loop
 import utk_data
+from processes import kill_at_first_checkpoint
 from synthetic import make_folder
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -89,11 +88,7 @@ def test_a_mirrored_run_killed_and_rerun_ends_as_an_uninterrupted_one(
     assert "resuming" not in whole
     killed = _start(_arguments(tiny_data, tmp_path / "killed", 6, *mirrored), 2)
     checkpoint = tmp_path / "killed" / train_loop.CHECKPOINT
-    deadline = time.time() + 240
-    while not checkpoint.exists() and time.time() < deadline and killed.poll() is None:
-        time.sleep(0.05)
-    killed.send_signal(signal.SIGKILL)
-    killed.wait()
+    kill_at_first_checkpoint(killed, checkpoint, timeout=240)
     rerun = _finish(_start(_arguments(tiny_data, tmp_path / "killed", 6, *mirrored), 2))
     assert "resuming" in rerun, rerun
     runs = [
