@@ -336,13 +336,17 @@ class AgeCNN(keras.Model):
         )
         self.dropout_layer = layers.Dropout(dropout, name="dropout")
         self.head_layers = self._make_head_layers()
-        if gender_head:
+        self._make_side_outputs()
+
+    def _make_side_outputs(self):
+        """The gender output and the teacher head, when asked for."""
+        if self.gender_head:
             self.gender_layer = layers.Dense(1, dtype="float32", name="gender_logit")
-        if distribution_head:
+        if self.distribution_head:
             # A teacher: a softmax over the ages 0..max_age, trained on soft labels, that
             # shapes the shared features; the age still comes from the ReLU output.
             self.distribution_layer = layers.Dense(
-                max_age + 1, dtype="float32", name="age_distribution"
+                self.max_age + 1, dtype="float32", name="age_distribution"
             )
 
     def _make_body(self):

@@ -672,15 +672,7 @@ def make_dataset(
         len(records), batch_size, training, seed, start_epoch, epochs
     )
     if decoded is not None:
-        images = decoded.images
-        batches = batches.map(
-            lambda epoch, number, indices: (
-                epoch,
-                number,
-                indices,
-                tf.gather(images, indices),
-            )
-        )
+        batches = _gather_cached(batches, decoded.images)
     else:
         batches = _decode_streaming(batches, records, image_size, batch_size)
 
@@ -704,6 +696,19 @@ def prepare_batch(images, seed, augment):
     tf = _tf()
     images = tf.cast(images, tf.float32) / 255.0  # (batch, size, size, 3)
     return augment_batch(images, seed) if augment else images
+
+
+def _gather_cached(batches, images):
+    """Each batch's images (batch, size, size, 3) uint8, gathered from `images` in memory."""
+    tf = _tf()
+    return batches.map(
+        lambda epoch, number, indices: (
+            epoch,
+            number,
+            indices,
+            tf.gather(images, indices),
+        )
+    )
 
 
 def _decode_streaming(batches, records, image_size, batch_size):

@@ -172,7 +172,7 @@ def test_report_redraws_tables_and_figures(runs, tmp_path, capsys):
     entries = [
         {
             "name": "readouts",
-            "against": "previous",
+            "reference": "previous",
             "figure": "curves.png",
             "x": "minutes",
             "rows": [
@@ -222,6 +222,13 @@ def test_report_redraws_tables_and_figures(runs, tmp_path, capsys):
         "| at equal ages (bins weighted by their faces) [95 % interval] | | | | | "
         "+0.00 [+0.00, +0.00] |" in report.report(runs)["by gender"]
     )
+
+
+def test_report_updates_the_tables_of_a_page_and_nothing_else(runs, tmp_path, capsys):
+    entries = [
+        {"name": "by age", "kind": "errors_by_age", "rows": [{"label": "a", "runs": ["a"]}]},
+    ]  # fmt: skip
+    (runs / report.REPORT).write_text(json.dumps(entries))
     # --update rewrites the table after a marker, and nothing else.
     page = tmp_path / "page.md"
     page.write_text("Intro\n<!-- report: by age -->\n| old |\n|---|\n\nEnd\n")
@@ -235,7 +242,7 @@ def test_report_redraws_tables_and_figures(runs, tmp_path, capsys):
     assert "no report table is named 'pie'" in capsys.readouterr().err
     assert page.read_text() == "<!-- report: pie -->\n| old |\n"  # left as it was
     (runs / report.REPORT).write_text(
-        json.dumps([{"name": "x", "kind": "pie", "rows": entries[1]["rows"]}])
+        json.dumps([{"name": "x", "kind": "pie", "rows": entries[0]["rows"]}])
     )
     assert train_loop.main(["report", "--results", str(runs)]) == 1
     assert "unknown kind 'pie'" in capsys.readouterr().err

@@ -137,10 +137,14 @@ def cells():
 
 def written_cells():
     """The cells as written below, before the tables are filled in."""
-    specs = requirements()
-    shown = {name: python_block(text) for name, text in shown_code().items()}
+    return setup_cells() + model_and_training_cells() + answer_cells()
+
+
+def setup_cells():
+    """Parameters, setup, GPU support and the dataset."""
     install_table = "\n".join(
-        f"    {name!r}: ({spec!r}, {CHECKED[name]!r})," for name, spec in specs.items()
+        f"    {name!r}: ({spec!r}, {CHECKED[name]!r}),"
+        for name, spec in requirements().items()
     )
     return [
         ("markdown", INTRO),
@@ -166,6 +170,13 @@ def written_cells():
         ("code", "utk_data.plot_summary(records, samples=16)\nplt.show()"),
         ("markdown", CONFIG_TEXT),
         ("code", CONFIG),
+    ]
+
+
+def model_and_training_cells():
+    """The model (with Task 1), the training of both networks and the evaluation."""
+    shown = {name: python_block(text) for name, text in shown_code().items()}
+    return [
         ("markdown", "## 5. Keras model\n\n" + MODEL_TEXT + "\n" + shown["course"]),
         ("code", COURSE),
         ("markdown", TASK1_TEXT.replace("{table}", course_table())),
@@ -189,6 +200,12 @@ def written_cells():
         ("code", WORST),
         ("markdown", SANITY_TEXT),
         ("code", SANITY),
+    ]
+
+
+def answer_cells():
+    """Tasks 2 and 3, the optional task and a photo of your own."""
+    return [
         ("markdown", "## 8. Task 2: the ReLU output\n" + TASK2_TEXT),
         ("code", TASK2),
         ("markdown", "## 9. Task 3: age as classification\n" + TASK3_TEXT),
