@@ -5,15 +5,17 @@
     python train_loop.py train --arch course_cnn --out runs/course  # the course network
     python train_loop.py evaluate --model runs/cpu/model.keras
     python train_loop.py predict --model runs/cpu/model.keras photo.jpg my_faces/
+    python train_loop.py export --model runs/cpu/model.keras --format tflite
 
 Running the same `train` command again resumes from the last checkpoint in `--out` (after
 a Colab disconnect or a `kill -9`) and ends where an uninterrupted run ends. `predict` finds
 the faces in a photo and frames each as UTKFace frames its faces (`--crop auto`).
 
-Sections: settings and presets; the machine; data; models; the optimizer and the training
-step; checkpoints; the time budget; training; the command line. Evaluation, the reports of
-runs and the prediction on photos have rooms of their own: evaluation.py, report.py and
-photos.py.
+Sections: settings and presets; data; models; the optimizer and the training step (under a
+tf.distribute strategy); checkpoints; the time budget; training; the command line. The
+machine and its strategies, evaluation (and the TensorBoard curves), the reports of runs,
+the prediction on photos and the export have rooms of their own: devices.py,
+evaluation.py, report.py, photos.py and export.py.
 """
 
 import argparse
