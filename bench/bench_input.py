@@ -54,6 +54,7 @@ sys.path.insert(0, str(REPOSITORY_ROOT))
 import devices  # noqa: E402
 import train_loop  # noqa: E402
 import utk_data  # noqa: E402
+from rounds import rotating_rounds  # noqa: E402
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -260,10 +261,7 @@ def run_rounds(contenders, rounds, label):
     """Time every contender once a round, in an order that rotates; the rounds' Timings."""
     names = tuple(contenders)
     results = []
-    for number in range(rounds):
-        shift = number % len(names)
-        order = names[shift:] + names[:shift]
-        timings = {name: contenders[name].run() for name in order}
+    for number, order, timings in rotating_rounds(contenders, rounds):
         results.append(timings)
         print(
             f"{label} round {number + 1} ({', '.join(order)}): "

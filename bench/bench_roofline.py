@@ -48,6 +48,7 @@ import devices  # noqa: E402
 import train_loop  # noqa: E402
 import utk_data  # noqa: E402
 from model import forward_flops  # noqa: E402
+from rounds import rotating_rounds  # noqa: E402
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -218,10 +219,8 @@ def make_contenders(arguments):
 def run_rounds(contenders, rounds):
     """Time every contender once a round, in an order that rotates; the rounds' Speeds."""
     results = []
-    for number in range(rounds):
-        shift = number % len(CONTENDERS)
-        order = CONTENDERS[shift:] + CONTENDERS[:shift]
-        speeds = {name: contenders[name].run() for name in order}
+    ordered = {name: contenders[name] for name in CONTENDERS}
+    for number, order, speeds in rotating_rounds(ordered, rounds):
         results.append(speeds)
         print(
             f"round {number + 1} ({', '.join(order)}): "
