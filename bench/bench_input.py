@@ -66,10 +66,11 @@ PIPELINE_CONTENDERS = ("raw", "augmented", "plain", "prepare")
 STEP_CONTENDERS = ("in_step", "in_pipeline")
 # Batches of each untimed warm-up run of a pipeline contender.
 WARMUP_BATCHES = 4
-# The rate the raw pipeline should reach at 128 px to keep a GPU busy.
-RAW_TARGET = 20_000
-# The speed the train step should keep with the augmentation inside it.
-STEP_TARGET = 0.97
+# A rate at 128 px that keeps a GPU training a ResNet-18-sized network busy.
+GPU_FEED_RATE = 20_000
+# The train step with the augmentation inside counts as no slower down to this ratio (the
+# spread of the rounds).
+NO_SLOWER = 0.97
 # The processor features that decide the speed of the kernels, when Linux lists them.
 
 
@@ -381,7 +382,8 @@ def measure_steps(arguments, decoded):
 
 
 def print_pipeline_summary(results, arguments):
-    """The median rates of every pipeline contender at every size, and the raw target."""
+    """The median rates of every pipeline contender at every size, and whether the raw
+    pipeline feeds a GPU."""
     print()
     print(f"=== pipeline alone: medians over {arguments.rounds} rounds ===")
     for size, batch_size in SIZES:
@@ -398,8 +400,10 @@ def print_pipeline_summary(results, arguments):
                 f"CPU {cpu:5.0f} us/img, {ratio:5.2f}x augmented"
             )
     raw, _, _ = median_rate(results[128], "raw")
-    verdict = "yes" if raw >= RAW_TARGET else "NO"
-    print(f"raw at 128 px reaches {RAW_TARGET:,} img/s: {verdict} ({raw:,.0f} img/s)")
+    verdict = "yes" if raw >= GPU_FEED_RATE else "NO"
+    print(
+        f"raw at 128 px reaches {GPU_FEED_RATE:,} img/s: {verdict} ({raw:,.0f} img/s)"
+    )
 
 
 def print_step_summary(results, arguments):
@@ -414,9 +418,9 @@ def print_step_summary(results, arguments):
         print(f"    {name:<12} {median:7.1f} img/s (range {low:.1f}-{high:.1f})")
     ratio = median_ratio(results, "in_step", "in_pipeline")
     cpu_ratio = median_ratio(results, "in_step", "in_pipeline", clock="cpu")
-    verdict = "PASS" if ratio >= STEP_TARGET else "FAIL"
+    verdict = "yes" if ratio >= NO_SLOWER else "NO"
     print(
-        f"in_step/in_pipeline img/s: {ratio:.3f}   target >= {STEP_TARGET}: {verdict}"
+        f"in_step/in_pipeline img/s: {ratio:.3f}   no slower (>= {NO_SLOWER}): {verdict}"
         f"   (CPU-time cross-check: {cpu_ratio:.3f})"
     )
 
