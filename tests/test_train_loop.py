@@ -661,8 +661,8 @@ def test_presets_build_and_cost():
         assert sum(row.parameters for row in feature_map_table(model)) == (
             model.count_params()
         )
-    # 76 MFLOPs at 96 px: 56 epochs took about half an hour on a 2-core Xeon (EXPERIMENTS.md);
-    # a preset much dearer than 100 MFLOPs would not fit a 30-minute CPU run.
+    # 76 MFLOPs at 96 px: 54 epochs took 30 minutes on a 2-core Xeon (EXPERIMENTS.md); a
+    # preset much dearer than 100 MFLOPs would not fit a CPU run of about half an hour.
     assert 20e6 < forward_flops(models["cpu"]) <= 100e6
     assert forward_flops(models["gpu"]) > 10 * forward_flops(models["cpu"])
     course = train_loop.make_model(train_loop.TrainConfig(arch="course_cnn"))
