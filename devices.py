@@ -186,12 +186,6 @@ def wait_for_all(strategy):
 
 def is_chief(strategy):
     """True for the process that writes files: the only one, or the chief of several
-    workers (the worker with index 0 when TF_CONFIG names no chief)."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    task_type = getattr(resolver, "task_type", None)
-    if not task_type:
-        return True
-    if task_type == "chief":
-        return True
-    has_chief = "chief" in resolver.cluster_spec().as_dict()
-    return task_type == "worker" and resolver.task_id == 0 and not has_chief
+    workers (the worker with index 0 when TF_CONFIG names no chief), as the strategy says.
+    """
+    return strategy.extended.should_checkpoint

@@ -169,6 +169,24 @@ def predict_records(model, records, batch_size=64, attributes_known=True, tta=Fa
     return Predictions(decoded.records, true, predicted, groups)
 
 
+def load_keras_model(path):
+    """The Keras model saved in `path`, or a clear error: FileNotFoundError when there is no
+    such file, ValueError when it is not a Keras model file."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path}: no such file (a model.keras that train wrote)"
+        )
+    if path.is_dir() or path.suffix != ".keras":
+        raise ValueError(
+            f"{path}: not a Keras model file (a model.keras that train wrote)"
+        )
+    try:
+        return keras.models.load_model(path)
+    except Exception as error:  # Keras raises several kinds for a damaged file.
+        raise ValueError(f"{path}: not a readable Keras model ({error})") from None
+
+
 def predict_ages(model, images, batch_size=64, tta=False):
     """Predicted ages (n,) for float images in [0, 1] of the model's input size (with `tta`,
     averaged with their mirror images'); gender and race, if the model takes them, unknown.

@@ -20,31 +20,13 @@ import numpy as np
 import tensorflow as tf
 
 import utk_data
-from evaluation import add_tta_argument, age_predictor
+from evaluation import add_tta_argument, load_keras_model, predict_ages
 from model import ages_from_outputs, model_inputs
 
 FORMATS = ("saved_model", "tflite")
 QUANTIZATIONS = ("none", "float16", "dynamic")
 # The name of the signature of images of the model's own size.
 FIXED_SIZE = "fixed_size"
-
-
-def load_keras_model(path):
-    """The Keras model saved in `path`, or a clear error: FileNotFoundError when there is no
-    such file, ValueError when it is not a Keras model file."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(
-            f"{path}: no such file (a model.keras that train wrote)"
-        )
-    if path.is_dir() or path.suffix != ".keras":
-        raise ValueError(
-            f"{path}: not a Keras model file (a model.keras that train wrote)"
-        )
-    try:
-        return keras.models.load_model(path)
-    except Exception as error:  # Keras raises several kinds for a damaged file.
-        raise ValueError(f"{path}: not a readable Keras model ({error})") from None
 
 
 def serving_model(model, tta=True):
@@ -171,14 +153,7 @@ def compare_on_test_faces(model, path, form, data=None, limit=None, tta=True):
     decoded = utk_data.decode_records(test, model.image_size)
     images = decoded.images.numpy()
     true = np.array([record.age for record in decoded.records], np.float64)
-    predict = age_predictor(model, tta)
-    inputs = model_inputs(model, tf.cast(images, tf.float32) / 255.0)
-    keras_ages = np.concatenate(
-        [
-            predict(inputs[start : start + 64]).numpy()[:, 0]
-            for start in range(0, len(images), 64)
-        ]
-    )
+    keras_ages = predict_ages(model, images.astype(np.float32) / 255.0, tta=tta)
     exported = saved_model_ages if form == "saved_model" else tflite_ages
     exported_ages = exported(path, images)
     return {

@@ -22,12 +22,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple, Optional
 
-import keras
 import numpy as np
 import tensorflow as tf
 
 import utk_data
-from evaluation import add_tta_argument, predict_ages
+from evaluation import add_tta_argument, load_keras_model, predict_ages
 
 # ---------------------------------------------------------------------------------------
 # Reading photos
@@ -484,7 +483,7 @@ def predict_paths(model, paths, batch_size=64, tta=False, crop="none"):
 
 def predict_files(model_path, sources, out=None, tta=False, crop="auto"):
     """Predict the age of every face in the JPEG/PNG files of `sources`; write a CSV."""
-    model = keras.models.load_model(model_path)
+    model = load_keras_model(model_path)
     files, skipped = _image_files(sources)
     rows, failed = predict_paths(model, [str(f) for f in files], tta=tta, crop=crop)
     skipped += failed

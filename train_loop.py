@@ -452,7 +452,13 @@ class Trainer:
         self.val_mae = keras.metrics.MeanAbsoluteError(name="val_mae")
         self.val_rmse = keras.metrics.RootMeanSquaredError(name="val_rmse")
         # The steps below, compiled into TensorFlow graphs (and by XLA with jit_compile).
-        self.update = tf.function(self.train_batch, jit_compile=config.jit_compile)
+        # Under several replicas a tf.function inside strategy.run cannot hold their
+        # synchronisation (batch norm's statistics, the gradients): the update runs inside
+        # the distributed step's graph there, without XLA.
+        if self.strategy.num_replicas_in_sync > 1:
+            self.update = self.train_batch
+        else:
+            self.update = tf.function(self.train_batch, jit_compile=config.jit_compile)
         self.test_step = tf.function(self.test_batch, jit_compile=config.jit_compile)
         self.train_step = tf.function(self.distributed_step)
 
@@ -472,10 +478,6 @@ class Trainer:
                 replica = tf.distribute.get_replica_context().replica_id_in_sync_group
                 seed = tf.random.experimental.stateless_fold_in(seed, replica)
             images = utk_data.prepare_batch(images, seed, self.config.augment)
-        if self.strategy.num_replicas_in_sync > 1:
-            # Under several replicas a tf.function inside strategy.run cannot hold their
-            # synchronisation (batch norm's statistics, the gradients): no XLA there.
-            return self.train_batch(images, labels)
         return self.update(images, labels)
 
     def train_batch(self, images, labels):
@@ -813,6 +815,11 @@ def train(config, verbose=1, command=None, strategy=None):
     started = time.perf_counter()
     config = resolve_config(config)
     strategy = strategy or devices.make_strategy(config.strategy)
+    if config.time_budget and devices.strategy_name(strategy) == "multi_worker":
+        raise ValueError(
+            "--time-budget with several workers: each would time its own steps and might "
+            "plan another number of epochs than the others; give --epochs instead"
+        )
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     splits = prepare_data(config)
@@ -996,11 +1003,10 @@ def _read_out(config, out, splits):
     )
 
 
-def run_metrics(config, history, splits, readouts, command=None, strategy=None):
+def run_metrics(config, history, splits, readouts, command, strategy):
     """The metrics.json of a run: its test metrics (the configured readout), both readouts
     of the validation and test faces, its progress, settings, command and machine (and
     the tf.distribute strategy that trained it)."""
-    strategy = strategy or tf.distribute.get_strategy()
     test = evaluate_predictions(*readouts.reported[1:])
     state = progress(history, config)
     without_average = [
@@ -1175,7 +1181,7 @@ SPLITS = ("train", "val", "test")
 def command_evaluate(arguments, parser):
     """`evaluate`: the metrics of a saved model on a split (the test split by default), as
     JSON."""
-    model = keras.models.load_model(arguments.model)
+    model = evaluation.load_keras_model(arguments.model)
     if arguments.unknown_attributes and not getattr(model, "attribute_inputs", False):
         parser.error(f"{arguments.model} has no gender and race inputs")
     splits = prepare_data(TrainConfig(data=arguments.data, limit=arguments.limit))

@@ -157,6 +157,16 @@ def test_two_workers_train_and_only_the_chief_writes(tiny_data, tmp_path):
     assert abs(metrics["test_mae"] - one.metrics["test_mae"]) < 1.0
 
 
+def test_several_workers_refuse_a_time_budget(monkeypatch, tmp_path):
+    # Each worker would time its own steps and might plan another number of epochs; the one
+    # that trained longer would then wait for the others for ever.
+    monkeypatch.setattr(devices, "strategy_name", lambda strategy: "multi_worker")
+    config = train_loop.TrainConfig(out=str(tmp_path / "run"), time_budget=5.0)
+    with pytest.raises(ValueError, match="--time-budget with several workers"):
+        train_loop.train(config, verbose=0)
+    assert not (tmp_path / "run").exists()
+
+
 # --- TensorBoard ------------------------------------------------------------------------
 
 

@@ -685,3 +685,13 @@ def test_the_weight_average_follows_and_swaps_the_weights():
     with average.applied():
         np.testing.assert_allclose(kernel.numpy(), expected, rtol=1e-5)
     np.testing.assert_allclose(kernel.numpy(), start + 3)
+
+
+def test_evaluate_and_predict_name_a_model_file_that_is_not_one(tmp_path, capsys):
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    assert train_loop.main(["evaluate", "--model", str(folder)]) == 1
+    assert f"{folder}: not a Keras model file" in capsys.readouterr().err
+    missing = tmp_path / "missing.keras"
+    assert train_loop.main(["predict", "--model", str(missing), str(tmp_path)]) == 1
+    assert f"{missing}: no such file" in capsys.readouterr().err
