@@ -24,10 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # devices first: it sets TensorFlow's environment (oneDNN) before the import.
 import devices  # noqa: E402
+import evaluation  # noqa: E402
 import photos  # noqa: E402
 import utk_data  # noqa: E402
 
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
@@ -116,7 +116,7 @@ def main(argv=None):
         photos.find_faces = lambda image: find_faces(image, use_eyes=False)
     print("=== bench_pictures ===")
     print("machine:", devices.describe_machine())
-    model = keras.models.load_model(arguments.model)
+    model = evaluation.load_keras_model(arguments.model)
     records, _ = utk_data.load_records(utk_data.locate(arguments.data), verbose=False)
     _, val, test = utk_data.split_records(records)
     faces = test if arguments.split == "test" else val

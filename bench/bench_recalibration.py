@@ -33,7 +33,6 @@ import devices  # noqa: E402
 import train_loop  # noqa: E402
 import evaluation  # noqa: E402
 
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 
@@ -94,7 +93,7 @@ def main(argv=None):
         "--bins", type=int, default=20, help="groups of the isotonic map"
     )
     arguments = parser.parse_args(argv)
-    model = keras.models.load_model(arguments.model)
+    model = evaluation.load_keras_model(arguments.model)
     _, val, test = train_loop.prepare_data(train_loop.TrainConfig(data=arguments.data))
     found = {}
     for split, records in (("validation", val), ("test", test)):
