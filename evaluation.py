@@ -1,4 +1,4 @@
-"""Evaluation of a trained age model: its predictions (with mirror images), metrics by age,
+"""Evaluation of a trained age model: its predictions (with test-time augmentation), metrics by age,
 gender and race, the median baseline, the per-face predictions file, and the figures.
 
     metrics = evaluation.read_metrics("runs/cpu")       # what train wrote
@@ -29,7 +29,12 @@ METRICS = "metrics.json"
 HISTORY = "history.json"
 # Every run writes its test predictions here: a row per test face.
 PREDICTIONS = "test_predictions.csv"
-# The prediction columns, by whether the mirror images were averaged in (test-time flip).
+# Test-time augmentation (TTA) predicts each face as it is and zoomed in on its centre, by
+# the ends and the middle of the training augmentation's zooms (crops of 88-100 % of the
+# side), each view also mirrored, and averages the six ages. The three zooms were chosen on
+# the validation faces (bench/bench_tta.py); a run's metrics.json records the zooms it used.
+TTA_ZOOMS = (1.0, 0.94, 0.88)
+# The prediction columns, by whether test-time augmentation averaged the views.
 PREDICTION_COLUMNS = {False: "predicted_no_tta", True: "predicted_tta"}
 # A model with gender and race inputs given "unknown" for them (Optional task).
 UNKNOWN_ATTRIBUTES_COLUMNS = {
@@ -100,31 +105,61 @@ class Predictions(NamedTuple):
 def _mirrored(inputs):
     """The same inputs with every image mirrored left to right."""
     if isinstance(inputs, dict):
-        return {**inputs, "image": tf.reverse(inputs["image"], axis=[2])}
-    return tf.reverse(inputs, axis=[2])
+        return {**inputs, "image": keras.ops.flip(inputs["image"], axis=2)}
+    return keras.ops.flip(inputs, axis=2)
 
 
 # The compiled predictors of each live model, so that repeated predictions trace once.
 _predictors = weakref.WeakKeyDictionary()
 
 
+def tta_zooms(tta):
+    """The zooms of test-time augmentation `tta`: () for False (one image per face),
+    TTA_ZOOMS for True, or `tta` itself, a sequence of fractions of the side (1.0: the
+    whole image), each view predicted as it is and mirrored."""
+    if tta is True:
+        return TTA_ZOOMS
+    zooms = tuple(float(zoom) for zoom in tta or ())
+    if any(not 0.0 < zoom <= 1.0 for zoom in zooms):
+        raise ValueError(f"test-time zooms must lie in (0, 1], got {zooms}")
+    return zooms
+
+
+def _zoomed(inputs, zoom):
+    """The same inputs with every image zoomed in on its centre (utk_data.zoom_centre)."""
+    if isinstance(inputs, dict):
+        return {**inputs, "image": utk_data.zoom_centre(inputs["image"], zoom)}
+    return utk_data.zoom_centre(inputs, zoom)
+
+
+def tta_views(inputs, tta):
+    """The views of the inputs that test-time augmentation `tta` averages (see tta_zooms):
+    [inputs] without it."""
+    views = []
+    for zoom in tta_zooms(tta) or (1.0,):
+        zoomed = _zoomed(inputs, zoom)
+        views += [zoomed, _mirrored(zoomed)] if tta else [zoomed]
+    return views
+
+
 def age_predictor(model, tta=False):
-    """A compiled function from model inputs to ages (batch, 1); with `tta`, the mean of the
-    ages predicted for each image and for its mirror image (test-time augmentation)."""
+    """A compiled function from model inputs to ages (batch, 1); with `tta` (see
+    tta_zooms), the mean of the ages predicted for the views of each image."""
     compiled = _predictors.setdefault(model, {})
-    if tta not in compiled:
-        compiled[tta] = _compile_predictor(model, tta)
-    return compiled[tta]
+    zooms = tta_zooms(tta)
+    if zooms not in compiled:
+        compiled[zooms] = _compile_predictor(model, zooms)
+    return compiled[zooms]
 
 
-def _compile_predictor(model, tta):
+def _compile_predictor(model, zooms):
     @tf.function  # A def, not a lambda: autograph cannot read a lambda's source here.
     def predict(inputs):
-        ages = ages_from_outputs(model_head(model), model(inputs, training=False))
-        if not tta:
-            return ages
-        mirrored = model(_mirrored(inputs), training=False)
-        return (ages + ages_from_outputs(model_head(model), mirrored)) / 2.0
+        ages = [
+            ages_from_outputs(model_head(model), model(view, training=False))
+            for view in tta_views(inputs, zooms)
+        ]
+        return tf.add_n(ages) / len(ages)
 
     return predict
 
@@ -189,8 +224,8 @@ def load_keras_model(path):
 
 def predict_ages(model, images, batch_size=64, tta=False):
     """Predicted ages (n,) for float images in [0, 1] of the model's input size (with `tta`,
-    averaged with their mirror images'); gender and race, if the model takes them, unknown.
-    """
+    averaged over their views, see tta_zooms); gender and race, if the model takes them,
+    unknown."""
     predict = age_predictor(model, tta)
     ages = [
         predict(model_inputs(model, images[start : start + batch_size]))
@@ -221,12 +256,12 @@ def predict_quantiles(model, images, batch_size=64):
 
 class Readouts(NamedTuple):
     """A model's predictions of the validation and test faces, each face alone and averaged
-    with its mirror image: {column of PREDICTION_COLUMNS (and, for a model with gender and
+    over the views of test-time augmentation (TTA_ZOOMS): {column of PREDICTION_COLUMNS (and, for a model with gender and
     race inputs, of UNKNOWN_ATTRIBUTES_COLUMNS on the test faces): Predictions}."""
 
     val: dict
     test: dict
-    tta: bool  # which readout the run reports: with the mirror images or without
+    tta: bool  # which readout the run reports: with test-time augmentation or without
     quantiles: dict  # a classification head's test quantiles (predict_quantiles), or {}
 
     @property
@@ -253,7 +288,7 @@ class Readouts(NamedTuple):
 
 
 def predict_readouts(model, images, batch_size=64, unknown_attributes=False):
-    """{column: Predictions} of DecodedImages, with and without the mirror images; with
+    """{column: Predictions} of DecodedImages, with and without test-time augmentation; with
     `unknown_attributes`, a model with gender and race inputs also given both unknown.
     """
     columns = {}
@@ -280,13 +315,29 @@ def read_out(model, val_images, test_images, batch_size=64, tta=False):
 
 
 def add_tta_argument(parser):
-    """The `--tta/--no-tta` switch of the commands that predict (on by default)."""
+    """The `--tta/--no-tta` switch of the commands that predict (on by default) and the
+    `--tta-zooms` of its views; read them with tta_from_arguments."""
     parser.add_argument(
         "--tta",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="average each face's age with its mirror image's (default: on)",
+        help="average each face's age over its views: as it is and zoomed in on its "
+        "centre, each also mirrored (default: on)",
     )
+    parser.add_argument(
+        "--tta-zooms",
+        type=float,
+        nargs="+",
+        default=TTA_ZOOMS,
+        metavar="FRACTION",
+        help="the views' zooms, the fraction of the side kept around the centre "
+        f"(default: {' '.join(map(str, TTA_ZOOMS))}; 1.0 alone: the mirror image only)",
+    )
+
+
+def tta_from_arguments(arguments):
+    """The `tta` of predict_ages and its kin that add_tta_argument's flags ask for."""
+    return tta_zooms(arguments.tta_zooms) if arguments.tta else False
 
 
 # ---------------------------------------------------------------------------------------
@@ -407,7 +458,7 @@ class RunPredictions(NamedTuple):
 
 def run_predictions(folder, column=None):
     """The RunPredictions of a finished run's test faces, by default of the readout the run
-    reports (with the mirror images if it used them)."""
+    reports (with test-time augmentation if it used it)."""
     folder = Path(folder)
     if not (folder / PREDICTIONS).exists():
         raise FileNotFoundError(

@@ -8,7 +8,8 @@ The SavedModel's default signature takes a batch of RGB uint8 face images of any
 (`images`: (n, height, width, 3)), crops each to its centre square and resizes it to the
 model's input as training did, and returns their ages (`age`: (n,) float32); a second
 signature, `fixed_size`, takes images of the model's own size, as the TFLite file does (a
-phone app resizes the face itself). Both average each face's age with its mirror image's,
+phone app resizes the face itself). Both average each face's age over the views of
+test-time augmentation (the face as it is and zoomed in on its centre, each also mirrored),
 as `predict` does, unless exported with `--no-tta`.
 """
 
@@ -20,7 +21,8 @@ import numpy as np
 import tensorflow as tf
 
 import utk_data
-from evaluation import add_tta_argument, load_keras_model, predict_ages
+from evaluation import add_tta_argument, load_keras_model, predict_ages, tta_views
+from evaluation import tta_from_arguments
 from model import ages_from_outputs, model_inputs
 
 FORMATS = ("saved_model", "tflite")
@@ -32,14 +34,16 @@ FIXED_SIZE = "fixed_size"
 def serving_model(model, tta=True):
     """A Keras model from uint8 face images of `model`'s size (n, size, size, 3) to their
     ages (n,): scaled as in training, gender and race "unknown" for a model that takes
-    them, each face's age averaged with its mirror image's (`tta`)."""
+    them, each face's age averaged over the views of test-time augmentation `tta`
+    (evaluation.tta_zooms)."""
     size = model.image_size
     images = keras.Input((size, size, 3), dtype="uint8", name="images")
     scaled = keras.ops.cast(images, "float32") / 255.0
-    ages = ages_from_outputs(model, model(model_inputs(model, scaled)))
-    if tta:
-        mirrored = model(model_inputs(model, keras.ops.flip(scaled, axis=2)))
-        ages = (ages + ages_from_outputs(model, mirrored)) / 2.0
+    ages = [
+        ages_from_outputs(model, model(model_inputs(model, view)))
+        for view in tta_views(scaled, tta)
+    ]
+    ages = keras.ops.mean(keras.ops.stack(ages), axis=0)  # (n, 1)
     return keras.Model(images, keras.ops.reshape(ages, (-1,)), name="age_server")
 
 
@@ -82,7 +86,7 @@ def export_saved_model(model, folder, tta=True):
 
 
 def export_tflite(model, path, quantize="none", tta=True):
-    """Convert `model` (with its scaling and mirror images, see serving_model) into a
+    """Convert `model` (with its scaling and test-time views, see serving_model) into a
     TFLite file at `path`: with `quantize` "float16" the weights are stored as float16,
     with "dynamic" as int8 (the activations stay float); return the path. (Converted from
     the Keras graph: TensorFlow 2.21's converter reads Keras 3 variables wrongly from a
@@ -199,11 +203,16 @@ def export_command(arguments, parser):
         arguments.form,
         arguments.out,
         arguments.quantize,
-        arguments.tta,
+        tta_from_arguments(arguments),
     )
     print(f"wrote {path} ({_size_mb(path):.1f} MB)")
     found = compare_on_test_faces(
-        model, path, arguments.form, arguments.data, arguments.limit, arguments.tta
+        model,
+        path,
+        arguments.form,
+        arguments.data,
+        arguments.limit,
+        tta_from_arguments(arguments),
     )
     print(
         f"test MAE on {found['faces']:,} faces: Keras model {found['keras_mae']:.3f}, "

@@ -27,6 +27,7 @@ import tensorflow as tf
 
 import utk_data
 from evaluation import add_tta_argument, load_keras_model, predict_ages
+from evaluation import tta_from_arguments
 
 # ---------------------------------------------------------------------------------------
 # Reading photos
@@ -559,6 +560,10 @@ def add_predict_arguments(parser):
 def predict_command(arguments, parser):
     """`predict`: a CSV of predicted ages; fails only when no image could be read."""
     rows, _ = predict_files(
-        arguments.model, arguments.sources, arguments.out, arguments.tta, arguments.crop
+        arguments.model,
+        arguments.sources,
+        arguments.out,
+        tta_from_arguments(arguments),
+        arguments.crop,
     )
     return 0 if any(row.age is not None for row in rows) else 1

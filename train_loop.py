@@ -147,7 +147,9 @@ class TrainConfig:
         "momentum of an average of the weights, which is validated and saved; 0: off",
     )
     tta: Optional[bool] = _option(
-        None, "test metrics average each face's prediction with its mirror image's"
+        None,
+        "test metrics average each face's age over its views: as it is and zoomed in on "
+        "its centre (evaluation.TTA_ZOOMS), each also mirrored",
     )
     seed: int = _option(
         0, "seeds training (initialisation, order, augmentation), never the split"
@@ -186,10 +188,10 @@ CPU_PRESET = dict(
     # a 2-core AMD EPYC with AVX2 (results/cpu*). In bfloat16 (--precision auto on a
     # processor with AMX or AVX512-BF16) an epoch took 0.89 times a float32 one on a 2-core
     # Intel Xeon with AMX (bench/bench_presets.py), so 56 epochs take the time 50 took.
-    # Averaging each face's age with its mirror image's lowered the test MAE in every seed;
-    # the average of the weights made no measurable difference (EXPERIMENTS.md); the
-    # straight-through gradient of the ReLU output trains as a linear output does, which
-    # beat the plain ReLU at the short budget (answers.md, Task 2).
+    # Averaging each face's age over its test-time views (evaluation.TTA_ZOOMS) lowered the
+    # test MAE in every seed; the average of the weights made no measurable difference
+    # (EXPERIMENTS.md); the straight-through gradient of the ReLU output trains as a linear
+    # output does, which beat the plain ReLU at the short budget (answers.md, Task 2).
     arch="age_cnn",
     image_size=96,
     network=dict(
@@ -1016,6 +1018,7 @@ def run_metrics(config, history, splits, readouts, command, strategy):
         "test_mae": test["mae"],
         "test_rmse": test["rmse"],
         "tta": config.tta,
+        "tta_zooms": list(evaluation.tta_zooms(config.tta)),
         "ema": config.ema,
         "precision": config.precision,
         "onednn": devices.onednn_enabled(),
@@ -1145,7 +1148,7 @@ def _evaluate_arguments(parser):
     )
     parser.add_argument(
         "--predictions",
-        help=f"write a CSV row per face here, with and without the mirror images "
+        help=f"write a CSV row per face here, with and without test-time augmentation "
         f"(as train writes {PREDICTIONS} for the test faces)",
     )
     evaluation.add_tta_argument(parser)
@@ -1188,9 +1191,10 @@ def command_evaluate(arguments, parser):
     test = splits[SPLITS.index(arguments.split)]
     test = utk_data.decode_records(test, model.image_size)  # once for both readouts
     known = not arguments.unknown_attributes
+    views = evaluation.tta_zooms(arguments.tta_zooms)
     readouts = {  # Both readouts, as train writes them; the asked-for one first.
         PREDICTION_COLUMNS[tta]: evaluation.predict_records(
-            model, test, attributes_known=known, tta=tta
+            model, test, attributes_known=known, tta=views if tta else False
         )
         for tta in (arguments.tta, not arguments.tta)
     }

@@ -591,6 +591,43 @@ def augment_batch(images, seed):
     return tf.clip_by_value(images, 0.0, 1.0)
 
 
+def zoom_matrix(size, side):
+    """(size, size) float32 weights that zoom one axis in on the centre as crop_and_resize
+    does: the output's pixels sample the central `side` fraction of the input bilinearly.
+    """
+    start = (1.0 - side) / 2 * (size - 1)
+    # Where each output pixel samples the input, as crop_and_resize places its samples.
+    where = start + np.arange(size) * side if size > 1 else np.array([start])
+    below = np.clip(np.floor(where).astype(int), 0, size - 1)
+    above = np.minimum(below + 1, size - 1)
+    fraction = where - below
+    weights = np.zeros((size, size), np.float32)
+    np.add.at(weights, (np.arange(size), below), 1.0 - fraction)
+    np.add.at(weights, (np.arange(size), above), fraction)
+    return weights
+
+
+def zoom_centre(images, side):
+    """A float batch (n, size, size, channels) zoomed in on its centre: the middle `side`
+    fraction of each side, resized back to `size` (as augment_batch's crops are, so the
+    views of test-time augmentation look like training images). Written as two matrix
+    products, which every converter (TFLite among them) supports."""
+    import keras
+
+    if side == 1.0:
+        return images
+    size = images.shape[1]
+    if size is None or images.shape[2] != size:
+        raise ValueError(
+            f"zoom_centre needs square images of a known size, got {images.shape}"
+        )
+    weights = keras.ops.convert_to_tensor(zoom_matrix(size, side), dtype=images.dtype)
+    planes = keras.ops.transpose(images, (0, 3, 1, 2))  # (n, channels, size, size)
+    planes = keras.ops.matmul(weights, planes)  # the rows zoomed
+    planes = keras.ops.matmul(planes, keras.ops.transpose(weights))  # and the columns
+    return keras.ops.transpose(planes, (0, 2, 3, 1))  # (n, size, size, channels)
+
+
 def steps_per_epoch(num_images, batch_size):
     """Training batches per epoch: the last partial batch is dropped when there is a full one."""
     return max(1, num_images // batch_size)

@@ -88,7 +88,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, help="a model.keras file")
     parser.add_argument("--data", help="folder, archive or URL (default: see README)")
-    parser.add_argument("--tta", action="store_true", help="average with mirror images")
+    parser.add_argument(
+        "--tta", action="store_true", help="average over the test-time views"
+    )
     parser.add_argument(
         "--bins", type=int, default=20, help="groups of the isotonic map"
     )

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -232,6 +233,17 @@ def trained(real_folder, tmp_path_factory):
     decoded = utk_data.decode_records(run.test.records[:64], 48)
     ages = np.array([record.age for record in decoded.records])
     return out / "model.keras", run.model, decoded.images.numpy(), ages
+
+
+def test_the_serving_model_averages_the_views_predict_averages():
+    keras.utils.set_random_seed(1)
+    config = train_loop.TrainConfig(preset="cpu", image_size=32)
+    model = train_loop.make_model(config, initial_age=30.0)
+    images = np.random.default_rng(1).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    for tta in (False, (1.0,), True):
+        served = export.serving_model(model, tta)(images).numpy()
+        predicted = evaluation.predict_ages(model, images / 255.0, tta=tta)
+        np.testing.assert_allclose(served, predicted, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.slow

@@ -1,5 +1,5 @@
-"""evaluation.py: predictions (with mirror images, with gender and race hidden), metrics by
-age, gender and race, and the per-face predictions file."""
+"""evaluation.py: predictions (with test-time augmentation, with gender and race hidden),
+metrics by age, gender and race, and the per-face predictions file."""
 
 from pathlib import Path
 
@@ -88,7 +88,7 @@ def test_predict_dataset_can_hide_gender_and_race():
     )
 
 
-def test_flip_averaging_is_the_mean_of_a_face_and_its_mirror():
+def test_test_time_augmentation_averages_every_zoom_and_its_mirror():
     import model as models
 
     keras.utils.set_random_seed(0)
@@ -96,15 +96,37 @@ def test_flip_averaging_is_the_mean_of_a_face_and_its_mirror():
         train_loop.TrainConfig(preset="cpu", image_size=32), initial_age=30.0
     )
     images = tf.random.stateless_uniform((5, 32, 32, 3), seed=(3, 4))
-    plain = evaluation.predict_ages(network, images, batch_size=2, tta=False)
-    mirrored = evaluation.predict_ages(
-        network, tf.reverse(images, axis=[2]), batch_size=2, tta=False
-    )
-    averaged = evaluation.predict_ages(network, images, batch_size=2, tta=True)
-    np.testing.assert_allclose(averaged, (plain + mirrored) / 2, rtol=1e-5)
-    assert not np.allclose(plain, mirrored)
+
+    def alone(views):
+        return evaluation.predict_ages(network, views, batch_size=2, tta=False)
+
+    plain = alone(images)
     expected = np.asarray(models.ages_from_outputs(network, network(images)))[:, 0]
     np.testing.assert_allclose(plain, expected, rtol=1e-5)
+    # Mirror images only (the zoom 1.0 alone).
+    mirrored = alone(tf.reverse(images, axis=[2]))
+    assert not np.allclose(plain, mirrored)
+    flipped = evaluation.predict_ages(network, images, batch_size=2, tta=(1.0,))
+    np.testing.assert_allclose(flipped, (plain + mirrored) / 2, rtol=1e-5)
+    # The default: every zoom of TTA_ZOOMS, as a training crop of the centre would be.
+    views = []
+    for zoom in evaluation.TTA_ZOOMS:
+        margin = (1.0 - zoom) / 2
+        box = tf.constant([[margin, margin, margin + zoom, margin + zoom]] * 5)
+        zoomed = tf.image.crop_and_resize(images, box, tf.range(5), (32, 32))
+        views += [alone(zoomed), alone(tf.reverse(zoomed, axis=[2]))]
+    averaged = evaluation.predict_ages(network, images, batch_size=2, tta=True)
+    np.testing.assert_allclose(averaged, np.mean(views, axis=0), rtol=1e-4)
+    assert not np.allclose(averaged, flipped)
+
+
+def test_test_time_zooms_must_be_fractions_of_the_side():
+    assert evaluation.tta_zooms(False) == ()
+    assert evaluation.tta_zooms(True) == evaluation.TTA_ZOOMS
+    assert evaluation.tta_zooms([1, 0.9]) == (1.0, 0.9)
+    for wrong in ([0.0], [1.2], [-0.5]):
+        with pytest.raises(ValueError, match="test-time zooms must lie in"):
+            evaluation.tta_zooms(wrong)
 
 
 def test_predictions_round_trip_with_unknown_labels(tmp_path):

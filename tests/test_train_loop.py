@@ -377,6 +377,7 @@ def test_the_train_command_writes_metrics_history_and_predictions(trained):
         metrics["test_images"]
     )
     assert metrics["test_negative_predictions"] == 0  # a ReLU output
+    assert metrics["tta_zooms"] == list(evaluation.TTA_ZOOMS)
     assert json.loads((out / "history.json").read_text())[0]["epoch"] == 1
     # The test predictions behind metrics.json, both readouts, a row per test face.
     found = evaluation.run_predictions(out)
@@ -415,6 +416,17 @@ def test_the_evaluate_command(trained, tiny_data, tmp_path, capsys):
     assert train_loop.main([*arguments, "--split", "train", "--no-tta"]) == 0
     on_train = json.loads(capsys.readouterr().out.split("\n", 1)[1])
     assert on_train["count"] == metrics["train_images"]
+    # The mirror images alone: the zoom 1.0 by itself.
+    mirror_only = tmp_path / "mirror_only.csv"
+    zooms = ["--tta-zooms", "1.0", "--predictions", mirror_only]
+    assert train_loop.main([*arguments, *zooms]) == 0
+    capsys.readouterr()
+    mirrored = evaluation.read_predictions(mirror_only)["predicted_tta"]
+    test_faces = train_loop.prepare_data(train_loop.TrainConfig(data=tiny_data))[2]
+    model = keras.models.load_model(model_file)
+    expected = evaluation.predict_records(model, test_faces, tta=(1.0,)).predicted
+    assert mirrored == pytest.approx(expected, abs=1e-3)
+    assert mirrored != pytest.approx(again["predicted_tta"], abs=1e-3)
     figures = tmp_path / "figures"
     assert train_loop.main([*arguments, "--figures", figures]) == 0
     assert sorted(path.name for path in figures.iterdir()) == [

@@ -325,6 +325,20 @@ def test_odd_images_are_converted_and_resized(tmp_path):
         assert images.shape == (3, 24, 24, 3)
 
 
+def test_a_zoom_on_the_centre_is_the_crop_the_augmentation_makes():
+    tf = utk_data._tf()
+    for size, side in ((32, 0.94), (32, 0.88), (17, 0.5), (96, 0.94)):
+        images = tf.random.stateless_uniform((2, size, size, 3), seed=(size, 1))
+        margin = (1.0 - side) / 2
+        box = tf.constant([[margin, margin, margin + side, margin + side]] * 2)
+        cropped = tf.image.crop_and_resize(images, box, tf.range(2), (size, size))
+        zoomed = utk_data.zoom_centre(images, side)
+        np.testing.assert_allclose(zoomed.numpy(), cropped.numpy(), atol=1e-4)
+    assert utk_data.zoom_centre(images, 1.0) is images
+    with pytest.raises(ValueError, match="square images"):
+        utk_data.zoom_centre(tf.zeros((1, 8, 9, 3)), 0.9)
+
+
 def test_augmentation_only_when_training(image_folder):
     records, _ = utk_data.load_records(image_folder, verbose=False)
     plain = lambda: np.concatenate(  # noqa: E731

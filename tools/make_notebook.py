@@ -294,8 +294,9 @@ run's initial weights, data order and augmentation; "± " is the spread over thr
 *Interval*: the 95 % interval of a difference, resampling the seeds and the test faces; a
 difference is *measurable* when it excludes 0. *Preset*: the settings `train` picks for this
 machine (a smaller network on a CPU). *Short budget*: 64 px for 8 epochs, so that three seeds
-of every variant could be trained. *Mirror images*: each face is predicted as it is and
-mirrored, and the two ages averaged.
+of every variant could be trained. *Test-time views*: each face is predicted as it is and
+zoomed in on its centre by 6 % and 12 % (as training crops it), each view also mirrored,
+and the six ages averaged.
 """
 
 PARAMETERS_TEXT = """
@@ -638,9 +639,9 @@ print(
 EVALUATION_TEXT = """
 The metrics `train` computed on the test split with the best weights, beside the simplest
 baseline: predicting the median training age for every face. The presets validate and save
-an average of the weights, and each face's age is averaged with that of its mirror image;
-the second line shows what the mirror images changed ([EXPERIMENTS.md](EXPERIMENTS.md) has
-both measured over three seeds).
+an average of the weights, and each face's age is averaged over its test-time views; the
+second line shows what the views changed ([EXPERIMENTS.md](EXPERIMENTS.md) has both
+measured over three seeds).
 """
 
 EVALUATION = """
@@ -649,7 +650,7 @@ print(
     f"test MAE {run.metrics['test_mae']:.2f} years, RMSE {run.metrics['test_rmse']:.2f}, "
     f"on {run.metrics['test_images']:,} faces (best epoch {run.metrics['best_epoch']})"
 )
-print(f"without the mirror images: test MAE {run.metrics['test_mae_no_tta']:.2f}")
+print(f"one image per face, no views: test MAE {run.metrics['test_mae_no_tta']:.2f}")
 print(f"predicting the median age ({baseline['median_age']:g}) for everyone: MAE {baseline['mae']:.2f}")
 """
 
@@ -701,7 +702,7 @@ Measured with `python train_loop.py train --arch course_cnn --seed 0 --out runs/
 --image-size 64 --seed 0 --out runs/e8_relu` (ours at the short budget), each also with
 `--output-activation linear` and seeds 1 and 2; tables and curves in
 [answers.md](answers.md#task-2-why-a-relu-output-works-here-and-its-advantage-over-a-linear-output).
-This run's test faces at exactly 0 and below 0 (each face alone, without its mirror image):
+This run's test faces at exactly 0 and below 0 (each face alone, without its other views):
 """
 
 TASK2 = """
