@@ -78,12 +78,7 @@ def parse_arguments(argv):
     parser.add_argument(
         "--no-eyes", action="store_true", help="frame the faces from their box alone"
     )
-    parser.add_argument(
-        "--tta",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="average with the mirror images, as predict does by default (default: on)",
-    )
+    evaluation.add_tta_argument(parser)  # as predict takes them
     return parser.parse_args(argv)
 
 
@@ -123,7 +118,7 @@ def main(argv=None):
     rng = np.random.default_rng(arguments.seed)
     chosen = [faces[i] for i in rng.permutation(len(faces))[: arguments.images]]
     ages = np.array([record.age for record in chosen], np.float64)
-    tta = arguments.tta
+    tta = evaluation.tta_from_arguments(arguments)
     aligned, _ = photos.predict_paths(model, [str(r.path) for r in chosen], tta=tta)
     aligned = np.array([row.age for row in aligned])
     paths, places, control, framed, whole = predict_pictures(model, chosen, rng, tta)
@@ -137,7 +132,8 @@ def main(argv=None):
     control = np.array([row.age for row in control])
     print(
         f"faces: {len(chosen)} of the {arguments.split} split (seed {arguments.seed}), "
-        f"frame zoom {photos.FRAME_ZOOM}, eyes {not arguments.no_eyes}, mirror images {tta}"
+        f"frame zoom {photos.FRAME_ZOOM}, eyes {not arguments.no_eyes}, test-time zooms "
+        f"{evaluation.tta_zooms(tta) or 'none'}"
     )
     print(f"found in their pictures: {hit.sum()} ({hit.mean():.1%})")
     for name, predicted, faces in (

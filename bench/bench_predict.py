@@ -6,7 +6,9 @@
 Real test-split UTKFace faces (aligned 200x200 crops) are linked into a temporary folder,
 and three contenders run `photos.predict_files` on it as `python train_loop.py predict
 FOLDER` does: the model loaded from its file, the folder listed, the faces predicted and
-the CSV written (only Python's and TensorFlow's start-up are left out):
+the CSV written, each face averaged over its test-time views as the command's default is
+(`--tta-zooms` and `--no-tta` as `predict` takes them; only Python's and TensorFlow's
+start-up are left out):
 
 1. auto: `--crop auto`, the default: a small, about square picture is known for a face
    crop from its header and taken as it is; the other pictures are searched by threads;
@@ -40,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 # devices first: it sets TensorFlow's environment (oneDNN) before the import.
 import devices  # noqa: E402
 import train_loop  # noqa: E402
+import evaluation  # noqa: E402
 import photos  # noqa: E402
 import utk_data  # noqa: E402
 
@@ -68,29 +71,29 @@ def sort_one_by_one(paths, crop, image_size):
     return sorted_pictures
 
 
-def predict(model_file, sources, out, crop):
+def predict(model_file, sources, out, tta, crop):
     """Rows of `photos.predict_files`, its summary on standard error kept quiet."""
     with contextlib.redirect_stderr(io.StringIO()):
-        rows, skipped = photos.predict_files(model_file, sources, out, crop=crop)
+        rows, skipped = photos.predict_files(model_file, sources, out, tta, crop)
     if skipped:
         raise ValueError(f"unreadable files in the benchmark: {skipped[:3]}")
     return rows
 
 
-def auto(model_file, sources, out):
+def auto(model_file, sources, out, tta):
     """`predict --crop auto`: face crops known from their header."""
-    return predict(model_file, sources, out, "auto")
+    return predict(model_file, sources, out, tta, "auto")
 
 
-def none(model_file, sources, out):
+def none(model_file, sources, out, tta):
     """`predict --crop none`: the batched prediction alone."""
-    return predict(model_file, sources, out, "none")
+    return predict(model_file, sources, out, tta, "none")
 
 
-def sequential(model_file, sources, out):
+def sequential(model_file, sources, out, tta):
     """`predict --crop auto` as it was: the detector on every picture, in turn."""
     with mock.patch.object(photos, "_sort_pictures", sort_one_by_one):
-        return predict(model_file, sources, out, "auto")
+        return predict(model_file, sources, out, tta, "auto")
 
 
 CONTENDERS = {"auto": auto, "none": none, "sequential": sequential}
@@ -117,7 +120,7 @@ def model_file(arguments, folder):
     return str(path)
 
 
-def time_rounds(model_path, folder, out, rounds, images):
+def time_rounds(model_path, folder, out, tta, rounds, images):
     """Images per second of each contender in each round, the order turning."""
     speeds = {name: [] for name in CONTENDERS}
     for round_number in range(rounds):
@@ -126,7 +129,7 @@ def time_rounds(model_path, folder, out, rounds, images):
         rows = {}
         for name in order:
             start = time.perf_counter()
-            rows[name] = CONTENDERS[name](model_path, [folder], out)
+            rows[name] = CONTENDERS[name](model_path, [folder], out, tta)
             speeds[name].append(images / (time.perf_counter() - start))
         if len({tuple(found) for found in rows.values()}) != 1:
             raise ValueError(f"different rows in round {round_number + 1}: {rows}")
@@ -144,7 +147,9 @@ def main(argv=None):
     parser.add_argument("--model", help="a model.keras file (default: untrained)")
     parser.add_argument("--images", type=int, default=600, help="face crops to predict")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of all three")
+    evaluation.add_tta_argument(parser)
     arguments = parser.parse_args(argv)
+    tta = evaluation.tta_from_arguments(arguments)
     print("=== bench_predict ===")
     print("machine:", devices.describe_machine())
     records, _ = utk_data.load_records(utk_data.locate(arguments.data), verbose=False)
@@ -156,11 +161,16 @@ def main(argv=None):
         paths = link_faces(chosen, folder)
         model_path = model_file(arguments, temporary)
         out = Path(temporary) / "ages.csv"
-        print(f"{len(paths)} test-split face crops, model {Path(model_path).name}")
+        print(
+            f"{len(paths)} test-split face crops, model {Path(model_path).name}, "
+            f"test-time zooms {evaluation.tta_zooms(tta) or 'none (one image a face)'}"
+        )
         # Untimed warm-up: tracing and the first reads from disk.
         for run in CONTENDERS.values():
-            run(model_path, paths[:64], out)
-        speeds = time_rounds(model_path, str(folder), out, arguments.rounds, len(paths))
+            run(model_path, paths[:64], out, tta)
+        speeds = time_rounds(
+            model_path, str(folder), out, tta, arguments.rounds, len(paths)
+        )
     medians = {name: statistics.median(values) for name, values in speeds.items()}
     for name, value in medians.items():
         print(f"{name}: {value:,.0f} images/s (median of {arguments.rounds})")
