@@ -747,22 +747,6 @@ def epochs_for_budget(
     return max(1, int(remaining // epoch_seconds)), epoch_seconds
 
 
-def fit_to_time_budget(config, train_images, val_records, initial_age, started):
-    """Epochs that fit the time budget, from the measured speed of train and test steps."""
-    seconds_per_step = _measure_seconds_per_step(config, train_images, initial_age)
-    epochs, epoch_seconds = epochs_for_budget(
-        config.time_budget * 60,
-        time.perf_counter() - started,
-        seconds_per_step,
-        *_epoch_steps(config, len(train_images.records), len(val_records)),
-    )
-    print(
-        f"time budget {config.time_budget:g} min: {seconds_per_step:.3f} s/step, "
-        f"{epoch_seconds:.0f} s/epoch -> {epochs} epochs"
-    )
-    return epochs
-
-
 class Estimate(NamedTuple):
     """What `estimate_training` returns."""
 
@@ -770,6 +754,39 @@ class Estimate(NamedTuple):
     steps: int  # train steps an epoch
     epochs: int
     minutes: float  # of training, the test evaluation aside
+
+
+def _plan(config, images, train_count, val_count, initial_age, started=None):
+    """The Estimate of training `config` on this machine, timed on a few steps over
+    `images`: for config.epochs epochs, or the epochs that fit its time budget counted from
+    `started` (a time.perf_counter(); None: from now)."""
+    seconds_per_step = _measure_seconds_per_step(config, images, initial_age)
+    steps = _epoch_steps(config, train_count, val_count)
+    if config.time_budget:
+        elapsed = time.perf_counter() - started if started is not None else 0.0
+        epochs, epoch_seconds = epochs_for_budget(
+            config.time_budget * 60, elapsed, seconds_per_step, *steps
+        )
+    else:
+        epochs, epoch_seconds = config.epochs, _epoch_seconds(seconds_per_step, *steps)
+    return Estimate(seconds_per_step, steps[0], epochs, epochs * epoch_seconds / 60)
+
+
+def fit_to_time_budget(config, train_images, val_records, initial_age, started):
+    """Epochs that fit the time budget, from the measured speed of train and test steps."""
+    plan = _plan(
+        config,
+        train_images,
+        len(train_images.records),
+        len(val_records),
+        initial_age,
+        started,
+    )
+    print(
+        f"time budget {config.time_budget:g} min: {plan.seconds_per_step:.3f} s/step, "
+        f"{plan.minutes * 60 / plan.epochs:.0f} s/epoch -> {plan.epochs} epochs"
+    )
+    return plan.epochs
 
 
 def estimate_training(config, train_records, val_records):
@@ -781,15 +798,7 @@ def estimate_training(config, train_records, val_records):
         train_records[: 4 * config.batch_size], config.image_size
     )
     initial_age = float(np.mean([record.age for record in train_records]))
-    seconds_per_step = _measure_seconds_per_step(config, sample, initial_age)
-    steps = _epoch_steps(config, len(train_records), len(val_records))
-    if config.time_budget:
-        epochs, epoch_seconds = epochs_for_budget(
-            config.time_budget * 60, 0, seconds_per_step, *steps
-        )
-    else:
-        epochs, epoch_seconds = config.epochs, _epoch_seconds(seconds_per_step, *steps)
-    return Estimate(seconds_per_step, steps[0], epochs, epochs * epoch_seconds / 60)
+    return _plan(config, sample, len(train_records), len(val_records), initial_age)
 
 
 # ---------------------------------------------------------------------------------------
