@@ -138,6 +138,11 @@ class TrainConfig:
         "common its age is, smoothed over neighbouring ages (Yang et al., 2021)",
         ("none", "lds"),
     )
+    loss_weighting_epochs: Optional[int] = _option(
+        None,
+        "with --loss-weighting lds: weigh the faces only in the last N epochs, every face "
+        "the same before (deferred re-weighting, Cao et al., 2019); default: every epoch",
+    )
     augment: Optional[bool] = _option(None, "flip, crop/shift, brightness/contrast")
     patience: Optional[int] = _option(
         None, "early stopping: epochs without a better val MAE"
@@ -446,6 +451,9 @@ class Trainer:
         self.strategy = strategy or tf.distribute.get_strategy()
         self.age_weights = None if age_weights is None else tf.constant(age_weights)
         with self.strategy.scope():
+            # 1 while the age weights count, 0 while every face weighs the same (set at the
+            # start of each epoch by weigh_epoch).
+            self.weighting = tf.Variable(1.0, trainable=False, name="weighting")
             self.average = WeightAverage(model, config.ema) if config.ema else None
             self.train_loss = keras.metrics.Mean(name="loss")
             self.train_mae = keras.metrics.MeanAbsoluteError(name="mae")
@@ -506,15 +514,25 @@ class Trainer:
         summed and divided by the global batch size, so that the replicas' gradients add
         up to those of the global batch's mean loss (with one replica: the mean)."""
         head = model_head(self.model)
+        age_weights = self.age_weights
+        if age_weights is not None:  # The weights average 1: so does every blend.
+            age_weights = 1.0 + self.weighting * (age_weights - 1.0)
         terms = loss_terms(
             head,
             outputs,
             labels,
             self.config.loss,
-            age_weights=self.age_weights,
+            age_weights=age_weights,
             average=tf.nn.compute_average_loss,
         )
         return terms["total"]
+
+    def weigh_epoch(self, epoch):
+        """Let the age weights count in `epoch` (from 0), or not: in every epoch, or with
+        config.loss_weighting_epochs only in that many last ones."""
+        last = self.config.loss_weighting_epochs
+        weighted = not last or epoch >= self.config.epochs - last
+        self.weighting.assign(1.0 if weighted else 0.0)
 
     def test_batch(self, images, labels):
         """Predicted ages (batch, 1) of a batch, in inference mode."""
@@ -882,6 +900,14 @@ def _make_trainer(config, strategy, initial_age, train_records, steps):
 
 def _age_weights(config, train_records):
     """The loss weight of every age that config.loss_weighting asks for, or None."""
+    if config.loss_weighting_epochs is not None:
+        if config.loss_weighting != "lds":
+            raise ValueError("--loss-weighting-epochs needs --loss-weighting lds")
+        if not 0 < config.loss_weighting_epochs <= config.epochs:
+            raise ValueError(
+                f"--loss-weighting-epochs must lie in 1..{config.epochs} (the epochs), "
+                f"got {config.loss_weighting_epochs}"
+            )
     if config.loss_weighting != "lds":
         return None
     ages = [record.age for record in train_records]
@@ -922,6 +948,7 @@ def _train_epochs(trainer, history, out, train_images, val_records, steps, verbo
     chief = devices.is_chief(trainer.strategy)
     curves = evaluation.Curves(out / evaluation.LOGS, steps, start) if chief else None
     for epoch in range(start, config.epochs):
+        trainer.weigh_epoch(epoch)
         row, step_losses = _run_epoch(
             trainer, batches, steps, val_dataset, epoch, out, verbose
         )

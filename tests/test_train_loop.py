@@ -220,6 +220,34 @@ def test_a_bfloat16_model_trains_as_the_benchmark_trains_it():
     assert np.isfinite(float(loss)) and model(images).dtype == tf.float32
 
 
+def test_deferred_weighting_weighs_the_faces_only_in_the_last_epochs():
+    config = train_loop.resolve_config(
+        train_loop.TrainConfig(
+            out="unused", image_size=32, batch_size=4, precision="float32", epochs=5,
+            loss_weighting="lds", loss_weighting_epochs=2,
+        )
+    )  # fmt: skip
+    model = train_loop.make_model(config, initial_age=30.0)
+    weights = np.linspace(0.5, 2.0, 117).astype("float32")
+    trainer = train_loop.Trainer(model, train_loop.make_optimizer(config, 10), config)
+    weighted = train_loop.Trainer(
+        model, train_loop.make_optimizer(config, 10), config, weights
+    )
+    outputs = tf.constant([[10.0], [40.0], [70.0], [90.0]])
+    labels = tf.constant([[12.0], [35.0], [80.0], [60.0]])
+    found = []
+    for epoch in range(config.epochs):
+        weighted.weigh_epoch(epoch)
+        found.append(float(weighted.loss(outputs, labels)))
+    plain = float(trainer.loss(outputs, labels))
+    assert found[:3] == pytest.approx([plain] * 3)  # every face the same at first
+    errors, ages = np.array([2.0, 5.0, 10.0, 30.0]), [12, 35, 80, 60]
+    expected = (weights[ages] * errors).mean()
+    assert found[3:] == pytest.approx([expected] * 2)  # then by age
+    with pytest.raises(ValueError, match="needs --loss-weighting lds"):
+        train_loop._age_weights(dataclasses.replace(config, loss_weighting="none"), [])
+
+
 def test_mixed_precision_uses_a_loss_scale_optimizer():
     config = train_loop.TrainConfig(out="unused", precision="mixed_float16", epochs=1)
     optimizer = train_loop.make_optimizer(train_loop.resolve_config(config), 10)
