@@ -1,5 +1,5 @@
-"""Evaluation of a trained age model: its predictions (with test-time augmentation), metrics by age,
-gender and race, the median baseline, the per-face predictions file, and the figures.
+"""Evaluation of a trained age model: its predictions (with test-time augmentation), metrics
+by age, gender and race, the median baseline, the per-face predictions file, and the figures.
 
     metrics = evaluation.read_metrics("runs/cpu")       # what train wrote
     found = evaluation.predict_records(model, test_records, tta=True)
@@ -256,8 +256,9 @@ def predict_quantiles(model, images, batch_size=64):
 
 class Readouts(NamedTuple):
     """A model's predictions of the validation and test faces, each face alone and averaged
-    over the views of test-time augmentation (TTA_ZOOMS): {column of PREDICTION_COLUMNS (and, for a model with gender and
-    race inputs, of UNKNOWN_ATTRIBUTES_COLUMNS on the test faces): Predictions}."""
+    over the views of test-time augmentation (TTA_ZOOMS): {column of PREDICTION_COLUMNS
+    (and, for a model with gender and race inputs, of UNKNOWN_ATTRIBUTES_COLUMNS on the
+    test faces): Predictions}."""
 
     val: dict
     test: dict
@@ -288,8 +289,8 @@ class Readouts(NamedTuple):
 
 
 def predict_readouts(model, images, batch_size=64, unknown_attributes=False):
-    """{column: Predictions} of DecodedImages, with and without test-time augmentation; with
-    `unknown_attributes`, a model with gender and race inputs also given both unknown.
+    """{column: Predictions} of DecodedImages, with and without test-time augmentation;
+    with `unknown_attributes`, a model with gender and race inputs also given both unknown.
     """
     columns = {}
     for tta, column in PREDICTION_COLUMNS.items():
