@@ -22,7 +22,7 @@ import tensorflow as tf
 
 import utk_data
 from evaluation import add_tta_argument, load_keras_model, predict_ages, tta_views
-from evaluation import tta_from_arguments
+from evaluation import tta_from_arguments, widen_ages
 from model import ages_from_outputs, model_inputs
 
 FORMATS = ("saved_model", "tflite")
@@ -35,7 +35,8 @@ def serving_model(model, tta=True):
     """A Keras model from uint8 face images of `model`'s size (n, size, size, 3) to their
     ages (n,): scaled as in training, gender and race "unknown" for a model that takes
     them, each face's age averaged over the views of test-time augmentation `tta`
-    (evaluation.tta_zooms)."""
+    (evaluation.tta_zooms), then widened as the model's readout is (its age_widening).
+    """
     size = model.image_size
     images = keras.Input((size, size, 3), dtype="uint8", name="images")
     scaled = keras.ops.cast(images, "float32") / 255.0
@@ -44,6 +45,7 @@ def serving_model(model, tta=True):
         for view in tta_views(scaled, tta)
     ]
     ages = keras.ops.mean(keras.ops.stack(ages), axis=0)  # (n, 1)
+    ages = widen_ages(ages, getattr(model, "age_widening", None))
     return keras.Model(images, keras.ops.reshape(ages, (-1,)), name="age_server")
 
 

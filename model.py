@@ -25,6 +25,11 @@ Output contract:
 `loss_terms(model, outputs, labels)` turns any of these into a training loss, and
 `ages_from_outputs(model, outputs, method)` into ages by expected value or median.
 
+A model may carry `age_widening`, (centre, factor) (None: none), which `train` fits on the
+validation faces after training (evaluation.fit_widening). The network's outputs ignore it;
+the readout (evaluation.age_predictor, export.serving_model) maps each predicted age a to
+max(0, centre + factor * (a - centre)), so that a saved model predicts as it was read out.
+
 Every layer that produces an output is float32, so everything works under the
 "mixed_float16" policy and a model saved there loads and predicts under "float32".
 """
@@ -98,10 +103,13 @@ class CourseCNN(keras.Model):
         initial_age=None,
         output_activation="relu",
         relu_gradient="zero",
+        age_widening=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
         activation = output_activation_function(output_activation, relu_gradient)
+        # How the readout maps the predicted ages after training (None: as they are).
+        self.age_widening = _widening(age_widening)
         self.image_size = image_size
         self.initial_age = initial_age
         self.output_activation = output_activation
@@ -155,7 +163,17 @@ def _model_config(model, **arguments):
     # Sublayers follow the policy in force when the model is rebuilt, so the model's own
     # policy must too: a mixed_float16 model reloaded on a CPU is float32 throughout.
     config.pop("dtype", None)
-    return {**config, **arguments}
+    return {**config, **arguments, "age_widening": model.age_widening}
+
+
+def _widening(age_widening):
+    """An age_widening as a model keeps it: None, or (centre, factor) as floats."""
+    if age_widening is None:
+        return None
+    centre, factor = (float(value) for value in age_widening)
+    if factor <= 0:
+        raise ValueError(f"age_widening's factor must be positive, got {factor}")
+    return (centre, factor)
 
 
 @keras.saving.register_keras_serializable(package="age_regression")
@@ -298,9 +316,12 @@ class AgeCNN(keras.Model):
         distribution_head=False,
         relu_gradient="zero",
         synchronized_batch_norm=False,
+        age_widening=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        # How the readout maps the predicted ages after training (None: as they are).
+        self.age_widening = _widening(age_widening)
         _check_age_cnn_arguments(
             widths, blocks_per_stage, head, max_age, output_activation,
             gender_head, attribute_inputs, distribution_head,

@@ -47,6 +47,7 @@ import utk_data
 from evaluation import (
     PREDICTION_COLUMNS,
     PREDICTIONS,
+    UNWIDENED_COLUMNS,
     Predictions,
     atomic_write,
     evaluate_predictions,
@@ -69,6 +70,9 @@ PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 # Settings a run may be resumed with other values of: where things are, and how the
 # training is spread over devices (the checkpoint holds no device).
 WHERE = ("data", "out", "strategy")
+# The settings of the readout after training: a resumed or finished run takes them from
+# the command, so that a finished run can be read out again with others.
+READOUT = ("tta", "widen")
 
 
 def _option(default, help_text, choices=None):
@@ -156,6 +160,12 @@ class TrainConfig:
         "test metrics average each face's age over its views: as it is and zoomed in on "
         "its centre (evaluation.TTA_ZOOMS), each also mirrored",
     )
+    widen: Optional[bool] = _option(
+        None,
+        "after training, widen the predicted ages away from their median by a factor "
+        "fitted on the validation faces so that every decade of age counts the same: "
+        "fewer old and young faces pulled towards the middle ages (saved in the model)",
+    )
     seed: int = _option(
         0, "seeds training (initialisation, order, augmentation), never the split"
     )
@@ -218,6 +228,7 @@ CPU_PRESET = dict(
     distribution_head=False,
     ema=0.999,
     tta=True,
+    widen=True,
     relu_gradient="straight_through",
     loss_weighting="none",
 )
@@ -257,6 +268,7 @@ COURSE_SETTINGS = dict(
     distribution_head=False,
     ema=0.0,
     tta=False,
+    widen=False,
     relu_gradient="zero",
     loss_weighting="none",
 )
@@ -916,15 +928,17 @@ def _age_weights(config, train_records):
 
 def _resumed_config(saved, config, out):
     """The settings a resumed run goes on with: the checkpoint's (the epochs fitted to a
-    time budget are part of the run), but where the data and the run are now."""
+    time budget are part of the run), but where the data and the run are now and how the
+    command reads it out."""
     _check_same_run(saved, config, out)
-    return TrainConfig(**{**saved, **{name: getattr(config, name) for name in WHERE}})
+    now = {name: getattr(config, name) for name in (*WHERE, *READOUT)}
+    return TrainConfig(**{**saved, **now})
 
 
 def _check_same_run(saved, config, out):
     current = dataclasses.asdict(config)
     # The epochs fitted to a time budget are part of the run, whatever the command says.
-    ignored = {*WHERE, "epochs"} if config.time_budget else set(WHERE)
+    ignored = {*WHERE, *READOUT, *(("epochs",) if config.time_budget else ())}
     different = sorted(
         k for k in current if k not in ignored and saved.get(k) != current[k]
     )
@@ -1031,21 +1045,41 @@ def _current_learning_rate(optimizer):
 
 
 def _read_out(config, out, splits):
-    """The best model of a run, saved in `out`, read out on the validation and test faces."""
+    """The best model of a run, saved in `out`, read out on the validation and test faces:
+    (model, Readouts, the Readouts before the widening or None without one). With
+    config.widen, the widening is fitted on the validation faces' reported readout
+    (evaluation.fit_widening) and saved in the model."""
     model = keras.models.load_model(out / "model.keras")
-    return model, evaluation.read_out(
-        model,
-        *(utk_data.decode_records(part, config.image_size) for part in splits[1:]),
-        config.batch_size,
-        config.tta,
+    val, test = (
+        utk_data.decode_records(part, config.image_size) for part in splits[1:]
     )
+    fitted, unwidened = model.age_widening, None
+    model.age_widening = None
+    readouts = evaluation.read_out(model, val, test, config.batch_size, config.tta)
+    if config.widen:
+        unwidened = readouts
+        model.age_widening = evaluation.fit_widening(*readouts.reported_val[1:3])
+        # What the model with its widening predicts (the same map, after the views).
+        readouts = readouts.widened(model.age_widening)
+    if model.age_widening != fitted:  # A finished run read out again may change it.
+        atomic_write(out / "model.keras", model.save)
+    return model, readouts, unwidened
 
 
-def run_metrics(config, history, splits, readouts, command, strategy):
+def run_metrics(config, history, splits, readouts, command, strategy, widening=None):
     """The metrics.json of a run: its test metrics (the configured readout), both readouts
     of the validation and test faces, its progress, settings, command and machine (and
-    the tf.distribute strategy that trained it)."""
+    the tf.distribute strategy that trained it). `widening`: the model's age_widening and
+    its Readouts before it (as _read_out returns them), or None."""
     test = evaluate_predictions(*readouts.reported[1:])
+    unwidened = {}
+    if widening is not None:
+        fitted, before = widening
+        unwidened["age_widening"] = list(fitted)
+        for split, found in (("val", before.reported_val), ("test", before.reported)):
+            plain = evaluate_predictions(*found[1:3])
+            for name in ("mae", "balanced_mae"):
+                unwidened[f"{split}_{name}_unwidened"] = plain[name]
     state = progress(history, config)
     without_average = [
         row["val_mae_without_ema"] for row in history if "val_mae_without_ema" in row
@@ -1060,6 +1094,7 @@ def run_metrics(config, history, splits, readouts, command, strategy):
         "onednn": devices.onednn_enabled(),
         "cpu_bfloat16_units": devices.bfloat16_units(),
         **readouts.maes(),
+        **unwidened,
         "val_mae": state.best_val_mae,
         # With EMA: the best val MAE the trained weights reached without the average.
         "val_mae_without_ema": min(without_average, default=None),
@@ -1091,10 +1126,16 @@ def _finish(config, history, splits, command, strategy):
     if not devices.is_chief(strategy):
         return None
     out = Path(config.out)
-    model, readouts = _read_out(config, out, splits)
-    metrics = run_metrics(config, history, splits, readouts, command, strategy)
+    model, readouts, unwidened = _read_out(config, out, splits)
+    widening = None if unwidened is None else (model.age_widening, unwidened)
+    metrics = run_metrics(
+        config, history, splits, readouts, command, strategy, widening
+    )
     write_json(out / evaluation.METRICS, metrics)
-    evaluation.write_predictions(out / PREDICTIONS, readouts.test, readouts.quantiles)
+    extra = dict(readouts.quantiles)
+    if unwidened is not None:  # The reported readout before the widening, beside it.
+        extra[UNWIDENED_COLUMNS[config.tta]] = unwidened.reported.predicted
+    evaluation.write_predictions(out / PREDICTIONS, readouts.test, extra)
     print(
         f"test MAE {metrics['test_mae']:.3f} years, RMSE {metrics['test_rmse']:.3f} "
         f"(best epoch {metrics['best_epoch']}, {metrics['train_seconds'] / 60:.1f} min "

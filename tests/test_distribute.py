@@ -244,6 +244,13 @@ def test_the_serving_model_averages_the_views_predict_averages():
         served = export.serving_model(model, tta)(images).numpy()
         predicted = evaluation.predict_ages(model, images / 255.0, tta=tta)
         np.testing.assert_allclose(served, predicted, rtol=1e-4, atol=1e-4)
+    # A model's widening (which train fits) is in the served model too.
+    model.age_widening = (25.0, 1.2)
+    widened = export.serving_model(model)(images).numpy()
+    assert not np.allclose(widened, served)
+    np.testing.assert_allclose(
+        widened, evaluation.widen_ages(served, (25.0, 1.2)), rtol=1e-4, atol=1e-4
+    )
 
 
 @pytest.mark.slow

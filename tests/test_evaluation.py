@@ -129,6 +129,62 @@ def test_test_time_zooms_must_be_fractions_of_the_side():
             evaluation.tta_zooms(wrong)
 
 
+def test_the_balanced_mae_weighs_every_age_bin_alike():
+    true = np.array([5.0, 5.0, 5.0, 85.0])
+    predicted = np.array([6.0, 6.0, 6.0, 75.0])
+    # All faces: (1 + 1 + 1 + 10) / 4; balanced: the bins 0-9 and 80+ alike.
+    assert evaluation.evaluate_predictions(true, predicted)["mae"] == 13 / 4
+    assert evaluation.balanced_mae(true, predicted) == (1 + 10) / 2
+
+
+def test_widening_moves_ages_from_the_centre_and_keeps_them_at_0_or_above():
+    ages = np.array([0.0, 10.0, 30.0, 70.0], np.float32)
+    widened = evaluation.widen_ages(ages, (30.0, 1.5))
+    np.testing.assert_allclose(widened, [0.0, 0.0, 30.0, 90.0])
+    assert widened.dtype == np.float32
+    as_tensor = evaluation.widen_ages(tf.constant(ages), (30.0, 1.5))
+    np.testing.assert_allclose(as_tensor.numpy(), widened)
+    assert evaluation.widen_ages(ages, None) is ages
+
+
+def test_the_fitted_widening_undoes_a_pull_to_the_middle():
+    generator = np.random.default_rng(0)
+    true = generator.uniform(0, 90, 4000)
+    noise = generator.normal(0, 3, true.size)
+    # Predictions pulled towards 30 years, as a network's are: widening helps.
+    pulled = 30 + 0.85 * (true - 30) + noise
+    centre, factor = evaluation.fit_widening(true, pulled)
+    assert centre == pytest.approx(np.median(pulled))
+    assert 1.1 <= factor <= evaluation.WIDENING_FACTORS[-1]
+    widened = evaluation.widen_ages(pulled, (centre, factor))
+    assert (
+        evaluation.balanced_mae(true, widened)
+        < evaluation.balanced_mae(true, pulled) - 0.5
+    )
+    # Predictions that are not pulled are left (nearly) as they are.
+    assert evaluation.fit_widening(true, true + noise)[1] <= 1.01
+
+
+def test_a_model_predicts_with_its_widening_and_keeps_it_when_saved(tmp_path):
+    keras.utils.set_random_seed(2)
+    config = train_loop.TrainConfig(arch="course_cnn", image_size=32)
+    network = train_loop.make_model(config, initial_age=30.0)
+    images = tf.random.stateless_uniform((4, 32, 32, 3), seed=(1, 2))
+    plain = evaluation.predict_ages(network, images, tta=True)
+    network.age_widening = (20.0, 1.5)  # the predictor compiled above reads it now
+    widened = evaluation.predict_ages(network, images, tta=True)
+    np.testing.assert_allclose(
+        widened, evaluation.widen_ages(plain, (20.0, 1.5)), rtol=1e-5
+    )
+    assert not np.allclose(widened, plain)
+    network.save(tmp_path / "model.keras")
+    reloaded = evaluation.load_keras_model(tmp_path / "model.keras")
+    assert reloaded.age_widening == (20.0, 1.5)
+    np.testing.assert_allclose(
+        evaluation.predict_ages(reloaded, images, tta=True), widened, rtol=1e-5
+    )
+
+
 def test_predictions_round_trip_with_unknown_labels(tmp_path):
     records = [
         utk_data.Record(Path("/x/25_1_2_2017.jpg.chip.jpg"), 25, 1, 2),

@@ -575,6 +575,7 @@ OPTIONS = {
     "tta": {"tta": True},
     "straight_through": {"relu_gradient": "straight_through"},
     "lds": {"loss_weighting": "lds"},
+    "widen": {"widen": True},
     "bfloat16": {"precision": "mixed_bfloat16"},
 }
 
@@ -587,8 +588,9 @@ OPTIONS = {
     ],
 )
 def test_train_every_head_and_option(tiny_data, tmp_path, options):
-    # Each option alone, on the network without the preset's teacher head, EMA and TTA.
-    plain = dict(distribution_head=False, ema=0.0, tta=False)
+    # Each option alone, on the network without the preset's teacher head, EMA, TTA and
+    # widening.
+    plain = dict(distribution_head=False, ema=0.0, tta=False, widen=False)
     config = tiny_config(
         tiny_data, tmp_path, epochs=1, limit=24, **{**plain, **options}
     )
@@ -639,6 +641,24 @@ def test_train_every_head_and_option(tiny_data, tmp_path, options):
     else:
         assert unknown == [None, None]
         assert "test_mae_attributes_unknown" not in run.metrics
+    # A widened readout is saved in the model and keeps the readout before it beside it.
+    before = written.get(evaluation.UNWIDENED_COLUMNS[run.config.tta])
+    if run.config.widen:
+        widening = tuple(run.metrics["age_widening"])
+        assert reloaded.age_widening == widening
+        reported = written[evaluation.PREDICTION_COLUMNS[run.config.tta]]
+        np.testing.assert_allclose(
+            evaluation.widen_ages(before, widening), reported, atol=2e-4
+        )
+        assert run.metrics["test_mae_unwidened"] == pytest.approx(
+            np.abs(before - written["age"]).mean(), abs=1e-3
+        )
+        # The finished run read out again without it (a readout setting).
+        again = train_loop.train(dataclasses.replace(config, widen=False), verbose=0)
+        assert "age_widening" not in again.metrics
+        assert keras.models.load_model(tmp_path / "model.keras").age_widening is None
+    else:
+        assert before is None and "age_widening" not in run.metrics
 
 
 @pytest.mark.slow
