@@ -83,8 +83,9 @@ def test_a_figure_is_redrawn_from_the_committed_results(tmp_path):
 def test_every_result_names_its_command_and_machine():
     for metrics_file in sorted(RESULTS.glob("*/metrics.json")):
         metrics = json.loads(metrics_file.read_text())
-        # NAME_mirror_only keeps the first readout of the run NAME, and its command.
-        run = metrics_file.parent.name.replace("_mirror_only", "")
+        # NAME_mirror_only and NAME_unwidened keep earlier readouts of the run NAME, and
+        # its command.
+        run = re.sub("_(mirror_only|unwidened)", "", metrics_file.parent.name)
         assert metrics["command"].endswith(f"--out runs/{run}")
         assert "CPU cores" in metrics["machine"]
         for name in ("history.json", evaluation.PREDICTIONS):
