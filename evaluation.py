@@ -324,7 +324,8 @@ class Readouts(NamedTuple):
 
     def widened(self, widening):
         """The same readouts, every predicted age widened (widen_ages) by `widening`, as
-        a model with that age_widening predicts them (the quantiles as they are)."""
+        a model with that age_widening predicts them; a classification head's quantiles
+        too (a map that keeps the order of ages keeps them quantiles)."""
 
         def widen(columns):
             return {
@@ -332,7 +333,13 @@ class Readouts(NamedTuple):
                 for column, found in columns.items()
             }
 
-        return self._replace(val=widen(self.val), test=widen(self.test))
+        quantiles = {
+            column: widen_ages(ages, widening)
+            for column, ages in self.quantiles.items()
+        }
+        return self._replace(
+            val=widen(self.val), test=widen(self.test), quantiles=quantiles
+        )
 
     def maes(self):
         """{"val_mae_no_tta", "val_mae_tta", "test_mae_no_tta", "test_mae_tta"} and, for a

@@ -576,6 +576,7 @@ OPTIONS = {
     "straight_through": {"relu_gradient": "straight_through"},
     "lds": {"loss_weighting": "lds"},
     "widen": {"widen": True},
+    "widened_classification": {"head": "classification", "widen": True},
     "bfloat16": {"precision": "mixed_bfloat16"},
 }
 
