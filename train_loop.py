@@ -855,6 +855,8 @@ def train(config, verbose=1, command=None, strategy=None):
     only the chief process writes files, and only it returns a Run (the others None)."""
     started = time.perf_counter()
     config = resolve_config(config)
+    if not config.time_budget:  # A time budget fits the epochs later.
+        _check_loss_weighting_epochs(config)  # before the images are decoded
     strategy = strategy or devices.make_strategy(config.strategy)
     if config.time_budget and devices.strategy_name(strategy) == "multi_worker":
         raise ValueError(
@@ -910,16 +912,23 @@ def _make_trainer(config, strategy, initial_age, train_records, steps):
     return Trainer(model, optimizer, config, age_weights, strategy)
 
 
+def _check_loss_weighting_epochs(config):
+    """Raise ValueError unless config.loss_weighting_epochs (if given) goes with LDS
+    weighting and lies in 1..config.epochs."""
+    if config.loss_weighting_epochs is None:
+        return
+    if config.loss_weighting != "lds":
+        raise ValueError("--loss-weighting-epochs needs --loss-weighting lds")
+    if not 0 < config.loss_weighting_epochs <= config.epochs:
+        raise ValueError(
+            f"--loss-weighting-epochs must lie in 1..{config.epochs} (the epochs), "
+            f"got {config.loss_weighting_epochs}"
+        )
+
+
 def _age_weights(config, train_records):
     """The loss weight of every age that config.loss_weighting asks for, or None."""
-    if config.loss_weighting_epochs is not None:
-        if config.loss_weighting != "lds":
-            raise ValueError("--loss-weighting-epochs needs --loss-weighting lds")
-        if not 0 < config.loss_weighting_epochs <= config.epochs:
-            raise ValueError(
-                f"--loss-weighting-epochs must lie in 1..{config.epochs} (the epochs), "
-                f"got {config.loss_weighting_epochs}"
-            )
+    _check_loss_weighting_epochs(config)  # the epochs a time budget fitted, too
     if config.loss_weighting != "lds":
         return None
     ages = [record.age for record in train_records]

@@ -246,6 +246,10 @@ def test_deferred_weighting_weighs_the_faces_only_in_the_last_epochs():
     assert found[3:] == pytest.approx([expected] * 2)  # then by age
     with pytest.raises(ValueError, match="needs --loss-weighting lds"):
         train_loop._age_weights(dataclasses.replace(config, loss_weighting="none"), [])
+    # train refuses a wrong value before it reads any image.
+    wrong = dataclasses.replace(config, data="no such folder", loss_weighting_epochs=6)
+    with pytest.raises(ValueError, match=r"must lie in 1\.\.5 \(the epochs\), got 6"):
+        train_loop.train(wrong, verbose=0)
 
 
 def test_mixed_precision_uses_a_loss_scale_optimizer():
