@@ -1,8 +1,8 @@
 """A trained age model for other programs: a SavedModel (TensorFlow Serving,
 `tf.saved_model.load`) or a TFLite file (phones), each checked against the Keras model.
 
-    python train_loop.py export --model runs/cpu/model.keras --format saved_model
-    python train_loop.py export --model runs/cpu/model.keras --format tflite --quantize float16
+    python train_loop.py export --model runs/default/model.keras --format saved_model
+    python train_loop.py export --model runs/default/model.keras --format tflite --quantize float16
 
 The SavedModel's default signature takes a batch of RGB uint8 face images of any size
 (`images`: (n, height, width, 3)), crops each to its centre square and resizes it to the
@@ -13,40 +13,22 @@ test-time augmentation (the face as it is and zoomed in on its centre, each also
 as `predict` does, unless exported with `--no-tta`.
 """
 
+import os
 import shutil
 from pathlib import Path
 
-import keras
 import numpy as np
 import tensorflow as tf
 
+import runs
 import utk_data
-from evaluation import add_tta_argument, load_keras_model, predict_ages, tta_views
-from evaluation import tta_from_arguments, widen_ages
-from model import ages_from_outputs, model_inputs
+from evaluation import predict_ages
+from readout import add_tta_argument, load_model, serving_model, tta_from_arguments
 
 FORMATS = ("saved_model", "tflite")
 QUANTIZATIONS = ("none", "float16", "dynamic")
 # The name of the signature of images of the model's own size.
 FIXED_SIZE = "fixed_size"
-
-
-def serving_model(model, tta=True):
-    """A Keras model from uint8 face images of `model`'s size (n, size, size, 3) to their
-    ages (n,): scaled as in training, gender and race "unknown" for a model that takes
-    them, each face's age averaged over the views of test-time augmentation `tta`
-    (evaluation.tta_zooms), then widened as the model's readout is (its age_widening).
-    """
-    size = model.image_size
-    images = keras.Input((size, size, 3), dtype="uint8", name="images")
-    scaled = keras.ops.cast(images, "float32") / 255.0
-    ages = [
-        ages_from_outputs(model, model(model_inputs(model, view)))
-        for view in tta_views(scaled, tta)
-    ]
-    ages = keras.ops.mean(keras.ops.stack(ages), axis=0)  # (n, 1)
-    ages = widen_ages(ages, getattr(model, "age_widening", None))
-    return keras.Model(images, keras.ops.reshape(ages, (-1,)), name="age_server")
 
 
 class AgeServer(tf.Module):
@@ -55,7 +37,7 @@ class AgeServer(tf.Module):
 
     def __init__(self, model, tta=True):
         super().__init__()
-        self.model = serving_model(model, tta)
+        self.model = serving_model(model, tta, model.age_widening)
         self.image_size = model.image_size
         size = self.image_size
         self.any_size = tf.function(
@@ -77,14 +59,50 @@ class AgeServer(tf.Module):
 
 
 def export_saved_model(model, folder, tta=True):
-    """Write `model` as a SavedModel into `folder` (replaced if it exists); return it."""
+    """Write `model` as a SavedModel into `folder`, a new or empty folder or one that holds
+    an earlier export and nothing else (replaced); return it."""
     folder = Path(folder)
+    _check_saved_model_folder(folder)
     server = AgeServer(model, tta)
     signatures = {"serving_default": server.any_size, FIXED_SIZE: server.fixed_size}
+    # Written beside it, then moved in: an interrupted export leaves the old one whole.
+    written = folder.with_name(f".tmp-{os.getpid()}-{folder.name}")
+    tf.saved_model.save(server, str(written), signatures=signatures)
     if folder.exists():
-        shutil.rmtree(folder)
-    tf.saved_model.save(server, str(folder), signatures=signatures)
+        shutil.rmtree(folder)  # An export, or empty: _check_saved_model_folder said so.
+    os.replace(written, folder)
     return folder
+
+
+# What tf.saved_model.save writes into a SavedModel's folder.
+SAVED_MODEL_ENTRIES = {"saved_model.pb", "fingerprint.pb", "variables", "assets"}
+
+
+def _check_saved_model_folder(folder):
+    """Refuse (ValueError) an --out that export may not replace: a file, or a folder that
+    holds anything but an earlier export's files."""
+    if not folder.exists():
+        return
+    if not folder.is_dir():
+        raise ValueError(f"--out {folder}: a file; a SavedModel is written as a folder")
+    entries = {entry.name for entry in folder.iterdir()}
+    if entries - SAVED_MODEL_ENTRIES or (entries and "saved_model.pb" not in entries):
+        raise ValueError(
+            f"--out {folder}: a folder that holds other files; export writes a SavedModel "
+            "only into a new or empty folder, or over an earlier export"
+        )
+
+
+def _check_tflite_path(path):
+    """Refuse (ValueError) an --out that export may not write: a folder, or an existing
+    file that is not a TFLite file."""
+    if path.is_dir():
+        raise ValueError(f"--out {path}: a folder; give the .tflite file to write")
+    if path.exists() and path.suffix != ".tflite":
+        raise ValueError(
+            f"--out {path}: an existing file that is not a .tflite file; export replaces "
+            "only an earlier export"
+        )
 
 
 def export_tflite(model, path, quantize="none", tta=True):
@@ -95,13 +113,18 @@ def export_tflite(model, path, quantize="none", tta=True):
     SavedModel or a tf.function, and the file then gives NaN.)"""
     if quantize not in QUANTIZATIONS:
         raise ValueError(f"quantize must be one of {QUANTIZATIONS}, got {quantize!r}")
-    converter = tf.lite.TFLiteConverter.from_keras_model(serving_model(model, tta))
+    converter = tf.lite.TFLiteConverter.from_keras_model(
+        serving_model(model, tta, model.age_widening)
+    )
     if quantize != "none":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if quantize == "float16":
         converter.target_spec.supported_types = [tf.float16]
-    Path(path).write_bytes(converter.convert())
-    return Path(path)
+    path = Path(path)
+    _check_tflite_path(path)
+    contents = converter.convert()
+    runs.atomic_write(path, lambda temporary: temporary.write_bytes(contents))
+    return path
 
 
 def saved_model_ages(folder, images, batch_size=64):
@@ -143,7 +166,7 @@ def export_model(model_path, form, out=None, quantize="none", tta=True):
     docstring); return (the Keras model, the path written)."""
     if form not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {form!r}")
-    model = load_keras_model(model_path)
+    model = load_model(model_path)
     if form == "saved_model":
         out = Path(out or Path(model_path).with_name("saved_model"))
         return model, export_saved_model(model, out, tta)
@@ -159,7 +182,9 @@ def compare_on_test_faces(model, path, form, data=None, limit=None, tta=True):
     decoded = utk_data.decode_records(test, model.image_size)
     images = decoded.images.numpy()
     true = np.array([record.age for record in decoded.records], np.float64)
-    keras_ages = predict_ages(model, images.astype(np.float32) / 255.0, tta=tta)
+    keras_ages = predict_ages(
+        model, images.astype(np.float32) / 255.0, tta=tta, widening=model.age_widening
+    )
     exported = saved_model_ages if form == "saved_model" else tflite_ages
     exported_ages = exported(path, images)
     return {

@@ -27,7 +27,7 @@ Output contract:
 
 A model may carry `age_widening`, (centre, factor) (None: none), which `train` fits on the
 validation faces after training (evaluation.fit_widening). The network's outputs ignore it;
-the readout (evaluation.age_predictor, export.serving_model) maps each predicted age a to
+the readout (readout.read_ages) maps each predicted age a to
 max(0, centre + factor * (a - centre)), so that a saved model predicts as it was read out.
 
 Every layer that produces an output is float32, so everything works under the

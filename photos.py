@@ -1,7 +1,7 @@
 """Ages of the faces in any photo: find each face, frame it as UTKFace frames its aligned
 crops, and predict.
 
-    python train_loop.py predict --model runs/cpu/model.keras photo.jpg my_faces/
+    python train_loop.py predict --model runs/default/model.keras photo.jpg my_faces/
 
     rows, skipped = photos.predict_paths(model, ["photo.jpg"], tta=True, crop="auto")
 
@@ -26,8 +26,8 @@ import numpy as np
 import tensorflow as tf
 
 import utk_data
-from evaluation import add_tta_argument, load_keras_model, predict_ages
-from evaluation import tta_from_arguments
+from evaluation import predict_ages
+from readout import add_tta_argument, load_model, tta_from_arguments
 
 # ---------------------------------------------------------------------------------------
 # Reading photos
@@ -115,14 +115,10 @@ def read_images(paths, image_size):
 
 # How the box of OpenCV's Haar frontal-face detector sits inside UTKFace's own 200x200
 # frames: the frame's side over the box's side, and the frame's centre minus the box's
-# centre, in box sides (x to the right, y down). Measured by `python bench/bench_framing.py`
-# (README): the medians over the training faces it found.
-# On 372 faces found of 400 (seed 0): the scale's median is 0.995 (10-90 %: 0.90 to 1.10),
-# the shifts' 0.007 (-0.01 to 0.03, x) and 0.082 (0.06 to 0.11, y): UTKFace's frames are
-# about the detector's box, moved down by a twelfth of it.
+# centre, in box sides (x to the right, y down): the medians over the training faces it
+# found, measured by `python bench/bench_framing.py` (EXPERIMENTS.md). UTKFace's frames
+# are about the detector's box, moved down by a twelfth of it.
 FRAME_SCALE = 0.995
-
-
 FRAME_SHIFT = (0.007, 0.082)
 
 
@@ -132,30 +128,23 @@ FRAME_SHIFT = (0.007, 0.082)
 # their landmarks, so the eyes say where the frame is as well as the box does, and their
 # errors are only loosely related: the mean of the two estimates is closer than either.
 EYE_SCALE = 2.50
-
-
 EYE_SHIFT = (0.028, 0.518)
-
-
 EYE_CASCADE = "haarcascade_eye_tree_eyeglasses.xml"
 
 
 # The frame used is this much tighter than the measured one: of the zooms tried, it
 # predicted the validation faces of the pictures test best (bench/bench_pictures.py
-# --split val, README).
+# --split val, EXPERIMENTS.md).
 FRAME_ZOOM = 0.945
 
-
 # A picture whose largest face box spans at least this much of its shorter side is already
-# a tight face crop. In UTKFace's own frames the detector finds a face in 204 of 372, with a
-# box of 0.83 of the side (median; 5 % below 0.70).
+# a tight face crop: in UTKFace's own frames the detector's boxes span most of the side
+# (EXPERIMENTS.md).
 TIGHT_CROP = 0.6
-
 
 # Pictures this small and about square are taken as crops already: the detector misses
 # about half of UTKFace's faces in their own tight frames.
 SMALL_PICTURE = 256
-
 
 # Frames around the estimated one, as (scale, downward shift in frame sides), within the
 # spread of the measurement: averaging their predictions evens out a frame that sits off.
@@ -301,20 +290,62 @@ PREDICT_CHUNK = 512
 
 
 def _image_files(sources):
-    """Expand files and folders into (files, skipped [(path, reason)])."""
+    """Expand files and folders into (files, skipped [(path, reason)]): every entry that
+    is not an image file is counted with its reason, none dropped silently."""
     files, skipped = [], []
     for source in map(Path, sources):
         if source.is_dir():
-            for path in sorted(source.iterdir()):
-                if path.is_file() and path.suffix.lower() in utk_data.IMAGE_SUFFIXES:
+            try:
+                entries = sorted(source.iterdir())
+            except OSError as error:
+                skipped.append((source, f"cannot list the folder ({error.strerror})"))
+                continue
+            for path in entries:
+                problem = _file_problem(path)
+                if problem:
+                    skipped.append((path, problem))
+                elif path.suffix.lower() in utk_data.IMAGE_SUFFIXES:
                     files.append(path)
-                elif path.is_file():
+                else:
                     skipped.append((path, "not a .jpg/.jpeg/.png file"))
-        elif source.is_file():
-            files.append(source)
         else:
-            skipped.append((source, "no such file or folder"))
+            problem = _file_problem(source)
+            (skipped.append((source, problem)) if problem else files.append(source))
     return files, skipped
+
+
+def _file_problem(path):
+    """Why `path` cannot be read as a picture (a folder, a link to nothing, a name that is
+    not UTF-8, ...), or None."""
+    if not _is_utf8(str(path)):
+        return "its name is not valid UTF-8"
+    if path.is_dir():
+        return "a folder (folders inside folders are not searched)"
+    if not path.exists() and not path.is_symlink():
+        return "no such file or folder"
+    if not path.is_file():
+        return "not a regular file (a broken or looping link, a pipe, a device)"
+    if not os.access(path, os.R_OK):
+        return "not readable (permission denied)"
+    return None
+
+
+def _is_utf8(text):
+    """True when `text` (a file name as Python reads it) is valid UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+# Cells a spreadsheet would run as a formula when they begin with one of these.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _safe_cell(text):
+    """A CSV cell that a spreadsheet shows as text: a leading ' before a formula's start."""
+    return f"'{text}" if text.startswith(FORMULA_STARTS) else text
 
 
 # How `predict` frames a picture: "auto" finds the face unless the picture already is a
@@ -341,7 +372,7 @@ def _predict_as_is(model, paths, batch_size, tta):
         images, readable, failed = read_images(chunk, model.image_size)
         skipped += failed
         if readable:
-            ages = predict_ages(model, images, batch_size, tta)
+            ages = predict_ages(model, images, batch_size, tta, model.age_widening)
             rows += [PhotoAge(p, float(a), "as is") for p, a in zip(readable, ages)]
     return rows, skipped
 
@@ -380,30 +411,38 @@ def _reason(error):
     return str(error).split(": ", 1)[-1]
 
 
+class Sorting(NamedTuple):
+    """How a picture is predicted: taken as it is (a face crop), by the faces found in it
+    (none, when none was), or skipped because it cannot be read."""
+
+    as_is: bool = False
+    faces: tuple = ()  # ((Face, its crops (variants, size, size, 3)), ...)
+    skipped: Optional[str] = None  # why, for a picture that cannot be read
+
+
 def _sort_by_size(path):
-    """("as is", None) for a small, about square picture, ("skipped", why) for a file
+    """Sorting(as_is=True) for a small, about square picture, a skipped Sorting for a file
     whose header cannot be read, None for a picture that must be searched."""
     # Such a picture is a face crop whatever the detector says, and its header tells: it
     # is neither decoded here nor searched. The test holds whichever way EXIF turns the
     # picture, so its tag need not be read.
     try:
-        return ("as is", None) if is_small_square(*picture_size(path)) else None
+        return Sorting(as_is=True) if is_small_square(*picture_size(path)) else None
     except ValueError as error:
-        return "skipped", _reason(error)
+        return Sorting(skipped=_reason(error))
 
 
 def _search_picture(path, crop, image_size):
-    """How a picture is predicted after a search for its faces: ("as is", None),
-    ("faces", [(Face, its crops)]) with no face if none was found, or ("skipped", why).
-    """
+    """The Sorting of a picture after a search for its faces."""
     try:
         picture = read_photo(path)
     except ValueError as error:
-        return "skipped", _reason(error)
+        return Sorting(skipped=_reason(error))
     found = find_faces(picture)
     if crop == "auto" and is_tight_crop(picture, found):
-        return "as is", None
-    return "faces", [(face, _face_crops(picture, face, image_size)) for face in found]
+        return Sorting(as_is=True)
+    crops = [_face_crops(picture, face, image_size) for face in found]
+    return Sorting(faces=tuple(zip(found, crops)))
 
 
 def _search_pictures(paths, crop, image_size):
@@ -437,7 +476,7 @@ def _predict_faces(model, faces, batch_size, tta):
     if not faces:
         return []
     images = tf.cast(tf.concat([crops for _, _, crops in faces], 0), tf.float32)
-    ages = predict_ages(model, images / 255.0, batch_size, tta)
+    ages = predict_ages(model, images / 255.0, batch_size, tta, model.age_widening)
     ages = ages.reshape(len(faces), -1).mean(axis=1)
     return [
         PhotoAge(path, float(age), "face", face.box, face.frame)
@@ -462,17 +501,15 @@ def predict_paths(model, paths, batch_size=64, tta=False, crop="none"):
     # is ready: the memory stays bounded however large the folder.
     for start in range(0, len(paths), PREDICT_CHUNK):
         chunk = paths[start : start + PREDICT_CHUNK]
-        for path, (how, found) in zip(
-            chunk, _sort_pictures(chunk, crop, model.image_size)
-        ):
-            if how == "skipped":
-                skipped.append((path, found))
-            elif how == "as is":
+        for path, how in zip(chunk, _sort_pictures(chunk, crop, model.image_size)):
+            if how.skipped:
+                skipped.append((path, how.skipped))
+            elif how.as_is:
                 as_is.append(path)
-            elif not found:
+            elif not how.faces:
                 rows.append(PhotoAge(path, None, "no face found"))
             else:
-                faces += [(path, face, crops) for face, crops in found]
+                faces += [(path, face, crops) for face, crops in how.faces]
         while len(faces) >= PREDICT_CHUNK:
             rows += _predict_faces(model, faces[:PREDICT_CHUNK], batch_size, tta)
             del faces[:PREDICT_CHUNK]
@@ -484,7 +521,7 @@ def predict_paths(model, paths, batch_size=64, tta=False, crop="none"):
 
 def predict_files(model_path, sources, out=None, tta=False, crop="auto"):
     """Predict the age of every face in the JPEG/PNG files of `sources`; write a CSV."""
-    model = load_keras_model(model_path)
+    model = load_model(model_path)
     files, skipped = _image_files(sources)
     rows, failed = predict_paths(model, [str(f) for f in files], tta=tta, crop=crop)
     skipped += failed
@@ -494,12 +531,14 @@ def predict_files(model_path, sources, out=None, tta=False, crop="auto"):
         writer.writerow(["path", "predicted_age", "crop", "x", "y", "width", "height"])
         for row in rows:
             age = "" if row.age is None else f"{row.age:.1f}"
-            writer.writerow([row.path, age, row.crop, *(row.box or ("",) * 4)])
+            cells = [_safe_cell(str(row.path)), age, row.crop, *(row.box or ("",) * 4)]
+            writer.writerow(cells)
     finally:
         if out:
             stream.close()
     for path, reason in skipped:
-        print(f"skipped {path}: {reason}", file=sys.stderr)
+        name = str(path).encode("utf-8", "backslashreplace").decode("utf-8")
+        print(f"skipped {name}: {reason}", file=sys.stderr)
     faces = sum(row.age is not None for row in rows)
     print(
         f"predicted {faces} face(s) in {len(rows)} row(s), skipped {len(skipped)} file(s)",

@@ -1,7 +1,7 @@
 """Reports of finished runs: runs grouped by seed, bootstrap intervals, the tables and
 figures that answers.md shows, re-drawn from the runs kept in results/.
 
-    python train_loop.py compare runs/cpu runs/cpu_seed1 runs/other
+    python train_loop.py compare runs/default runs/cpu_seed1 runs/other
     python train_loop.py report --figures figures --update answers.md README.md
 
 It reads what `train` writes into a run's folder (metrics.json, history.json and
@@ -17,18 +17,9 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 import utk_data
-from evaluation import (
-    INTERVALS,
-    PREDICTIONS,
-    plot_evaluation,
-    plot_history,
-    quantile_column,
-    read_history,
-    read_metrics,
-    read_predictions,
-    run_predictions,
-    save_fig,
-)
+from plots import plot_evaluation, plot_history, save_fig
+from runs import INTERVALS, PREDICTIONS, quantile_column, read_history, read_metrics
+from runs import read_predictions, run_predictions
 
 # ---------------------------------------------------------------------------------------
 # Runs grouped by seed, and the bootstrap

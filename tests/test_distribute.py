@@ -8,6 +8,7 @@ of their own (tests/on_cpus.py); MultiWorkerMirroredStrategy over two worker pro
 import json
 import os
 import socket
+import zipfile
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,8 @@ import evaluation
 import export
 import train_loop
 import utk_data
+import readout
+import runs
 from processes import kill_at_first_checkpoint
 from synthetic import make_folder
 
@@ -88,16 +91,16 @@ def test_a_mirrored_run_killed_and_rerun_ends_as_an_uninterrupted_one(
     whole = _finish(_start(_arguments(tiny_data, tmp_path / "whole", 6, *mirrored), 2))
     assert "resuming" not in whole
     killed = _start(_arguments(tiny_data, tmp_path / "killed", 6, *mirrored), 2)
-    checkpoint = tmp_path / "killed" / train_loop.CHECKPOINT
+    checkpoint = tmp_path / "killed" / runs.CHECKPOINT
     kill_at_first_checkpoint(killed, checkpoint, timeout=240)
     rerun = _finish(_start(_arguments(tiny_data, tmp_path / "killed", 6, *mirrored), 2))
     assert "resuming" in rerun, rerun
-    runs = [
+    finished = [
         json.loads((tmp_path / n / "metrics.json").read_text())
         for n in ("whole", "killed")
     ]
-    assert runs[0]["replicas"] == runs[1]["replicas"] == 2
-    assert runs[0]["strategy"] == "mirrored"
+    assert finished[0]["replicas"] == finished[1]["replicas"] == 2
+    assert finished[0]["strategy"] == "mirrored"
     histories = [
         json.loads((tmp_path / n / "history.json").read_text())
         for n in ("whole", "killed")
@@ -105,7 +108,7 @@ def test_a_mirrored_run_killed_and_rerun_ends_as_an_uninterrupted_one(
     assert [row["val_mae"] for row in histories[1]] == [
         row["val_mae"] for row in histories[0]
     ]
-    assert runs[1]["test_mae"] == runs[0]["test_mae"]
+    assert finished[1]["test_mae"] == finished[0]["test_mae"]
 
 
 # --- MultiWorkerMirroredStrategy: two worker processes on this machine ------------------
@@ -188,7 +191,7 @@ def test_the_curves_are_the_history_and_a_resume_repeats_no_step(tiny_data, tmp_
     config = train_loop.config_from_arguments(
         train_loop._parser().parse_args(_arguments(tiny_data, out, 3))
     )
-    save = train_loop.save_checkpoint
+    save = runs.save_checkpoint
     saves = []
 
     def stop_after_two(*args, **kwargs):
@@ -197,24 +200,22 @@ def test_the_curves_are_the_history_and_a_resume_repeats_no_step(tiny_data, tmp_
         if len(saves) == 2:
             raise KeyboardInterrupt
 
-    train_loop.save_checkpoint = stop_after_two
+    runs.save_checkpoint = stop_after_two
     try:
         with pytest.raises(KeyboardInterrupt):
             train_loop.train(config, verbose=0)
     finally:
-        train_loop.save_checkpoint = save
+        runs.save_checkpoint = save
     run = train_loop.train(config, verbose=0)
-    scalars = _scalars(out / evaluation.LOGS)
-    for name, tag in evaluation.CURVES.items():
+    scalars = _scalars(out / runs.LOGS)
+    for name, tag in runs.CURVES.items():
         steps = [step for step, _ in scalars[tag]]
         assert steps == [1, 2, 3], (tag, steps)  # each epoch once, in order
         expected = [row[name] for row in run.history]
         assert [value for _, value in scalars[tag]] == pytest.approx(expected, rel=1e-6)
     per_step = [step for step, _ in scalars["train/loss_per_step"]]
     assert per_step == sorted(set(per_step)) and per_step[0] == 0
-    assert len(per_step) == 3 * len(
-        range(0, 6, evaluation.LOG_EVERY)
-    )  # 6 steps an epoch
+    assert len(per_step) == 3 * len(range(0, 6, runs.LOG_EVERY))  # 6 steps an epoch
 
 
 # --- export -------------------------------------------------------------------------------
@@ -241,23 +242,29 @@ def test_the_serving_model_averages_the_views_predict_averages():
     model = train_loop.make_model(config, initial_age=30.0)
     images = np.random.default_rng(1).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
     for tta in (False, (1.0,), True):
-        served = export.serving_model(model, tta)(images).numpy()
+        served = readout.serving_model(model, tta)(images).numpy()
         predicted = evaluation.predict_ages(model, images / 255.0, tta=tta)
         np.testing.assert_allclose(served, predicted, rtol=1e-4, atol=1e-4)
-    # A model's widening (which train fits) is in the served model too.
-    model.age_widening = (25.0, 1.2)
-    widened = export.serving_model(model)(images).numpy()
+    # A widening is applied after the views, in the served model as in predict.
+    widened = readout.serving_model(model, True, (25.0, 1.2))(images).numpy()
     assert not np.allclose(widened, served)
     np.testing.assert_allclose(
-        widened, evaluation.widen_ages(served, (25.0, 1.2)), rtol=1e-4, atol=1e-4
+        widened, readout.widen_ages(served, (25.0, 1.2)), rtol=1e-4, atol=1e-4
     )
+    predicted = evaluation.predict_ages(
+        model, images / 255.0, tta=True, widening=(25.0, 1.2)
+    )
+    np.testing.assert_allclose(widened, predicted, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.slow
 def test_the_exported_models_give_the_keras_models_ages(trained, tmp_path):
     model_file, model, images, _ = trained
-    keras_ages = export.serving_model(model)(images).numpy()
-    predicted = evaluation.predict_ages(model, images / 255.0, tta=True)
+    widening = model.age_widening
+    keras_ages = readout.serving_model(model, True, widening)(images).numpy()
+    predicted = evaluation.predict_ages(
+        model, images / 255.0, tta=True, widening=widening
+    )
     np.testing.assert_allclose(keras_ages, predicted, atol=1e-4)
     _, folder = export.export_model(model_file, "saved_model", tmp_path / "saved")
     np.testing.assert_allclose(
@@ -301,10 +308,15 @@ def test_export_names_what_is_wrong(tmp_path, capsys):
         train_loop.main(["export", "--model", folder, "--format", "saved_model"]) == 1
     )
     assert "not a Keras model file" in capsys.readouterr().err
+    text = tmp_path / "text.keras"
+    text.write_text("not a model")
+    assert train_loop.main(["export", "--model", text, "--format", "tflite"]) == 1
+    assert f"{text}: not a Keras model file" in capsys.readouterr().err
     damaged = tmp_path / "damaged.keras"
-    damaged.write_text("not a model")
+    with zipfile.ZipFile(damaged, "w") as archive:
+        archive.writestr("config.json", "{not json")
     assert train_loop.main(["export", "--model", damaged, "--format", "tflite"]) == 1
-    assert "not a readable Keras model" in capsys.readouterr().err
+    assert f"{damaged}: not a readable Keras model" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         train_loop.main(["export", "--model", damaged, "--format", "onnx"])
     assert "invalid choice: 'onnx'" in capsys.readouterr().err

@@ -11,6 +11,9 @@ import tensorflow as tf
 import evaluation
 import train_loop
 import utk_data
+import metrics
+import readout
+import runs
 
 
 def test_evaluate_gives_mae_by_age_bin():
@@ -21,9 +24,7 @@ def test_evaluate_gives_mae_by_age_bin():
     ages = tf.constant([[5.0], [15.0], [25.0], [85.0], [90.0], [100.0]])
     model.layers[-1].bias.assign([10.0])
     dataset = tf.data.Dataset.from_tensor_slices((images, ages)).batch(4)
-    result = evaluation.evaluate_predictions(
-        *evaluation.predict_dataset(model, dataset)
-    )
+    result = metrics.evaluate_predictions(*evaluation.predict_dataset(model, dataset))
     assert result["mae_by_age"]["0-9"] == {"mae": 5.0, "mean_error": 5.0, "count": 1}
     assert result["mae_by_age"]["80+"]["count"] == 3
     assert result["mae_by_age"]["80+"]["mae"] == pytest.approx(245 / 3)
@@ -43,7 +44,7 @@ def test_evaluate_gives_mae_by_gender_and_race_in_one_pass():
     }
     dataset = tf.data.Dataset.from_tensor_slices((tf.zeros((5, 4, 4, 3)), labels))
     predictions = evaluation.predict_dataset(model, dataset.batch(2), with_groups=True)
-    result = evaluation.evaluate_predictions(*predictions)
+    result = metrics.evaluate_predictions(*predictions)
     assert result["mae_by_gender"]["male"] == {"mae": 10.0, "mean_error": 0, "count": 2}
     assert result["mae_by_gender"]["female"]["mae"] == pytest.approx(50 / 3)
     assert result["mae_by_race"]["Others"] == {
@@ -110,7 +111,7 @@ def test_test_time_augmentation_averages_every_zoom_and_its_mirror():
     np.testing.assert_allclose(flipped, (plain + mirrored) / 2, rtol=1e-5)
     # The default: every zoom of TTA_ZOOMS, as a training crop of the centre would be.
     views = []
-    for zoom in evaluation.TTA_ZOOMS:
+    for zoom in readout.TTA_ZOOMS:
         margin = (1.0 - zoom) / 2
         box = tf.constant([[margin, margin, margin + zoom, margin + zoom]] * 5)
         zoomed = tf.image.crop_and_resize(images, box, tf.range(5), (32, 32))
@@ -121,30 +122,30 @@ def test_test_time_augmentation_averages_every_zoom_and_its_mirror():
 
 
 def test_test_time_zooms_must_be_fractions_of_the_side():
-    assert evaluation.tta_zooms(False) == ()
-    assert evaluation.tta_zooms(True) == evaluation.TTA_ZOOMS
-    assert evaluation.tta_zooms([1, 0.9]) == (1.0, 0.9)
+    assert readout.tta_zooms(False) == ()
+    assert readout.tta_zooms(True) == readout.TTA_ZOOMS
+    assert readout.tta_zooms([1, 0.9]) == (1.0, 0.9)
     for wrong in ([0.0], [1.2], [-0.5]):
         with pytest.raises(ValueError, match="test-time zooms must lie in"):
-            evaluation.tta_zooms(wrong)
+            readout.tta_zooms(wrong)
 
 
 def test_the_balanced_mae_weighs_every_age_bin_alike():
     true = np.array([5.0, 5.0, 5.0, 85.0])
     predicted = np.array([6.0, 6.0, 6.0, 75.0])
     # All faces: (1 + 1 + 1 + 10) / 4; balanced: the bins 0-9 and 80+ alike.
-    assert evaluation.evaluate_predictions(true, predicted)["mae"] == 13 / 4
-    assert evaluation.balanced_mae(true, predicted) == (1 + 10) / 2
+    assert metrics.evaluate_predictions(true, predicted)["mae"] == 13 / 4
+    assert metrics.balanced_mae(true, predicted) == (1 + 10) / 2
 
 
 def test_widening_moves_ages_from_the_centre_and_keeps_them_at_0_or_above():
     ages = np.array([0.0, 10.0, 30.0, 70.0], np.float32)
-    widened = evaluation.widen_ages(ages, (30.0, 1.5))
+    widened = readout.widen_ages(ages, (30.0, 1.5))
     np.testing.assert_allclose(widened, [0.0, 0.0, 30.0, 90.0])
     assert widened.dtype == np.float32
-    as_tensor = evaluation.widen_ages(tf.constant(ages), (30.0, 1.5))
+    as_tensor = readout.widen_ages(tf.constant(ages), (30.0, 1.5))
     np.testing.assert_allclose(as_tensor.numpy(), widened)
-    assert evaluation.widen_ages(ages, None) is ages
+    assert readout.widen_ages(ages, None) is ages
 
 
 def test_the_fitted_widening_undoes_a_pull_to_the_middle():
@@ -156,33 +157,33 @@ def test_the_fitted_widening_undoes_a_pull_to_the_middle():
     centre, factor = evaluation.fit_widening(true, pulled)
     assert centre == pytest.approx(np.median(pulled))
     assert 1.1 <= factor <= evaluation.WIDENING_FACTORS[-1]
-    widened = evaluation.widen_ages(pulled, (centre, factor))
+    widened = readout.widen_ages(pulled, (centre, factor))
     assert (
-        evaluation.balanced_mae(true, widened)
-        < evaluation.balanced_mae(true, pulled) - 0.5
+        metrics.balanced_mae(true, widened) < metrics.balanced_mae(true, pulled) - 0.5
     )
     # Predictions that are not pulled are left (nearly) as they are.
     assert evaluation.fit_widening(true, true + noise)[1] <= 1.01
 
 
-def test_a_model_predicts_with_its_widening_and_keeps_it_when_saved(tmp_path):
+def test_a_model_keeps_its_widening_when_saved_and_predicts_with_it(tmp_path):
     keras.utils.set_random_seed(2)
     config = train_loop.TrainConfig(arch="course_cnn", image_size=32)
     network = train_loop.make_model(config, initial_age=30.0)
     images = tf.random.stateless_uniform((4, 32, 32, 3), seed=(1, 2))
     plain = evaluation.predict_ages(network, images, tta=True)
-    network.age_widening = (20.0, 1.5)  # the predictor compiled above reads it now
-    widened = evaluation.predict_ages(network, images, tta=True)
+    widened = evaluation.predict_ages(network, images, tta=True, widening=(20.0, 1.5))
     np.testing.assert_allclose(
-        widened, evaluation.widen_ages(plain, (20.0, 1.5)), rtol=1e-5
+        widened, readout.widen_ages(plain, (20.0, 1.5)), rtol=1e-5
     )
     assert not np.allclose(widened, plain)
+    network.age_widening = (20.0, 1.5)
     network.save(tmp_path / "model.keras")
-    reloaded = evaluation.load_keras_model(tmp_path / "model.keras")
+    reloaded = readout.load_model(tmp_path / "model.keras")
     assert reloaded.age_widening == (20.0, 1.5)
-    np.testing.assert_allclose(
-        evaluation.predict_ages(reloaded, images, tta=True), widened, rtol=1e-5
+    again = evaluation.predict_ages(
+        reloaded, images, tta=True, widening=reloaded.age_widening
     )
+    np.testing.assert_allclose(again, widened, rtol=1e-5)
 
 
 def test_predictions_round_trip_with_unknown_labels(tmp_path):
@@ -193,10 +194,10 @@ def test_predictions_round_trip_with_unknown_labels(tmp_path):
     found = evaluation.Predictions(
         records, np.array([25.0, 3.0]), np.array([24.12346, 0.0]), {}
     )
-    evaluation.write_predictions(tmp_path / "p.csv", {"predicted_tta": found})
-    table = evaluation.read_predictions(tmp_path / "p.csv")
-    assert list(table["face"]) == [evaluation.face_id(r.path) for r in records]
-    assert evaluation.face_id(records[0].path) == evaluation.face_id(
+    runs.write_predictions(tmp_path / "p.csv", {"predicted_tta": found})
+    table = runs.read_predictions(tmp_path / "p.csv")
+    assert list(table["face"]) == [runs.face_id(r.path) for r in records]
+    assert runs.face_id(records[0].path) == runs.face_id(
         "25_1_2_2017.jpg.chip.jpg"
     )  # the file name, not where it lies
     assert "2017" not in (tmp_path / "p.csv").read_text()

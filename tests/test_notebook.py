@@ -84,7 +84,7 @@ def test_the_course_network_and_the_train_step_stand_as_in_the_modules(
     generator = _load_generator()
     for code, omit in (
         (model.CourseCNN, ("get_config",)),
-        (train_loop.Trainer.train_batch, ()),
+        (train_loop.Trainer.update, ()),
     ):
         text = generator.source_text(code, omit)
         assert generator.python_block(text) in notebook_markdown, code.__qualname__

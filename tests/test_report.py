@@ -11,6 +11,7 @@ import evaluation
 import report
 import train_loop
 import utk_data
+import runs
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
@@ -97,8 +98,8 @@ def write_run(folder, true, predicted, seed, learning_rate=3e-3, val=5.0, order=
     readout = evaluation.Predictions(records, true, predicted, {})
     worse = predicted + np.sign(predicted - true)  # 1 year worse on every face
     plain = evaluation.Predictions(records, true, worse, {})
-    evaluation.write_predictions(
-        folder / evaluation.PREDICTIONS,
+    runs.write_predictions(
+        folder / runs.PREDICTIONS,
         {"predicted_no_tta": plain, "predicted_tta": readout},
     )
     history = [
@@ -124,7 +125,7 @@ def write_run(folder, true, predicted, seed, learning_rate=3e-3, val=5.0, order=
 
 
 @pytest.fixture
-def runs(tmp_path):
+def run_folders(tmp_path):
     """Two seeds of a variant "a" (errors 2 and 4 years) and two of "b", 1 year worse on
     every face; the runs of each seed list their faces in another order."""
     rng = np.random.default_rng(3)
@@ -145,8 +146,13 @@ def runs(tmp_path):
     return tmp_path
 
 
-def test_runs_of_one_setting_form_a_row_with_mean_sd_and_interval(runs):
-    folders = [runs / "a", runs / "b", runs / "a_seed1", runs / "b_seed1"]
+def test_runs_of_one_setting_form_a_row_with_mean_sd_and_interval(run_folders):
+    folders = [
+        run_folders / "a",
+        run_folders / "b",
+        run_folders / "a_seed1",
+        run_folders / "b_seed1",
+    ]
     variants = report.group_runs(folders, labels=["rate 3e-3", "rate 1e-3"])
     assert [v.folders for v in variants] == [folders[0::2], folders[1::2]]
     lines = report.comparison_table(variants).splitlines()
@@ -160,15 +166,15 @@ def test_runs_of_one_setting_form_a_row_with_mean_sd_and_interval(runs):
         report.group_runs(folders[:1], labels=["x", "y"])
 
 
-def test_a_missing_predictions_file_names_the_command_that_writes_it(runs):
-    (runs / "b" / evaluation.PREDICTIONS).unlink()
+def test_a_missing_predictions_file_names_the_command_that_writes_it(run_folders):
+    (run_folders / "b" / runs.PREDICTIONS).unlink()
     with pytest.raises(FileNotFoundError, match="--predictions"):
-        evaluation.run_predictions(runs / "b")
-    table = report.compare_runs([runs / "a", runs / "b"])
+        runs.run_predictions(run_folders / "b")
+    table = report.compare_runs([run_folders / "a", run_folders / "b"])
     assert table.splitlines()[3].startswith("| b | 1 | 5.50 | +0.50 | 3.00 | — |")
 
 
-def test_report_redraws_tables_and_figures(runs, tmp_path, capsys):
+def test_report_redraws_tables_and_figures(run_folders, tmp_path, capsys):
     entries = [
         {
             "name": "readouts",
@@ -185,23 +191,25 @@ def test_report_redraws_tables_and_figures(runs, tmp_path, capsys):
         {"name": "curve", "kind": "learning_curve", "figure": "curve.png", "rows": [{"label": "a", "runs": ["a"]}]},
         {"name": "no val", "rows": [{"label": "a", "runs": ["a"]}, {"label": "b, other readout", "runs": ["b"], "val": None}]},
     ]  # fmt: skip
-    (runs / report.REPORT).write_text(json.dumps(entries))
+    (run_folders / report.REPORT).write_text(json.dumps(entries))
     figures = tmp_path / "figures"
     figures.mkdir()
     assert (
-        train_loop.main(["report", "--results", str(runs), "--figures", str(figures)])
+        train_loop.main(
+            ["report", "--results", str(run_folders), "--figures", str(figures)]
+        )
         == 0
     )
     printed = capsys.readouterr().out
     for figure in ("curves.png", "scatter.png", "curve.png"):
         assert (figures / figure).stat().st_size > 10_000
-    assert "curve" not in report.report(runs)  # a figure, no table
+    assert "curve" not in report.report(run_folders)  # a figure, no table
     # A row without a validation MAE: no validation difference either, and no curve.
     legend = (
         report.plot_variants(
             [
-                report.Variant("a", [runs / "a"]),
-                report.Variant("b", [runs / "b"], None),
+                report.Variant("a", [run_folders / "a"]),
+                report.Variant("b", [run_folders / "b"], None),
             ]
         )
         .axes[0]
@@ -214,37 +222,41 @@ def test_report_redraws_tables_and_figures(runs, tmp_path, capsys):
         "| with its mirror image | 2 | 5.30 ± 0.71 | -0.20 ± 0.00 | 3.00 ± 1.41 | -1.00 [-1.00, -1.00] |"
         in printed
     )
-    by_age = report.report(runs)["by age"].splitlines()
+    by_age = report.report(run_folders)["by age"].splitlines()
     # Errors of +-2 years: a mean absolute error of exactly 2 in every bin.
     assert len(by_age) > 6 and all(" | 2.00 | " in line for line in by_age[2:])
     # The same error for everyone: no difference, and an interval without width.
     assert (
         "| at equal ages (bins weighted by their faces) [95 % interval] | | | | | "
-        "+0.00 [+0.00, +0.00] |" in report.report(runs)["by gender"]
+        "+0.00 [+0.00, +0.00] |" in report.report(run_folders)["by gender"]
     )
 
 
-def test_report_updates_the_tables_of_a_page_and_nothing_else(runs, tmp_path, capsys):
+def test_report_updates_the_tables_of_a_page_and_nothing_else(
+    run_folders, tmp_path, capsys
+):
     entries = [
         {"name": "by age", "kind": "errors_by_age", "rows": [{"label": "a", "runs": ["a"]}]},
     ]  # fmt: skip
-    (runs / report.REPORT).write_text(json.dumps(entries))
+    (run_folders / report.REPORT).write_text(json.dumps(entries))
     # --update rewrites the table after a marker, and nothing else.
     page = tmp_path / "page.md"
     page.write_text("Intro\n<!-- report: by age -->\n| old |\n|---|\n\nEnd\n")
-    train_loop.main(["report", "--results", str(runs), "--update", str(page)])
+    train_loop.main(["report", "--results", str(run_folders), "--update", str(page)])
     updated = page.read_text()
     assert updated.startswith("Intro\n<!-- report: by age -->\n| age | faces |")
     assert updated.endswith("|\n\nEnd\n") and "| old |" not in updated
-    assert report.update_tables(updated, report.report(runs)) == updated
+    assert report.update_tables(updated, report.report(run_folders)) == updated
     page.write_text("<!-- report: pie -->\n| old |\n")
-    assert train_loop.main(["report", "--results", str(runs), "--update", str(page)])
+    assert train_loop.main(
+        ["report", "--results", str(run_folders), "--update", str(page)]
+    )
     assert "no report table is named 'pie'" in capsys.readouterr().err
     assert page.read_text() == "<!-- report: pie -->\n| old |\n"  # left as it was
-    (runs / report.REPORT).write_text(
+    (run_folders / report.REPORT).write_text(
         json.dumps([{"name": "x", "kind": "pie", "rows": entries[0]["rows"]}])
     )
-    assert train_loop.main(["report", "--results", str(runs)]) == 1
+    assert train_loop.main(["report", "--results", str(run_folders)]) == 1
     assert "unknown kind 'pie'" in capsys.readouterr().err
 
 
@@ -285,8 +297,8 @@ def test_calibration_counts_the_true_ages_inside_the_intervals(tmp_path):
     folder = tmp_path / "classification"
     folder.mkdir()
     (folder / "metrics.json").write_text(json.dumps({"tta": False}))
-    evaluation.write_predictions(
-        folder / evaluation.PREDICTIONS, {"predicted_no_tta": found}, quantiles
+    runs.write_predictions(
+        folder / runs.PREDICTIONS, {"predicted_no_tta": found}, quantiles
     )
     lines = report.calibration_table(report.Variant("softmax", [folder])).splitlines()
     assert lines[2:] == [
@@ -295,7 +307,7 @@ def test_calibration_counts_the_true_ages_inside_the_intervals(tmp_path):
         "| 90 % | the narrowest quarter | 100.0 % | 10.0 | 1.00 |",
         "| 90 % | the widest quarter | 100.0 % | 40.0 | 8.00 |",
     ]
-    (folder / evaluation.PREDICTIONS).write_text("face,age,predicted_no_tta\nab,3,3\n")
+    (folder / runs.PREDICTIONS).write_text("face,age,predicted_no_tta\nab,3,3\n")
     with pytest.raises(ValueError, match="q25/q75"):
         report.calibration_table(report.Variant("softmax", [folder]))
 

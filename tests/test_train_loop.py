@@ -21,6 +21,8 @@ import evaluation
 import report
 import devices
 import train_loop
+import readout
+import runs
 from processes import kill_at_first_checkpoint
 from synthetic import make_folder, write_image
 
@@ -69,7 +71,7 @@ def test_same_seed_gives_same_metrics(tiny_data, tmp_path):
 
 
 def _interrupt_after_first_checkpoint(monkeypatch):
-    save = train_loop.save_checkpoint
+    save = runs.save_checkpoint
 
     def save_then_stop(*args, **kwargs):
         save(*args, **kwargs)
@@ -108,7 +110,7 @@ def _saved_run(config, history=()):
     optimizer.build(model.trainable_variables)
     Path(config.out).mkdir(parents=True, exist_ok=True)
     model.save(Path(config.out) / "model.keras")
-    train_loop.save_checkpoint(config.out, model, optimizer, config, list(history))
+    runs.save_checkpoint(config.out, model, optimizer, config, list(history))
     return model, optimizer
 
 
@@ -154,7 +156,7 @@ def test_kill_9_then_rerun_equals_uninterrupted(tiny_data, tmp_path):
     whole = _run_command(*arguments, "--out", tmp_path / "whole")
     assert whole.wait(timeout=300) == 0, whole.stdout.read().decode()
     killed = _run_command(*arguments, "--out", tmp_path / "killed")
-    checkpoint = tmp_path / "killed" / train_loop.CHECKPOINT
+    checkpoint = tmp_path / "killed" / runs.CHECKPOINT
     kill_at_first_checkpoint(killed, checkpoint, timeout=120)
     state = json.loads(str(np.load(checkpoint)["state"]))
     assert len(state["history"]) < 12  # the kill landed before the end
@@ -178,7 +180,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
         _interrupt_after_first_checkpoint(patch)
         with pytest.raises(KeyboardInterrupt):
             train_loop.train(config, verbose=0)
-    good = (tmp_path / train_loop.CHECKPOINT).read_bytes()
+    good = (tmp_path / runs.CHECKPOINT).read_bytes()
     terms = train_loop.loss_terms
     poisoned = lambda *args, **kwargs: {
         "total": terms(*args, **kwargs)["total"] * float("nan")
@@ -186,7 +188,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
     monkeypatch.setattr(train_loop, "loss_terms", poisoned)
     with pytest.raises(train_loop.TrainingDiverged, match="nan at epoch 2"):
         train_loop.train(config, verbose=0)
-    assert (tmp_path / train_loop.CHECKPOINT).read_bytes() == good
+    assert (tmp_path / runs.CHECKPOINT).read_bytes() == good
 
 
 @pytest.mark.slow
@@ -196,7 +198,7 @@ def test_gpu_paths_mixed_precision_and_xla_run_on_the_cpu(tiny_data, tmp_path):
     )
     run = train_loop.train(config, verbose=0)
     # The optimizer that trained was a loss-scale optimizer: its scale is checkpointed.
-    names = np.load(tmp_path / train_loop.CHECKPOINT).files
+    names = np.load(tmp_path / runs.CHECKPOINT).files
     assert "optimizer/dynamic_scale" in names, names
     assert keras.config.dtype_policy().name == "float32"  # restored after building
     assert np.isfinite(run.metrics["test_mae"])
@@ -267,7 +269,7 @@ def test_time_budget_fixes_epochs_and_a_resume_keeps_them(
         _interrupt_after_first_checkpoint(patch)
         with pytest.raises(KeyboardInterrupt):
             train_loop.train(config, verbose=0)
-    state = json.loads(str(np.load(tmp_path / train_loop.CHECKPOINT)["state"]))
+    state = json.loads(str(np.load(tmp_path / runs.CHECKPOINT)["state"]))
     planned = state["config"]["epochs"]
     assert planned >= 1
 
@@ -409,15 +411,15 @@ def test_the_train_command_writes_metrics_history_and_predictions(trained):
         metrics["test_images"]
     )
     assert metrics["test_negative_predictions"] == 0  # a ReLU output
-    assert metrics["tta_zooms"] == list(evaluation.TTA_ZOOMS)
+    assert metrics["tta_zooms"] == list(readout.TTA_ZOOMS)
     assert json.loads((out / "history.json").read_text())[0]["epoch"] == 1
     # The test predictions behind metrics.json, both readouts, a row per test face.
-    found = evaluation.run_predictions(out)
+    found = runs.run_predictions(out)
     assert len(set(found.face)) == len(found.face) == metrics["test_images"]
     assert np.abs(found.predicted - found.true).mean() == pytest.approx(
         metrics["test_mae"], abs=1e-3
     )
-    plain = evaluation.run_predictions(out, "predicted_no_tta").predicted
+    plain = runs.run_predictions(out, "predicted_no_tta").predicted
     assert np.abs(plain - found.true).mean() == pytest.approx(
         metrics["test_mae_no_tta"], abs=1e-3
     )
@@ -435,11 +437,11 @@ def test_the_evaluate_command(trained, tiny_data, tmp_path, capsys):
     assert sum(row["count"] for row in evaluated["mae_by_race"].values()) == (
         evaluated["count"]
     )
-    found = evaluation.run_predictions(out)
-    again = evaluation.read_predictions(written)
+    found = runs.run_predictions(out)
+    again = runs.read_predictions(written)
     assert list(again["face"]) == list(found.face)
     assert again["predicted_tta"] == pytest.approx(found.predicted, abs=1e-3)
-    plain = evaluation.run_predictions(out, "predicted_no_tta").predicted
+    plain = runs.run_predictions(out, "predicted_no_tta").predicted
     assert again["predicted_no_tta"] == pytest.approx(plain, abs=1e-3)
     with pytest.raises(SystemExit):
         train_loop.main(["evaluate", "--model", model_file, "--unknown-attributes"])
@@ -453,7 +455,7 @@ def test_the_evaluate_command(trained, tiny_data, tmp_path, capsys):
     zooms = ["--tta-zooms", "1.0", "--predictions", mirror_only]
     assert train_loop.main([*arguments, *zooms]) == 0
     capsys.readouterr()
-    mirrored = evaluation.read_predictions(mirror_only)["predicted_tta"]
+    mirrored = runs.read_predictions(mirror_only)["predicted_tta"]
     test_faces = train_loop.prepare_data(train_loop.TrainConfig(data=tiny_data))[2]
     model = keras.models.load_model(model_file)
     expected = evaluation.predict_records(model, test_faces, tta=(1.0,)).predicted
@@ -624,7 +626,7 @@ def test_train_every_head_and_option(tiny_data, tmp_path, options):
     # train_loop switched TensorFlow's oneDNN kernels on before TensorFlow was imported.
     assert run.metrics["onednn"] is True
     # A classification head's test predictions keep its 50 % and 90 % intervals.
-    written = evaluation.read_predictions(tmp_path / evaluation.PREDICTIONS)
+    written = runs.read_predictions(tmp_path / runs.PREDICTIONS)
     quantiles = [written.get(name) for name in ("q05", "q25", "q75", "q95")]
     if options.get("head") == "classification":
         assert (np.diff(quantiles, axis=0) >= 0).all()  # q05 <= q25 <= q75 <= q95
@@ -632,12 +634,12 @@ def test_train_every_head_and_option(tiny_data, tmp_path, options):
     else:
         assert quantiles == [None] * 4
     # A model with gender and race inputs is also read out with them "unknown".
-    unknown = [written.get(c) for c in evaluation.UNKNOWN_ATTRIBUTES_COLUMNS.values()]
+    unknown = [written.get(c) for c in runs.UNKNOWN_ATTRIBUTES_COLUMNS.values()]
     if options.get("attribute_inputs"):
         hidden = evaluation.predict_records(
             reloaded, run.test.records, 8, attributes_known=False, tta=run.config.tta
         )
-        column = evaluation.UNKNOWN_ATTRIBUTES_COLUMNS[run.config.tta]
+        column = runs.UNKNOWN_ATTRIBUTES_COLUMNS[run.config.tta]
         np.testing.assert_allclose(written[column], hidden.predicted, atol=1e-4)
         assert run.metrics["test_mae_attributes_unknown"] == pytest.approx(
             np.abs(hidden.predicted - hidden.true).mean(), abs=1e-4
@@ -647,13 +649,13 @@ def test_train_every_head_and_option(tiny_data, tmp_path, options):
         assert unknown == [None, None]
         assert "test_mae_attributes_unknown" not in run.metrics
     # A widened readout is saved in the model and keeps the readout before it beside it.
-    before = written.get(evaluation.UNWIDENED_COLUMNS[run.config.tta])
+    before = written.get(runs.UNWIDENED_COLUMNS[run.config.tta])
     if run.config.widen:
         widening = tuple(run.metrics["age_widening"])
         assert reloaded.age_widening == widening
-        reported = written[evaluation.PREDICTION_COLUMNS[run.config.tta]]
+        reported = written[runs.PREDICTION_COLUMNS[run.config.tta]]
         np.testing.assert_allclose(
-            evaluation.widen_ages(before, widening), reported, atol=2e-4
+            readout.widen_ages(before, widening), reported, atol=2e-4
         )
         assert run.metrics["test_mae_unwidened"] == pytest.approx(
             np.abs(before - written["age"]).mean(), abs=1e-3
@@ -690,15 +692,15 @@ def test_a_multi_output_run_resumes_exactly(tiny_data, tmp_path, monkeypatch):
 def test_a_checkpoint_of_another_model_is_refused(tiny_data, tmp_path):
     config = tiny_config(tiny_data, tmp_path, epochs=1, limit=24)
     _saved_run(config)
-    checkpoint = train_loop.read_checkpoint(tmp_path)
+    checkpoint = runs.read_checkpoint(tmp_path)
     for other in (dict(head="ordinal"), dict(arch="course_cnn", image_size=32)):
         changed = train_loop.resolve_config(dataclasses.replace(config, **other))
         model = train_loop.make_model(changed, initial_age=30.0)
         optimizer = train_loop.make_optimizer(changed, 3)
         optimizer.build(model.trainable_variables)
         with pytest.raises(ValueError, match="saved from another model") as raised:
-            train_loop.restore_checkpoint(checkpoint, model, optimizer)
-        assert str(tmp_path / train_loop.CHECKPOINT) in str(raised.value)
+            runs.restore_checkpoint(checkpoint, model, optimizer)
+        assert str(tmp_path / runs.CHECKPOINT) in str(raised.value)
 
 
 def test_progress_is_derived_from_the_history():

@@ -112,7 +112,7 @@ def shown_code():
     model, train_loop = project("model"), project("train_loop")
     return {
         "course": source_text(model.CourseCNN, omit=("get_config",)),
-        "train_step": source_text(train_loop.Trainer.train_batch),
+        "train_step": source_text(train_loop.Trainer.update),
     }
 
 
@@ -192,7 +192,7 @@ def model_and_training_cells():
         ("markdown", TENSORBOARD_TEXT),
         ("code", TENSORBOARD),
         ("code", "run = train_loop.train(config)"),
-        ("code", "evaluation.plot_history(run.history)\nplt.show()"),
+        ("code", "plots.plot_history(run.history)\nplt.show()"),
         ("markdown", "## 7. Evaluation on the test split\n\n" + EVALUATION_TEXT),
         ("code", EVALUATION),
         ("code", PLOTS),
@@ -277,11 +277,10 @@ UTKFace faces with Keras 3 and our own `tf.GradientTape` training loop, and answ
 assignment's three tasks (and the optional one) with numbers from real runs.
 
 The code lives in modules that this notebook imports and calls: `utk_data.py` (the data),
-`model.py` (the networks) and `train_loop.py` (the training loop), beside `devices.py` (the
-GPU, TPU or CPU and how to spread the training over them), `evaluation.py` (the metrics and
-figures of a model), `report.py` (tables of runs), `photos.py` (ages of the faces in a
-photo) and `export.py` (the trained model for other programs and phones). The model class and the training step are shown below as they stand
-in the modules. [answers.md](answers.md) holds the full evidence for every answer: the
+`model.py` (the networks) and `train_loop.py` (the training loop), beside smaller ones for
+the settings, a run's files, the readout of a saved model, evaluation, reports, photos and
+export (the README lists them). The model class and the training step are shown below as
+they stand in the modules. [answers.md](answers.md) holds the full evidence for every answer: the
 commands, the tables and the figures.
 
 **In Colab:** choose *Runtime → Change runtime type → GPU*, then *Runtime → Run all*. The setup
@@ -326,10 +325,10 @@ QUICK
 """
 
 MODULES_TEXT = """
-The eight modules must sit beside the notebook. In Colab, when they are missing, an upload
-dialog asks for them (`utk_data.py`, `model.py`, `train_loop.py`, `devices.py`,
-`evaluation.py`, `report.py`, `photos.py` and `export.py`, from a copy of this project on
-your computer): select all eight at once in the dialog, which takes several files. With `REPO_URL` set, the project is cloned once into `age_regression/`. A rerun,
+The project's modules must sit beside the notebook. In Colab, when they are missing, an
+upload dialog asks for them (every `.py` file of the project's top folder, from a copy of
+this project on your computer): select them all at once in the dialog, which takes several
+files. With `REPO_URL` set, the project is cloned once into `age_regression/`. A rerun,
 or a rerun after *Runtime → Restart*, reuses what is there.
 """
 
@@ -338,8 +337,9 @@ import subprocess
 from pathlib import Path
 
 MODULE_FILES = [
-    "utk_data.py", "model.py", "train_loop.py", "devices.py",
-    "evaluation.py", "report.py", "photos.py", "export.py",
+    "utk_data.py", "model.py", "train_loop.py", "config.py", "runs.py", "readout.py",
+    "evaluation.py", "metrics.py", "plots.py", "report.py", "photos.py", "export.py",
+    "devices.py",
 ]
 CLONE = Path("age_regression")  # where REPO_URL is cloned
 
@@ -471,8 +471,10 @@ import matplotlib.pyplot as plt
 from IPython.display import Markdown
 
 import evaluation
+import metrics
 import model
 import photos
+import plots
 import train_loop
 import utk_data
 """
@@ -647,7 +649,7 @@ measured over three seeds).
 """
 
 EVALUATION = """
-baseline = evaluation.median_baseline(train_records, test_records)
+baseline = metrics.median_baseline(train_records, test_records)
 print(
     f"test MAE {run.metrics['test_mae']:.2f} years, RMSE {run.metrics['test_rmse']:.2f}, "
     f"on {run.metrics['test_images']:,} faces (best epoch {run.metrics['best_epoch']})"
@@ -657,12 +659,12 @@ print(f"predicting the median age ({baseline['median_age']:g}) for everyone: MAE
 """
 
 PLOTS = """
-evaluation.plot_evaluation(run.test.true, run.test.predicted)
+plots.plot_evaluation(run.test.true, run.test.predicted)
 plt.show()
 """
 
 WORST = """
-evaluation.plot_worst(run.test.records, run.test.true, run.test.predicted)
+plots.plot_worst(run.test.records, run.test.true, run.test.predicted)
 plt.show()
 """
 

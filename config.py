@@ -1,0 +1,451 @@
+"""The settings of a training run: `TrainConfig`, the presets, the course's settings, and
+the command-line flags generated from the dataclass.
+
+    config = resolve_config(TrainConfig(preset="cpu", out="runs/default"))
+    config.image_size, config.epochs        # 96, 56: filled from the preset
+
+A field left `None` is taken from the preset (or, for the course network, the course's
+settings); every flag is checked when it is parsed, so a bad value names its flag.
+"""
+
+import argparse
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import NamedTuple, Optional
+
+import devices
+import utk_data
+
+# The compute types of `--precision`: "auto" chooses one of the others for the machine.
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+
+
+# Settings a run may be resumed with other values of: where things are, and how the
+# training is spread over devices (the checkpoint holds no device).
+WHERE = ("data", "out", "strategy")
+# The settings of the readout after training: a resumed or finished run takes them from
+# the command, so that a finished run can be read out again with others.
+READOUT = ("tta", "widen")
+
+
+def _option(default, help_text, choices=None, bounds=None):
+    """A TrainConfig field: its default, its help, and the values it admits (`choices`,
+    or `bounds`, a Bounds of a number)."""
+    metadata = {"help": help_text, "choices": choices, "bounds": bounds}
+    return field(default=default, metadata=metadata)
+
+
+class Bounds(NamedTuple):
+    """The range of a number: from `low` to `high` (None: no end), each end included or
+    not."""
+
+    low: Optional[float] = None
+    high: Optional[float] = None
+    low_included: bool = True
+    high_included: bool = True
+
+    def problem(self, value):
+        """What is wrong with `value` ("must be at least 1"), or None when it is in range."""
+        too_low = self.low is not None and (
+            value < self.low or (value == self.low and not self.low_included)
+        )
+        too_high = self.high is not None and (
+            value > self.high or (value == self.high and not self.high_included)
+        )
+        if not (too_low or too_high or value != value):  # value != value: NaN
+            return None
+        if self.high is None:
+            return (
+                f"must be {'at least' if self.low_included else 'above'} {self.low:g}"
+            )
+        opening = "[" if self.low_included else "("
+        closing = "]" if self.high_included else ")"
+        return f"must lie in {opening}{self.low:g}, {self.high:g}{closing}"
+
+
+# The ranges of the numeric settings.
+AT_LEAST_ONE = Bounds(1)
+POSITIVE = Bounds(0, low_included=False)
+NOT_NEGATIVE = Bounds(0)
+
+
+@dataclass
+class TrainConfig:
+    """Every training setting; `None` means "take it from the preset"."""
+
+    # Where the data is and how much of it to use.
+    data: Optional[str] = _option(
+        None, "folder, archive or URL of UTKFace (see README)"
+    )
+    limit: Optional[int] = _option(
+        None, "use only this many training images (quick runs)", bounds=AT_LEAST_ONE
+    )
+    # The model.
+    preset: Optional[str] = _option(
+        None, "cpu or gpu; default: gpu when one is present", ("cpu", "gpu")
+    )
+    arch: Optional[str] = _option(
+        None,
+        "network; course_cnn comes with the course's settings (200 px, RMSprop 1e-3, "
+        "batch 64, 20 epochs, no augmentation), which other flags override",
+        ("course_cnn", "age_cnn"),
+    )
+    head: str = _option(
+        "regression", "output head", ("regression", "classification", "ordinal")
+    )
+    output_activation: str = _option(
+        "relu", "activation of the regression output", ("relu", "linear")
+    )
+    relu_gradient: Optional[str] = _option(
+        None,
+        "the ReLU output's gradient below 0 while training: zero, as a ReLU has, or "
+        "straight_through, the identity's, so that a face predicted 0 still pulls its "
+        "output up (the output is max(0, z) either way)",
+        ("zero", "straight_through"),
+    )
+    gender_head: bool = _option(False, "also predict gender (multi-task)")
+    attribute_inputs: bool = _option(
+        False, "give gender and race to the model as inputs"
+    )
+    distribution_head: Optional[bool] = _option(
+        None,
+        "train a softmax over ages on soft labels beside the ReLU output, as a teacher "
+        "of the shared features (regression head only)",
+    )
+    image_size: Optional[int] = _option(
+        None, "input side in pixels", bounds=Bounds(32, 512)
+    )
+    # Optimisation.
+    batch_size: Optional[int] = _option(None, "images per step", bounds=Bounds(1, 4096))
+    epochs: Optional[int] = _option(
+        None, "epochs (a time budget fits them instead)", bounds=AT_LEAST_ONE
+    )
+    optimizer: Optional[str] = _option(
+        None, "adamw or rmsprop (the course's)", ("adamw", "rmsprop")
+    )
+    learning_rate: Optional[float] = _option(
+        None, "peak learning rate", bounds=Bounds(0, 10, low_included=False)
+    )
+    schedule: Optional[str] = _option(
+        None, "warm-up + cosine decay, or constant", ("cosine", "constant")
+    )
+    warmup_epochs: Optional[float] = _option(
+        None, "linear warm-up length in epochs", bounds=NOT_NEGATIVE
+    )
+    weight_decay: Optional[float] = _option(
+        None, "decoupled weight decay (AdamW)", bounds=Bounds(0, 1)
+    )
+    loss: str = _option("l1", "regression loss", ("l1", "huber", "l2"))
+    loss_weighting: Optional[str] = _option(
+        None,
+        "weight each face's loss: none, or lds, by the inverse square root of how "
+        "common its age is, smoothed over neighbouring ages (Yang et al., 2021)",
+        ("none", "lds"),
+    )
+    loss_weighting_epochs: Optional[int] = _option(
+        None,
+        "with --loss-weighting lds: weigh the faces only in the last N epochs, every face "
+        "the same before (deferred re-weighting, Cao et al., 2019); default: every epoch",
+        bounds=AT_LEAST_ONE,
+    )
+    augment: Optional[bool] = _option(None, "flip, crop/shift, brightness/contrast")
+    patience: Optional[int] = _option(
+        None, "early stopping: epochs without a better val MAE", bounds=AT_LEAST_ONE
+    )
+    ema: Optional[float] = _option(
+        None,
+        "momentum of an average of the weights, which is validated and saved; 0: off",
+        bounds=Bounds(0, 1, high_included=False),
+    )
+    tta: Optional[bool] = _option(
+        None,
+        "test metrics average each face's age over its views: as it is and zoomed in on "
+        "its centre (readout.TTA_ZOOMS), each also mirrored",
+    )
+    widen: Optional[bool] = _option(
+        None,
+        "after training, widen the predicted ages away from their median by a factor "
+        "fitted on the validation faces so that every decade of age counts the same: "
+        "fewer old and young faces pulled towards the middle ages (saved in the model)",
+    )
+    seed: int = _option(
+        0,
+        "seeds training (initialisation, order, augmentation), never the split",
+        bounds=Bounds(0, 2**31 - 1),
+    )
+    time_budget: Optional[float] = _option(
+        None,
+        "minutes for the whole run: epochs and schedule fitted to it",
+        bounds=POSITIVE,
+    )
+    # Devices.
+    precision: Optional[str] = _option(
+        None,
+        "compute type (default: auto, which takes mixed_float16 on a GPU, "
+        "mixed_bfloat16 on a processor with bfloat16 units (AMX or AVX512-BF16), "
+        "float32 elsewhere)",
+        PRECISIONS,
+    )
+    jit_compile: Optional[bool] = _option(
+        None, "XLA-compile the train and test steps (default: with a GPU)"
+    )
+    strategy: str = _option(
+        "auto",
+        "how the training is spread: one device; mirrored, a replica per GPU; "
+        "multi_worker, the machines TF_CONFIG lists; tpu; auto: multi_worker with "
+        "TF_CONFIG, tpu on a TPU runtime, mirrored with several GPUs, else one",
+        devices.STRATEGIES,
+    )
+    # Output.
+    out: str = _option(
+        "runs/default", "folder for model.keras, metrics, history, checkpoints"
+    )
+
+
+# Everything a preset sets, in one table: the network (its architecture and input size) and
+# how it is trained. A TrainConfig's `None` fields are filled from here.
+CPU_PRESET = dict(
+    # Why each of these values: EXPERIMENTS.md (speed, epochs, test-time views, the weight
+    # average, the widening) and answers.md, Task 2 (the straight-through ReLU output).
+    arch="age_cnn",
+    image_size=96,
+    network=dict(
+        widths=(32, 64, 128, 256),
+        blocks_per_stage=(1, 1, 1, 1),
+        stem_stride=2,
+        head_units=128,
+        dropout=0.3,
+    ),
+    batch_size=64,
+    epochs=56,
+    optimizer="adamw",
+    learning_rate=3e-3,
+    schedule="cosine",
+    warmup_epochs=1.0,
+    weight_decay=5e-4,
+    augment=True,
+    patience=10,
+    distribution_head=False,
+    ema=0.999,
+    tta=True,
+    widen=True,
+    relu_gradient="straight_through",
+    loss_weighting="none",
+)
+PRESETS = {
+    "cpu": CPU_PRESET,
+    # For a Colab GPU: a ResNet-18-sized body at 128 px; the rest as the CPU preset.
+    "gpu": {
+        **CPU_PRESET,
+        "image_size": 128,
+        "network": {
+            **CPU_PRESET["network"],
+            "widths": (64, 128, 256, 512),
+            "blocks_per_stage": (2, 2, 2, 2),
+            "head_units": 256,
+        },
+        "batch_size": 128,
+        "epochs": 60,
+        "learning_rate": 2e-3,
+        "warmup_epochs": 2.0,
+        "patience": 12,
+    },
+}
+# The course's network and settings, used when --arch course_cnn is asked for without more
+# flags: 200 px, RMSprop 1e-3, batch 64, 20 epochs, no augmentation.
+COURSE_SETTINGS = dict(
+    image_size=200,
+    batch_size=64,
+    epochs=20,
+    optimizer="rmsprop",
+    learning_rate=1e-3,
+    schedule="constant",
+    warmup_epochs=0.0,
+    weight_decay=0.0,
+    augment=False,
+    patience=20,
+    distribution_head=False,
+    ema=0.0,
+    tta=False,
+    widen=False,
+    relu_gradient="zero",
+    loss_weighting="none",
+)
+
+
+def resolve_config(config):
+    """Fill every `None` of a TrainConfig from its preset (and the course settings)."""
+    gpu = devices.has_gpu()
+    preset = config.preset or ("gpu" if gpu else "cpu")
+    values = {k: v for k, v in PRESETS[preset].items() if k != "network"}
+    arch = config.arch or values["arch"]
+    if arch == "course_cnn":
+        values.update(COURSE_SETTINGS)
+    values.update(jit_compile=gpu)
+    explicit = {
+        name: value
+        for name, value in dataclasses.asdict(config).items()
+        if value is not None
+    }
+    precision = explicit.pop("precision", "auto")
+    if precision == "auto":
+        precision = devices.auto_precision(gpu)
+    return dataclasses.replace(
+        config,
+        **{
+            **values,
+            **explicit,
+            "preset": preset,
+            "arch": arch,
+            "precision": precision,
+        },
+    )
+
+
+def run_name(config):
+    """A run-folder name that changes with every setting, e.g. "gpu-30min-1a2b3c".
+
+    It starts with the preset (or the course network) and the time budget, for the reader,
+    and ends with a hash of all the resolved settings: a rerun with the same settings finds
+    its run again and resumes it, and a rerun with other settings starts a new run.
+    """
+    config = resolve_config(config)
+    settings = dataclasses.asdict(config)
+    for name in WHERE:
+        settings.pop(name)
+    parts = ["course" if config.arch == "course_cnn" else config.preset]
+    if config.time_budget:
+        parts.append(f"{config.time_budget:g}min")
+    if config.limit:
+        parts.append(f"limit{config.limit}")
+    digest = utk_data.stable_hash(json.dumps(settings, sort_keys=True))
+    return "-".join(parts + [f"{digest:016x}"[:6]])
+
+
+def check_loss_weighting_epochs(config):
+    """Raise ValueError unless config.loss_weighting_epochs (if given) goes with LDS
+    weighting and lies in 1..config.epochs."""
+    if config.loss_weighting_epochs is None:
+        return
+    if config.loss_weighting != "lds":
+        raise ValueError("--loss-weighting-epochs needs --loss-weighting lds")
+    if not 0 < config.loss_weighting_epochs <= config.epochs:
+        raise ValueError(
+            f"--loss-weighting-epochs must lie in 1..{config.epochs} (the epochs), "
+            f"got {config.loss_weighting_epochs}"
+        )
+
+
+def resumed_config(saved, config, out):
+    """The settings a resumed run goes on with: the checkpoint's (the epochs fitted to a
+    time budget are part of the run), but where the data and the run are now and how the
+    command reads it out."""
+    known = {config_field.name for config_field in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(saved) - known)
+    if unknown:
+        raise ValueError(
+            f"{out} holds a run with settings this version does not know "
+            f"({', '.join(unknown)}): resume it with the version that started it, or "
+            "choose another --out"
+        )
+    check_same_run(saved, config, out)
+    now = {name: getattr(config, name) for name in (*WHERE, *READOUT)}
+    return TrainConfig(**{**saved, **now})
+
+
+def check_same_run(saved, config, out):
+    """Raise ValueError when the run saved in `out` has other settings than `config`."""
+    current = dataclasses.asdict(config)
+    # The epochs fitted to a time budget are part of the run, whatever the command says.
+    ignored = {*WHERE, *READOUT, *(("epochs",) if config.time_budget else ())}
+    different = sorted(
+        k for k in current if k not in ignored and saved.get(k) != current[k]
+    )
+    if different:
+        raise ValueError(
+            f"{out} holds a run with other settings ({', '.join(different)}): resume it with "
+            "the same command, or choose another --out"
+        )
+
+
+def _value_type(annotation):
+    """The type a flag parses for a field annotated int, float, str or Optional of them."""
+    kinds = [
+        kind
+        for kind in getattr(annotation, "__args__", (annotation,))
+        if kind is not type(None)
+    ]
+    return kinds[0] if kinds and kinds[0] in (int, float) else str
+
+
+def _flag(name):
+    return "--" + name.replace("_", "-")
+
+
+def _checked(kind, bounds):
+    """A flag's argparse type: the value parsed as `kind`, refused out of `bounds`."""
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        problem = bounds.problem(value) if bounds else None
+        if problem:
+            raise argparse.ArgumentTypeError(f"{problem}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # what argparse names in its errors
+    return parse
+
+
+def check_config(config):
+    """Raise ValueError, naming the flag, for a setting out of its range (a TrainConfig
+    made in Python, as the notebook makes it, is checked as the flags are)."""
+    for config_field in dataclasses.fields(TrainConfig):
+        value = getattr(config, config_field.name)
+        bounds = config_field.metadata["bounds"]
+        if value is None or bounds is None:
+            continue
+        problem = bounds.problem(value)
+        if problem:
+            raise ValueError(f"{_flag(config_field.name)} {problem}, got {value}")
+
+
+def add_config_arguments(parser):
+    """One flag per TrainConfig field: --image-size for image_size, and so on."""
+    from_preset = set(PRESETS["cpu"]) | {"image_size", "jit_compile"}
+    for config_field in dataclasses.fields(TrainConfig):
+        help_text = config_field.metadata["help"]
+        if config_field.name in from_preset:
+            help_text += " (default: from the preset)"
+        elif config_field.default is not None:
+            help_text += f" (default: {config_field.default})"
+        if config_field.type in (bool, Optional[bool]):
+            parser.add_argument(
+                _flag(config_field.name),
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=help_text,
+            )
+            continue
+        kind = _value_type(config_field.type)
+        bounds = config_field.metadata["bounds"]
+        parser.add_argument(
+            _flag(config_field.name),
+            type=_checked(kind, bounds) if kind is not str else str,
+            choices=config_field.metadata["choices"],
+            default=None,
+            help=help_text,
+        )
+
+
+def config_from_arguments(arguments):
+    """A TrainConfig from parsed arguments: flags not given keep the dataclass defaults."""
+    given = {
+        config_field.name: getattr(arguments, config_field.name)
+        for config_field in dataclasses.fields(TrainConfig)
+        if getattr(arguments, config_field.name) is not None
+    }
+    return TrainConfig(**given)
