@@ -35,7 +35,8 @@ TTA_ZOOMS = (1.0, 0.94, 0.88)
 
 def load_model(path):
     """The age model saved in `path`, loaded in Keras' safe mode (a file that asks to run
-    code is refused), or ValueError / FileNotFoundError with one line naming the file."""
+    code is refused), or ValueError / FileNotFoundError with one line naming the file.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(
@@ -45,6 +46,7 @@ def load_model(path):
         raise ValueError(
             f"{path}: not a Keras model file (a model.keras that train wrote)"
         )
+    _check_members(path)
     try:
         model = keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as error:  # Keras raises many kinds for a damaged or hostile file.
@@ -56,6 +58,22 @@ def load_model(path):
             "model that train wrote (CourseCNN or AgeCNN)"
         )
     return model
+
+
+def _check_members(path):
+    """Refuse (ValueError) a model file whose archive names a path outside itself."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError) as error:
+        raise ValueError(f"{path}: not a readable Keras model ({error})") from None
+    for name in names:
+        parts = Path(name.replace("\\", "/")).parts
+        if name.startswith(("/", "\\")) or ".." in parts or ":" in name:
+            raise ValueError(
+                f"{path}: not a model file train wrote (it holds a member named "
+                f"{name!r}, outside the file)"
+            )
 
 
 # ---------------------------------------------------------------------------------------
