@@ -333,11 +333,13 @@ def gender_by_age_table(variant, resamples=10_000, seed=0):
 
 
 def year_inside(age, low, high):
-    """How much of each whole year of age, [age - 1/2, age + 1/2], lies between `low` and
-    `high`: 1 strictly inside, 1/2 at an end, 0 outside. Counting an age equal to an end as
-    inside would raise the coverage by itself."""
-    overlap = np.minimum(high, age + 0.5) - np.maximum(low, age - 0.5)
-    return np.clip(overlap, 0.0, 1.0)
+    """How far each whole age lies inside its interval [low, high] of whole ages: 1 strictly
+    inside, 1/2 at an end (also when the interval is that one age, low = high = age), 0
+    outside. Counting an age at an end as wholly inside would raise the coverage by itself,
+    counting it as outside would lower it."""
+    at_or_inside = (low <= age) & (age <= high)
+    strictly_inside = (low < age) & (age < high)
+    return 0.5 * at_or_inside + 0.5 * strictly_inside
 
 
 def calibration_table(variant):
@@ -347,9 +349,8 @@ def calibration_table(variant):
     50 % and 90 %. Two more rows take the quarter of the faces with the narrowest and the
     widest 90 % intervals: a width worth reading goes with a smaller or larger error.
 
-    The quantiles are whole ages (model.age_quantiles) and so are the true ages: a year
-    counts as far as it lies inside the interval from the middle of the interval's first
-    year to the middle of its last (see year_inside), so an age at an end counts half.
+    The quantiles are whole ages (model.age_quantiles) and so are the true ages: an age
+    strictly inside its interval counts 1, an age at an end 1/2 (see year_inside).
     """
     lines = [
         "| interval | faces | true age inside it | mean width (years) | MAE (years) |",
