@@ -17,19 +17,21 @@ Typical use:
 
 import argparse
 import collections
+import errno
 import hashlib
 import os
 import re
-import shutil
+import shlex
+import stat
+import struct
 import sys
-import tarfile
-import tempfile
 import warnings
-import zipfile
 from pathlib import Path
 from typing import NamedTuple, Optional
 
 import numpy as np
+
+import archives
 
 # TensorFlow is imported lazily (see `_tf`) so that name parsing, record loading and the
 # summary command start in a fraction of a second.
@@ -53,7 +55,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 MAX_AGE = 116
 GENDERS = ("male", "female")
 RACES = ("White", "Black", "Asian", "Indian", "Others")
-ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
+# Beyond this an image is refused as a bomb, before it is decoded.
+MAX_PIXELS = 40_000_000  # per image, read from its header
 # The age groups of reports: 0-9, 10-19, ..., 70-79, and 80 and over.
 AGE_BINS = [(low, low + 9) for low in range(0, 80, 10)] + [(80, MAX_AGE)]
 
@@ -136,72 +139,6 @@ def _default_cache_dir():
     return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "datasets"
 
 
-def _is_archive(path):
-    return path.name.lower().endswith(ARCHIVE_SUFFIXES)
-
-
-def _check_member(archive, name, link_target=None):
-    """Refuse a member that would land outside the extraction folder."""
-    for label, value in (("path", name), ("link target", link_target)):
-        if value is None:
-            continue
-        parts = Path(value.replace("\\", "/")).parts
-        if value.startswith(("/", "\\")) or re.match(r"^[a-zA-Z]:", value):
-            raise ValueError(f"{archive}: refusing member {name!r}: absolute {label}")
-        if ".." in parts:
-            raise ValueError(
-                f"{archive}: refusing member {name!r}: '..' in its {label}"
-            )
-
-
-def _extract(archive, target):
-    """Extract a .tar(.gz) or .zip archive into the new folder `target`, refusing unsafe members."""
-    if archive.name.lower().endswith(".zip"):
-        with zipfile.ZipFile(archive) as zip_file:
-            for info in zip_file.infolist():
-                _check_member(archive, info.filename)
-                if (info.external_attr >> 16) & 0o170000 == 0o120000:
-                    raise ValueError(
-                        f"{archive}: refusing member {info.filename!r}: a link"
-                    )
-            zip_file.extractall(target)
-        return
-    with tarfile.open(archive) as tar_file:
-        for member in tar_file.getmembers():
-            link = member.linkname if member.issym() or member.islnk() else None
-            _check_member(archive, member.name, link)
-        try:
-            # The "data" filter also refuses links that leave the target and device files.
-            tar_file.extractall(target, filter="data")
-        except tarfile.FilterError as error:
-            raise ValueError(f"{archive}: refusing member: {error}") from error
-
-
-def _extract_once(archive, cache_dir):
-    """Extract `archive` into the cache (atomically) unless done before; return the folder."""
-    stat = archive.stat()
-    stem = re.sub(r"(\.tar\.gz|\.tgz|\.tar|\.zip)$", "", archive.name, flags=re.I)
-    final = Path(cache_dir) / f"{stem}-{stat.st_size}-extracted"
-    if final.is_dir():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    # Extract beside the final folder, then rename: another process sees either nothing or
-    # the complete folder, never half of it.
-    temporary = Path(tempfile.mkdtemp(prefix=f".{stem}-", dir=final.parent))
-    try:
-        print(f"Extracting {archive} into {final} ...", flush=True)
-        _extract(archive, temporary)
-        try:
-            os.rename(temporary, final)
-        except OSError:
-            if not final.is_dir():
-                raise
-            # Another process finished first: use its folder.
-    finally:
-        shutil.rmtree(temporary, ignore_errors=True)
-    return final
-
-
 def _has_images(folder):
     return any(
         entry.is_file() and entry.name.lower().endswith(IMAGE_SUFFIXES)
@@ -230,30 +167,6 @@ def _image_folder(folder):
     )
 
 
-def _download(url, file_hash, download_dir):
-    """Download `url` into `download_dir` once; a failure names the URL and what else to do."""
-    import keras
-
-    file_name = Path(url.split("?")[0]).name or "UTKFace.tar.gz"
-    try:
-        # `get_file` downloads once into the folder and checks the hash when one is known;
-        # extraction is ours, since `get_file` only skips unsafe members.
-        return keras.utils.get_file(
-            fname=file_name,
-            origin=url,
-            file_hash=file_hash,
-            cache_dir=str(download_dir.parent),
-            cache_subdir=download_dir.name,
-        )
-    except ValueError as error:  # The download does not match `file_hash`.
-        raise ValueError(f"{url}: {error}") from None
-    except Exception as error:  # `get_file` raises a bare Exception on network errors.
-        raise FileNotFoundError(
-            f"could not download UTKFace from {url}: {error}. "
-            f"Check the network, or {ALTERNATIVES}"
-        ) from None
-
-
 def _count_labelled(folder):
     """The number of image files in `folder` whose name carries an age."""
     return sum(
@@ -274,14 +187,26 @@ def locate(source=None, file_hash=None, cache_dir=None, download_dir=None):
     cache_dir = Path(cache_dir) if cache_dir else _default_cache_dir()
     path = source
     if _is_url(source):
-        path = _download(str(source), file_hash, Path(download_dir or cache_dir))
+        path = archives.download(
+            str(source), file_hash, Path(download_dir or cache_dir), ALTERNATIVES
+        )
     path = Path(path).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"UTKFace data not found: {path} does not exist")
+        link = path.is_symlink()
+        what = "is a dangling link or a link loop" if link else "does not exist"
+        raise FileNotFoundError(f"UTKFace data not found: {path} {what}")
     if path.is_dir():
         folder = _image_folder(path)
-    elif _is_archive(path):
-        folder = _image_folder(_extract_once(path, cache_dir))
+    elif archives.is_archive(path) and path.is_file():
+        try:
+            folder = _image_folder(archives.extract_once(path, cache_dir))
+        except ValueError as error:
+            if not _is_url(source):
+                raise
+            raise ValueError(
+                f"{error}. It was downloaded from {source}: delete it "
+                f"(rm {shlex.quote(str(path))}) and run again"
+            ) from None
     else:
         raise ValueError(
             f"{path}: expected a folder, a .tar.gz/.tgz/.tar/.zip archive or a URL"
@@ -292,7 +217,8 @@ def locate(source=None, file_hash=None, cache_dir=None, download_dir=None):
             raise ValueError(
                 f"{DEFAULT_URL} gave only {count:,} UTKFace images in {folder} (expected "
                 f"about 23,708): the download is incomplete or the mirror changed. "
-                f"Delete {path} and try again, or {ALTERNATIVES}"
+                f"Delete the download (rm {shlex.quote(str(path))}) and try again, or "
+                f"{ALTERNATIVES}"
             )
     return folder
 
@@ -305,48 +231,106 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_END = b"IEND\xaeB`\x82"
 
 
-def _content_problem(path, size):
-    """Cheap check of an image file's framing; return a reason, or None when it looks whole."""
+def _jpeg_shape(descriptor):
+    """(height, width) from a JPEG's frame header, found by walking its marker segments;
+    None when they break off before one (the decoder then judges the file)."""
+    offset = 2
+    for _ in range(10_000):
+        segment = os.pread(descriptor, 9, offset)
+        if len(segment) < 9 or segment[0] != 0xFF or segment[1] == 0xDA:
+            return None  # broken off, or the image data starts with no frame header
+        marker, length = struct.unpack(">xBH", segment[:4])
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return struct.unpack(">HH", segment[5:9])
+        offset += 1 if marker == 0xFF else 2 + length  # a fill byte, or a segment
+    return None
+
+
+def _content_problem(descriptor, size):
+    """Cheap check of an image file's framing and pixel count, from its header and tail
+    without decoding it; return a reason, or None when it looks whole."""
     if size == 0:
         return "empty file"
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        head = os.pread(descriptor, 8, 0)
-        tail = os.pread(descriptor, 1024, max(0, size - 1024))
-    finally:
-        os.close(descriptor)
+    head = os.pread(descriptor, 24, 0)
+    tail = os.pread(descriptor, 1024, max(0, size - 1024))
     if head.startswith(b"\xff\xd8\xff"):
         # A whole JPEG ends with the end-of-image marker (some writers pad after it); 0xFFD9
         # cannot occur inside the entropy-coded data, so this costs no decode.
-        return None if b"\xff\xd9" in tail else "truncated JPEG (no end marker)"
-    if head == _PNG_SIGNATURE:
-        return None if _PNG_END in tail[-64:] else "truncated PNG (no IEND chunk)"
-    return "not a JPEG or PNG file"
+        if b"\xff\xd9" not in tail:
+            return "truncated JPEG (no end marker)"
+        shape = _jpeg_shape(descriptor)
+    elif head.startswith(_PNG_SIGNATURE):
+        if _PNG_END not in tail[-64:]:
+            return "truncated PNG (no IEND chunk)"
+        shape = struct.unpack(">II", head[16:24])[::-1]  # IHDR: width, height
+    else:
+        return "not a JPEG or PNG file"
+    if shape and shape[0] * shape[1] > MAX_PIXELS:
+        return f"over {MAX_PIXELS:,} pixels ({shape[1]}x{shape[0]})"
+    return None
+
+
+def _shown(path):
+    """A path as text that prints anywhere: the bytes of a non-UTF-8 name as \\x escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _file_problem(path, content=True):
+    """Why the entry at `path` is not a regular file or (with `content`) not a whole JPEG or
+    PNG file within MAX_PIXELS; None when it is."""
+    try:
+        # Non-blocking, as opening a FIFO would block otherwise.
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as error:
+        if error.errno == errno.ENOENT and path.is_symlink():
+            return "dangling symbolic link"
+        loop = error.errno == errno.ELOOP
+        return "symbolic link loop" if loop else f"cannot be read ({error.strerror})"
+    try:
+        status = os.fstat(descriptor)
+        if stat.S_ISDIR(status.st_mode):
+            return "a folder, not an image file"
+        if not stat.S_ISREG(status.st_mode):
+            return "not a regular file (a FIFO, socket or device)"
+        return _content_problem(descriptor, status.st_size) if content else None
+    except OSError as error:
+        return f"cannot be read ({error.strerror})"
+    finally:
+        os.close(descriptor)
+
+
+def _examine(path):
+    """(Label, None) for a usable image file, or (None, why not) for any other entry."""
+    if _shown(path.name) != path.name:
+        return None, "file name is not valid UTF-8"
+    label, reason = _parse(path.name)
+    reason = _file_problem(path, content=reason is None) or reason
+    return (None, reason) if reason else (label, None)
 
 
 def load_records(folder, verbose=True):
-    """Read every file of `folder`: (records of usable images, [(path, reason)] of the rest)."""
+    """Read every entry of `folder`: (records of usable images, [(path, reason)] of the
+    rest, be they files, folders, links or FIFOs)."""
     folder = Path(folder)
     if not folder.exists():
-        raise FileNotFoundError(f"UTKFace folder not found: {folder}")
+        raise FileNotFoundError(f"UTKFace folder not found: {_shown(folder)}")
     if not folder.is_dir():
-        raise NotADirectoryError(f"not a folder: {folder}")
+        raise NotADirectoryError(f"not a folder: {_shown(folder)}")
+    if _shown(folder) != str(folder):
+        raise ValueError(f"{_shown(folder)}: the folder's path is not valid UTF-8")
     records, skipped = [], []
     for entry in sorted(os.scandir(folder), key=lambda entry: entry.name):
-        if not entry.is_file():
-            continue
         path = Path(entry.path)
-        label, reason = _parse(entry.name)
-        if reason is None:
-            reason = _content_problem(path, entry.stat().st_size)
+        label, reason = _examine(path)
         if reason is None:
             records.append(Record(path, *label))
         else:
             skipped.append((path, reason))
     if not records:
+        example = [f", e.g. {_shown(path.name)}: {why}" for path, why in skipped[:1]]
         raise ValueError(
             f"{folder}: no usable images ({len(skipped)} file(s) skipped"
-            + (f", e.g. {skipped[0][0].name}: {skipped[0][1]}" if skipped else "")
+            + "".join(example)
             + ")"
         )
     if verbose:
@@ -425,8 +409,24 @@ def _tf():
     return tf
 
 
+def _header_pixels(contents):
+    """The pixel count in a JPEG's or PNG's header (0 for other formats), read without
+    decoding the image."""
+    tf = _tf()
+    jpeg = lambda: tf.io.extract_jpeg_shape(contents, tf.int64)[:2]  # noqa: E731
+    # A PNG's IHDR chunk: width and height, big-endian int32, in bytes 16-23.
+    ihdr = lambda: tf.strings.substr(contents, 16, 8)  # noqa: E731
+    png = lambda: tf.cast(  # noqa: E731
+        tf.io.decode_raw(ihdr(), tf.int32, little_endian=False), tf.int64
+    )
+    is_png = tf.strings.substr(contents, 0, 8) == _PNG_SIGNATURE
+    branches = [(tf.io.is_jpeg(contents), jpeg), (is_png, png)]
+    return tf.reduce_prod(tf.case(branches, default=lambda: tf.zeros([2], tf.int64)))
+
+
 def decode_and_resize(contents, image_size):
-    """Decode JPEG/PNG bytes to an RGB uint8 (image_size, image_size, 3) tensor."""
+    """Decode JPEG/PNG bytes to an RGB uint8 (image_size, image_size, 3) tensor; an image
+    over MAX_PIXELS is an error before it is decoded."""
     tf = _tf()
 
     def decode_jpeg(ratio):
@@ -446,7 +446,11 @@ def decode_and_resize(contents, image_size):
         # Grayscale becomes RGB and an alpha channel is dropped (channels=3).
         return tf.io.decode_image(contents, channels=3, expand_animations=False)
 
-    image = tf.cond(tf.io.is_jpeg(contents), decode_jpeg_scaled, decode_other)
+    limit = tf.constant(MAX_PIXELS, tf.int64)
+    too_many = f"image over {MAX_PIXELS:,} pixels (utk_data.MAX_PIXELS)"
+    check = tf.debugging.assert_less_equal(_header_pixels(contents), limit, too_many)
+    with tf.control_dependencies([check]):
+        image = tf.cond(tf.io.is_jpeg(contents), decode_jpeg_scaled, decode_other)
     image.set_shape([None, None, 3])
     return resize_square(image, image_size)
 
@@ -478,7 +482,8 @@ def load_images(paths, image_size):
     paths = [str(path) for path in paths]
     _, images, missing = decode_files(paths, image_size)
     if len(missing):
-        raise ValueError(f"{paths[missing[0]]}: could not decode the image")
+        path = paths[missing[0]]
+        raise ValueError(f"{path}: could not decode the image ({_not_decoded(path)})")
     return tf.cast(images, tf.float32) / 255.0
 
 
@@ -497,6 +502,11 @@ class DecodedImages(NamedTuple):
 
 def _decode_file(path, image_size):
     return decode_and_resize(_tf().io.read_file(path), image_size)
+
+
+def _not_decoded(path):
+    """Why an image file did not decode: what its header says, else corrupt data."""
+    return _file_problem(Path(path)) or "corrupt image data"
 
 
 def decode_files(paths, image_size):
@@ -531,12 +541,12 @@ def decode_records(records, image_size):
     indices, images, missing = decode_files(paths, image_size)
     if not len(indices):
         raise ValueError(
-            f"no image could be decoded, e.g. {paths[0]} (corrupt image data)"
+            f"no image could be decoded, e.g. {paths[0]} ({_not_decoded(paths[0])})"
         )
     failed = [paths[index] for index in missing]
     if failed:
         message = f"{len(failed)} image(s) could not be decoded and are left out: " + (
-            ", ".join(f"{path} (corrupt image data)" for path in failed[:10])
+            ", ".join(f"{path} ({_not_decoded(path)})" for path in failed[:10])
         )
         warnings.warn(message + (" ..." if len(failed) > 10 else ""), stacklevel=2)
     kept = [records[index] for index in indices]
@@ -589,43 +599,6 @@ def augment_batch(images, seed):
     mean = tf.reduce_mean(images, axis=[1, 2, 3], keepdims=True)
     images = (images - mean) * contrast + mean + brightness
     return tf.clip_by_value(images, 0.0, 1.0)
-
-
-def zoom_matrix(size, side):
-    """(size, size) float32 weights that zoom one axis in on the centre as crop_and_resize
-    does: the output's pixels sample the central `side` fraction of the input bilinearly.
-    """
-    start = (1.0 - side) / 2 * (size - 1)
-    # Where each output pixel samples the input, as crop_and_resize places its samples.
-    where = start + np.arange(size) * side if size > 1 else np.array([start])
-    below = np.clip(np.floor(where).astype(int), 0, size - 1)
-    above = np.minimum(below + 1, size - 1)
-    fraction = where - below
-    weights = np.zeros((size, size), np.float32)
-    np.add.at(weights, (np.arange(size), below), 1.0 - fraction)
-    np.add.at(weights, (np.arange(size), above), fraction)
-    return weights
-
-
-def zoom_centre(images, side):
-    """A float batch (n, size, size, channels) zoomed in on its centre: the middle `side`
-    fraction of each side, resized back to `size` (as augment_batch's crops are, so the
-    views of test-time augmentation look like training images). Written as two matrix
-    products, which every converter (TFLite among them) supports."""
-    import keras
-
-    if side == 1.0:
-        return images
-    size = images.shape[1]
-    if size is None or images.shape[2] != size:
-        raise ValueError(
-            f"zoom_centre needs square images of a known size, got {images.shape}"
-        )
-    weights = keras.ops.convert_to_tensor(zoom_matrix(size, side), dtype=images.dtype)
-    planes = keras.ops.transpose(images, (0, 3, 1, 2))  # (n, channels, size, size)
-    planes = keras.ops.matmul(weights, planes)  # the rows zoomed
-    planes = keras.ops.matmul(planes, keras.ops.transpose(weights))  # and the columns
-    return keras.ops.transpose(planes, (0, 2, 3, 1))  # (n, size, size, channels)
 
 
 def steps_per_epoch(num_images, batch_size):
@@ -801,7 +774,7 @@ def describe(records, skipped):
     train, val, test = split_records(records)
     lines.append(f"split: train {len(train):,}, val {len(val):,}, test {len(test):,}")
     for path, reason in skipped:
-        lines.append(f"skipped {path}: {reason}")
+        lines.append(f"skipped {_shown(path)}: {reason}")
     return "\n".join(lines)
 
 
@@ -834,7 +807,7 @@ def plot_summary(records, file_name=None, samples=16, seed=0):
 
 
 def main(argv=None):
-    """The `summary` command line."""
+    """The `summary` command line: a user's error is one line on stderr and status 1."""
     parser = argparse.ArgumentParser(description="UTKFace data summary.")
     commands = parser.add_subparsers(dest="command", required=True)
     summary = commands.add_parser(
@@ -846,15 +819,20 @@ def main(argv=None):
         "--histogram", help="save the age histogram alone (no faces) here"
     )
     arguments = parser.parse_args(argv)
-    records, skipped = load_records(locate(arguments.data))
-    print(describe(records, skipped))
-    for file_name, samples in ((arguments.plot, 16), (arguments.histogram, 0)):
-        if file_name:
-            import matplotlib
+    try:
+        records, skipped = load_records(locate(arguments.data))
+        print(describe(records, skipped))
+        for file_name, samples in ((arguments.plot, 16), (arguments.histogram, 0)):
+            if file_name:
+                import matplotlib
 
-            matplotlib.use("Agg")
-            plot_summary(records, file_name, samples=samples)
-            print(f"saved {file_name}")
+                matplotlib.use("Agg")
+                plot_summary(records, file_name, samples=samples)
+                print(f"saved {file_name}")
+    except (OSError, ValueError) as error:
+        print("error: " + " ".join(str(error).split()), file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
