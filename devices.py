@@ -16,8 +16,8 @@ import platform
 # Both must be set before TensorFlow is first imported, which reads them only then:
 # Keras 3 runs on TensorFlow here, and TensorFlow turns its oneDNN kernels on by itself
 # only on processors with AVX-512 VNNI or newer; on an AVX2-only AMD EPYC they made the CPU
-# preset's train step 1.37x faster (bench/bench_onednn.py). Set TF_ENABLE_ONEDNN_OPTS=0
-# before the first import to compare.
+# preset's train step faster (EXPERIMENTS.md: `bench/bench_step.py onednn=0 onednn=1`).
+# Set TF_ENABLE_ONEDNN_OPTS=0 before the first import to compare.
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -1,0 +1,248 @@
+"""What should a saved model answer? The test-time views to average, and the map of the
+predicted ages (the widening among others), each chosen on the validation faces.
+
+    python bench/bench_readout.py views --model runs/default/model.keras \\
+        runs/default_seed1/model.keras runs/default_seed2/model.keras
+    python bench/bench_readout.py maps --model runs/default/model.keras \\
+        runs/default_seed1/model.keras runs/default_seed2/model.keras
+    python bench/bench_readout.py maps --model runs/default/model.keras --tta-zooms 1.0
+
+views: training shows the network each face mirrored or not and zoomed in on a crop of
+88-100 % of its side (utk_data.augment_batch). At test time a face can be shown the same
+ways, as it is and zoomed in on its centre (readout.zoom_centre, the crop the augmentation
+would make), each view also mirrored, and the ages averaged. For each model this predicts
+the validation and test faces once per view, without the model's widening, and prints the
+MAE and the mean signed error (predicted - true) of several sets of views on both splits,
+the faces aged 60 and over apart, and the seconds of each set's forward passes. The set to
+keep has the lowest mean validation MAE over the models; the test columns are to be read
+after that choice, not to make it. A last row moves the mirror readout by the mean change
+the preset's zooms make: does their gain come from a shift of every age alone?
+
+maps: a model trained on UTKFace pulls its predictions towards the middle ages (the mean
+signed error is positive for the young, negative for the old). Each model is read out with
+the views of `--tta-zooms` (or `--no-tta`), without its widening, and four maps of the
+predicted age are fitted on its validation faces, then applied to the test faces:
+
+- isotonic: the validation faces sorted by predicted age and cut into `--bins` groups of
+  equal size; the median predicted and true age of each; the true medians made
+  non-decreasing (pool-adjacent-violators), joined linearly, flat beyond the ends;
+- least absolute deviations: true ~ a + b * predicted (a grid over b, the median
+  residual for a);
+- bias correction: predicted ~ a + b * true by least squares, inverted, as brain-age
+  studies remove the age-dependent bias (A.-M. G. de Lange, J. H. Cole, "Commentary:
+  Correction procedures in brain-age prediction", NeuroImage: Clinical, 2020);
+- widening, what `train` fits and saves (evaluation.fit_widening): every age moved away
+  from the median prediction by the factor with the lowest balanced MAE.
+
+It prints each map's test MAE, balanced MAE, and the MAE and mean signed error of the faces
+aged 60 and over (the mean over the models), then each model's signed error by age bin.
+No model is changed.
+"""
+
+import time
+
+import common  # first: the repository's path and TensorFlow's environment
+
+import numpy as np
+import tensorflow as tf
+
+import evaluation
+import readout
+import utk_data
+from metrics import balanced_mae, mae_by_age
+
+# The sets of zooms compared (1.0: the whole image); every view is also mirrored, but in
+# the first row, the single image the network is validated on while training.
+VIEW_SETS = {
+    "one image, no mirror": (),
+    "mirror images only (zoom 1.0)": (1.0,),
+    "zoom 0.94 only": (0.94,),
+    "zoom 0.88 only": (0.88,),
+    "zooms 1.0, 0.94": (1.0, 0.94),
+    "zooms 1.0, 0.94, 0.88": (1.0, 0.94, 0.88),
+    "zooms 1.0, 0.97, 0.94, 0.91, 0.88": (1.0, 0.97, 0.94, 0.91, 0.88),
+}
+MIRROR = "mirror images only (zoom 1.0)"
+PRESET = next(name for name, z in VIEW_SETS.items() if z == readout.TTA_ZOOMS)
+SHIFTED = "mirror images, shifted as the zooms shift"
+OLD = 60  # the faces aged this and over are reported apart
+CHUNK = 256  # images zoomed at a time
+
+# ---------------------------------------------------------------------------------------
+# views
+# ---------------------------------------------------------------------------------------
+
+
+def view_ages(model, images, zoom, mirror):
+    """Ages (n,) the model predicts, without its widening, for uint8 images (n, size,
+    size, 3) zoomed in on their centre by `zoom` and mirrored when `mirror`."""
+    ages = []
+    for start in range(0, len(images), CHUNK):
+        chunk = tf.cast(images[start : start + CHUNK], tf.float32) / 255.0
+        chunk = readout.zoom_centre(chunk, zoom)
+        if mirror:
+            chunk = tf.reverse(chunk, axis=[2])
+        ages.append(evaluation.predict_ages(model, chunk))
+    return np.concatenate(ages)
+
+
+def set_readouts(model, decoded):
+    """{name of VIEW_SETS: (ages (n,), seconds)}: each view and its mirror averaged (the
+    plain image alone for an empty set); the seconds, the sum of its views'."""
+    views = {}
+    for zoom in sorted({z for zooms in VIEW_SETS.values() for z in zooms} | {1.0}):
+        for mirror in (False, True):
+            started = time.perf_counter()
+            ages = view_ages(model, decoded.images, zoom, mirror)
+            views[zoom, mirror] = ages, time.perf_counter() - started
+    readouts = {}
+    for name, zooms in VIEW_SETS.items():
+        keys = [(zoom, mirror) for zoom in zooms for mirror in (False, True)]
+        keys = keys or [(1.0, False)]
+        ages = np.mean([views[key][0] for key in keys], axis=0)
+        readouts[name] = ages, sum(views[key][1] for key in keys)
+    return readouts
+
+
+def views(arguments, models, splits):
+    """The views part: every set's MAEs, model by model, then their means."""
+    found = {name: {"val": [], "test": []} for name in (*VIEW_SETS, SHIFTED)}
+    for path, model in models:
+        print(f"--- {path}")
+        for split, records in splits.items():
+            decoded = utk_data.decode_records(records, model.image_size)
+            true = np.array([record.age for record in decoded.records], np.float64)
+            old = true >= OLD
+            readouts = set_readouts(model, decoded)
+            mirror, zoomed = (readouts[name][0] for name in (MIRROR, PRESET))
+            shifted = np.maximum(mirror + np.mean(zoomed - mirror), 0.0)
+            readouts[SHIFTED] = shifted, 0.0
+            for name, (ages, seconds) in readouts.items():
+                error, signed = np.abs(ages - true), ages - true
+                found[name][split].append(error.mean())
+                print(
+                    f"{split:>4} | {name:<42} | MAE {error.mean():.3f}, signed "
+                    f"{signed.mean():+.2f} | {OLD}+ ({old.sum()}) {error[old].mean():.3f}"
+                    f", signed {signed[old].mean():+.2f} | {seconds:4.1f} s"
+                )
+    print(f"--- mean over {len(models)} model(s)")
+    best = min(VIEW_SETS, key=lambda name: np.mean(found[name]["val"]))
+    for name, maes in found.items():
+        mark = "  <- lowest validation MAE" if name == best else ""
+        print(
+            f"{name:<42} | validation {np.mean(maes['val']):.3f} | test "
+            f"{np.mean(maes['test']):.3f}{mark}"
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# maps
+# ---------------------------------------------------------------------------------------
+
+
+def pool_adjacent_violators(values, weights):
+    """The non-decreasing sequence closest to `values` (weighted least squares)."""
+    blocks = []  # [value, weight, length]
+    for value, weight in zip(values, weights):
+        blocks.append([value, weight, 1])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            value, weight, length = blocks.pop()
+            previous = blocks[-1]
+            total = previous[1] + weight
+            previous[0] = (previous[0] * previous[1] + value * weight) / total
+            previous[1], previous[2] = total, previous[2] + length
+    return np.concatenate([np.full(length, value) for value, _, length in blocks])
+
+
+def fitted_maps(true, predicted, bins):
+    """{name: a function of predicted ages}, each fitted on (true, predicted) ages of the
+    validation faces."""
+    groups = np.array_split(np.argsort(predicted), bins)
+    knots = np.array([np.median(predicted[group]) for group in groups])
+    medians = np.array([np.median(true[group]) for group in groups])
+    values = pool_adjacent_violators(medians, [len(group) for group in groups])
+    best = None  # Least absolute deviations: (error, intercept, slope).
+    for slope in np.linspace(0.8, 1.4, 121):
+        intercept = np.median(true - slope * predicted)
+        error = np.abs(true - intercept - slope * predicted).mean()
+        if best is None or error < best[0]:
+            best = (error, intercept, slope)
+    _, intercept, slope = best
+    scale, offset = np.polyfit(true, predicted, 1)  # predicted ~ offset + scale * true
+    widening = evaluation.fit_widening(true, predicted)
+    return {
+        "as predicted": lambda ages: ages,
+        "isotonic": lambda ages: np.interp(ages, knots, values),
+        "least absolute deviations": lambda ages: np.maximum(
+            intercept + slope * ages, 0.0
+        ),
+        "bias correction": lambda ages: np.maximum((ages - offset) / scale, 0.0),
+        "widening": lambda ages: readout.widen_ages(ages, widening),
+    }
+
+
+def maps(arguments, models, splits):
+    """The maps part: the test split's MAEs of every map, then the signed errors."""
+    tta = readout.tta_from_arguments(arguments)
+    print(f"test-time zooms: {readout.tta_zooms(tta) or 'none'}")
+    rows, details = {}, []
+    for path, model in models:
+        val, test = (
+            evaluation.predict_records(model, records, tta=tta)  # not widened
+            for records in splits.values()
+        )
+        fitted = fitted_maps(val.true, val.predicted, arguments.bins)
+        centre, factor = evaluation.fit_widening(val.true, val.predicted)
+        details.append(f"{path}: widening around {centre:.2f} by {factor:.3f}")
+        old = test.true >= OLD
+        for name, apply in fitted.items():
+            mapped = apply(test.predicted)
+            rows.setdefault(name, []).append(
+                (
+                    np.abs(mapped - test.true).mean(),
+                    balanced_mae(test.true, mapped),
+                    np.abs(mapped - test.true)[old].mean(),
+                    (mapped - test.true)[old].mean(),
+                )
+            )
+            bins = mae_by_age(test.true, mapped)
+            signed = "  ".join(
+                f"{label} {row['mean_error']:+.1f}"
+                for label, row in bins.items()
+                if row["count"]
+            )
+            details.append(f"{path}, {name}: {signed}")
+    print(
+        f"--- test split ({len(test.true):,} faces), maps fitted on validation, mean of "
+        f"{len(models)} model(s)"
+    )
+    print(
+        f"{'map':<28}{'MAE':>7}{'balanced':>10}{f'{OLD}+ MAE':>9}{f'{OLD}+ signed':>12}"
+    )
+    for name, found in rows.items():
+        values = np.mean(found, axis=0)
+        widths = (7, 10, 9, 12)
+        print(
+            f"{name:<28}"
+            + "".join(f"{value:>{width}.3f}" for value, width in zip(values, widths))
+        )
+    print("--- signed error (predicted - true) by age bin")
+    print("\n".join(details))
+
+
+def main(argv=None):
+    """Read out every model on the validation and test faces, as the part asks."""
+    parser = common.parser(__doc__)
+    parser.add_argument("part", choices=("views", "maps"))
+    common.add_model_argument(parser, several=True)
+    readout.add_tta_argument(parser)  # the readout the maps are fitted on
+    parser.add_argument("--bins", type=common.positive, default=20, help="isotonic map")
+    arguments = parser.parse_args(argv)
+    common.header(f"bench_readout {arguments.part}")
+    splits = {split: common.faces(arguments, split) for split in ("val", "test")}
+    models = [(path, readout.load_model(path)) for path in arguments.model]
+    (views if arguments.part == "views" else maps)(arguments, models, splits)
+
+
+if __name__ == "__main__":
+    main()
