@@ -1,18 +1,26 @@
-"""A trained age model for other programs: a SavedModel (TensorFlow Serving,
-`tf.saved_model.load`) or a TFLite file (phones), each checked against the Keras model.
+"""A trained age model for other programs, with one input contract for every format:
+RGB uint8 face crops (n, side, side, 3) go in, their ages (n,) come out, read out exactly
+as `predict --crop none` reads out a face crop (centre square, resized by area as training
+resizes, scaled, the test-time views averaged, widened).
 
+    python train_loop.py export --model runs/default/model.keras --format tflite
+    python train_loop.py export --model runs/default/model.keras --format onnx
     python train_loop.py export --model runs/default/model.keras --format saved_model
-    python train_loop.py export --model runs/default/model.keras --format tflite --quantize float16
 
-The SavedModel's default signature takes a batch of RGB uint8 face images of any size
-(`images`: (n, height, width, 3)), crops each to its centre square and resizes it to the
-model's input as training did, and returns their ages (`age`: (n,) float32); a second
-signature, `fixed_size`, takes images of the model's own size, as the TFLite file does (a
-phone app resizes the face itself). Both average each face's age over the views of
-test-time augmentation (the face as it is and zoomed in on its centre, each also mirrored),
-as `predict` does, unless exported with `--no-tta`.
+- tflite (LiteRT, phones): a fixed input of --crop-size (default 200, UTKFace's crops and
+  `predict`'s framing); built-in ops only (no Select TF ops); --quantize float16 or
+  dynamic (int8 weights) for a smaller file.
+- onnx (ONNX Runtime and other stacks): the same fixed input (needs tf2onnx to export).
+- saved_model (TensorFlow Serving): its default signature takes crops of any size;
+  `fixed_size` takes crops of the model's own size.
+
+Each file is then checked on the test faces in its own runtime against the Keras model;
+where the data cannot be found the file is written all the same and the check is skipped
+(`--check` makes it required).
 """
 
+import argparse
+import importlib.util
 import os
 import shutil
 from pathlib import Path
@@ -21,25 +29,28 @@ import numpy as np
 import tensorflow as tf
 
 import runs
+import runtimes
 import utk_data
 from evaluation import predict_ages
 from readout import add_tta_argument, load_model, serving_model, tta_from_arguments
 
-FORMATS = ("saved_model", "tflite")
+FORMATS = ("saved_model", "tflite", "onnx")
 QUANTIZATIONS = ("none", "float16", "dynamic")
-# The name of the signature of images of the model's own size.
+SUFFIXES = {"saved_model": "", "tflite": ".tflite", "onnx": ".onnx"}
+# The side of the face crops the fixed-size files take: UTKFace's, and predict's framing's.
+CROP_SIZE = 200
+# The name of the SavedModel's signature of crops of the model's own size.
 FIXED_SIZE = "fixed_size"
 
 
 class AgeServer(tf.Module):
-    """The serving functions of a SavedModel: uint8 face images of any size, or of the
+    """The serving functions of a SavedModel: uint8 face crops of any size, or of the
     model's own size, to {"age": (n,)}."""
 
     def __init__(self, model, tta=True):
         super().__init__()
         self.model = serving_model(model, tta, model.age_widening)
-        self.image_size = model.image_size
-        size = self.image_size
+        self.image_size = size = model.image_size
         self.any_size = tf.function(
             self._ages_of_any_size,
             input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, "images")],
@@ -50,12 +61,14 @@ class AgeServer(tf.Module):
         )
 
     def _ages(self, images):
-        """{"age": (n,)} of uint8 images of the model's size."""
+        """{"age": (n,)} of uint8 crops of the model's size."""
         return {"age": self.model(images)}
 
     def _ages_of_any_size(self, images):
-        """{"age": (n,)} of uint8 images of any size, resized as in training."""
-        return self._ages(utk_data.resize_square(images, self.image_size))
+        """{"age": (n,)} of uint8 crops of any size, resized as predict resizes them."""
+        size = self.image_size
+        resized = utk_data.resize_square(images, size)
+        return self._ages(tf.ensure_shape(resized, [None, size, size, 3]))
 
 
 def export_saved_model(model, folder, tta=True):
@@ -93,42 +106,76 @@ def _check_saved_model_folder(folder):
         )
 
 
-def _check_tflite_path(path):
+def _check_file_path(path, suffix):
     """Refuse (ValueError) an --out that export may not write: a folder, or an existing
-    file that is not a TFLite file."""
+    file that is not a `suffix` file."""
     if path.is_dir():
-        raise ValueError(f"--out {path}: a folder; give the .tflite file to write")
-    if path.exists() and path.suffix != ".tflite":
+        raise ValueError(f"--out {path}: a folder; give the {suffix} file to write")
+    if path.exists() and path.suffix != suffix:
         raise ValueError(
-            f"--out {path}: an existing file that is not a .tflite file; export replaces "
-            "only an earlier export"
+            f"--out {path}: an existing file that is not a {suffix} file; export "
+            "replaces only an earlier export"
         )
 
 
-def export_tflite(model, path, quantize="none", tta=True):
-    """Convert `model` (with its scaling and test-time views, see serving_model) into a
-    TFLite file at `path`: with `quantize` "float16" the weights are stored as float16,
-    with "dynamic" as int8 (the activations stay float); return the path. (Converted from
-    the Keras graph: TensorFlow 2.21's converter reads Keras 3 variables wrongly from a
-    SavedModel or a tf.function, and the file then gives NaN.)"""
+def _crop_signature(crop_size):
+    return [tf.TensorSpec((None, crop_size, crop_size, 3), tf.uint8, name="images")]
+
+
+def export_tflite(model, path, quantize="none", tta=True, crop_size=CROP_SIZE):
+    """Write `model` (read out as `predict` reads it out, see readout.serving_model) as a
+    LiteRT file at `path` of built-in ops only, for uint8 crops of crop_size: with
+    `quantize` "float16" the weights are stored as float16, with "dynamic" as int8 (the
+    activations stay float); return the path."""
     if quantize not in QUANTIZATIONS:
         raise ValueError(f"quantize must be one of {QUANTIZATIONS}, got {quantize!r}")
-    converter = tf.lite.TFLiteConverter.from_keras_model(
-        serving_model(model, tta, model.age_widening)
-    )
-    if quantize != "none":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    if quantize == "float16":
-        converter.target_spec.supported_types = [tf.float16]
     path = Path(path)
-    _check_tflite_path(path)
-    contents = converter.convert()
-    runs.atomic_write(path, lambda temporary: temporary.write_bytes(contents))
+    _check_file_path(path, ".tflite")
+    options = {"target_spec": {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]}}
+    if quantize != "none":
+        options["optimizations"] = [tf.lite.Optimize.DEFAULT]
+    if quantize == "float16":
+        options["target_spec"]["supported_types"] = [tf.float16]
+    served = serving_model(model, tta, model.age_widening, crop_size)
+
+    def write(temporary):
+        served.export(
+            temporary,
+            format="litert",
+            verbose=False,
+            input_signature=_crop_signature(crop_size),
+            **options,
+        )
+
+    runs.atomic_write(path, write)
+    return path
+
+
+def export_onnx(model, path, tta=True, crop_size=CROP_SIZE):
+    """Write `model` (read out as `predict` reads it out) as an ONNX file at `path`, for
+    uint8 crops of crop_size; return the path. Needs tf2onnx."""
+    if importlib.util.find_spec("tf2onnx") is None:
+        raise ValueError(
+            "--format onnx needs the tf2onnx package: pip install -r requirements-dev.txt"
+        )
+    path = Path(path)
+    _check_file_path(path, ".onnx")
+    served = serving_model(model, tta, model.age_widening, crop_size)
+
+    def write(temporary):
+        served.export(
+            temporary,
+            format="onnx",
+            verbose=False,
+            input_signature=_crop_signature(crop_size),
+        )
+
+    runs.atomic_write(path, write)
     return path
 
 
 def saved_model_ages(folder, images, batch_size=64):
-    """Ages (n,) that a SavedModel's default signature gives for uint8 images."""
+    """Ages (n,) that a SavedModel's default signature gives for uint8 crops."""
     serve = tf.saved_model.load(str(folder)).signatures["serving_default"]
     return np.concatenate(
         [
@@ -138,59 +185,60 @@ def saved_model_ages(folder, images, batch_size=64):
     )
 
 
-def tflite_ages(path, images):
-    """Ages (n,) that a TFLite file gives for uint8 images of its input size, one image at
-    a time as a phone app would run it."""
-    interpreter = tf.lite.Interpreter(model_path=str(path))
-    interpreter.allocate_tensors()
-    given, found = (
-        interpreter.get_input_details()[0],
-        interpreter.get_output_details()[0],
-    )
-    ages = []
-    for image in images:
-        interpreter.set_tensor(given["index"], np.asarray(image)[None])
-        interpreter.invoke()
-        ages.append(float(interpreter.get_tensor(found["index"]).reshape(-1)[0]))
-    return np.array(ages)
-
-
 def _size_mb(path):
     path = Path(path)
     files = path.rglob("*") if path.is_dir() else [path]
     return sum(file.stat().st_size for file in files if file.is_file()) / 1e6
 
 
-def export_model(model_path, form, out=None, quantize="none", tta=True):
-    """Export a model.keras as a SavedModel folder or a TFLite file (see the module's
-    docstring); return (the Keras model, the path written)."""
+def export_model(model_path, form, out=None, quantize="none", tta=True, crop_size=None):
+    """Export a model.keras in `form` (see the module's docstring); return (the Keras
+    model, the path written)."""
     if form not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {form!r}")
     model = load_model(model_path)
-    if form == "saved_model":
-        out = Path(out or Path(model_path).with_name("saved_model"))
-        return model, export_saved_model(model, out, tta)
     suffix = "" if quantize == "none" else f"_{quantize}"
-    out = Path(out or Path(model_path).with_name(f"model{suffix}.tflite"))
-    return model, export_tflite(model, out, quantize, tta)
+    name = "saved_model" if form == "saved_model" else f"model{suffix}{SUFFIXES[form]}"
+    out = Path(out or Path(model_path).with_name(name))
+    if form == "saved_model":
+        return model, export_saved_model(model, out, tta)
+    if form == "onnx":
+        return model, export_onnx(model, out, tta, crop_size or CROP_SIZE)
+    return model, export_tflite(model, out, quantize, tta, crop_size or CROP_SIZE)
 
 
-def compare_on_test_faces(model, path, form, data=None, limit=None, tta=True):
-    """{"keras_mae", "exported_mae", "faces"} of the Keras model and of its export on the
-    test split (the faces decoded as in training, at the model's size)."""
+def test_face_crops(data=None, limit=None, crop_size=CROP_SIZE):
+    """(uint8 crops (n, crop_size, crop_size, 3), their true ages (n,)) of the test split,
+    decoded in full as predict decodes them."""
     _, _, test = utk_data.load_splits(data, limit)
-    decoded = utk_data.decode_records(test, model.image_size)
-    images = decoded.images.numpy()
-    true = np.array([record.age for record in decoded.records], np.float64)
+    paths = [str(record.path) for record in test]
+    indices, images, _ = utk_data.decode_files(paths, crop_size, scaled=False)
+    return images.numpy(), np.array([test[i].age for i in indices], np.float64)
+
+
+def compare_on_test_faces(model, path, form, crops, true, tta=True):
+    """{"keras_mae", "exported_mae", "largest_difference", "mean_difference", "faces"} of
+    the Keras model read out as predict reads it out, and of its export in its runtime,
+    on the same crops."""
+    resized = utk_data.resize_square(crops, model.image_size).numpy()
     keras_ages = predict_ages(
-        model, images.astype(np.float32) / 255.0, tta=tta, widening=model.age_widening
+        model, resized / 255.0, tta=tta, widening=model.age_widening
     )
-    exported = saved_model_ages if form == "saved_model" else tflite_ages
-    exported_ages = exported(path, images)
+    if form == "saved_model":
+        exported = saved_model_ages(path, crops)
+    else:
+        exported = np.concatenate(
+            [
+                runtimes.file_ages(path, crops[i : i + 64])
+                for i in range(0, len(crops), 64)
+            ]
+        )
+    difference = np.abs(exported - keras_ages)
     return {
         "keras_mae": float(np.abs(keras_ages - true).mean()),
-        "exported_mae": float(np.abs(exported_ages - true).mean()),
-        "largest_difference": float(np.abs(exported_ages - keras_ages).max()),
+        "exported_mae": float(np.abs(exported - true).mean()),
+        "largest_difference": float(difference.max()),
+        "mean_difference": float(difference.mean()),
         "faces": int(true.size),
     }
 
@@ -198,6 +246,15 @@ def compare_on_test_faces(model, path, form, data=None, limit=None, tta=True):
 # ---------------------------------------------------------------------------------------
 # The `export` command of train_loop.py
 # ---------------------------------------------------------------------------------------
+
+
+def _crop_size(text):
+    """A --crop-size: a whole number of pixels from 32 to 1024."""
+    if not text.isdigit() or not 32 <= int(text) <= 1024:
+        raise argparse.ArgumentTypeError(
+            f"must be a whole number in 32..1024, got {text}"
+        )
+    return int(text)
 
 
 def add_export_arguments(parser):
@@ -211,40 +268,62 @@ def add_export_arguments(parser):
         help="tflite: float16 or dynamic (int8) weights (default: none, float32)",
     )
     parser.add_argument(
+        "--crop-size",
+        type=_crop_size,
+        metavar="PIXELS",
+        help=f"tflite, onnx: the side of the face crops the file takes (default: "
+        f"{CROP_SIZE})",
+    )
+    parser.add_argument(
         "--out",
-        help="the folder or file to write (default: saved_model/ or model.tflite beside "
-        "the model)",
+        help="the folder or file to write (default: saved_model/, model.tflite or "
+        "model.onnx beside the model)",
     )
     parser.add_argument("--data", help="folder, archive or URL of UTKFace (the check)")
     parser.add_argument("--limit", type=int, help="as given to train")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="fail when the check on the test faces cannot run (no data)",
+    )
     add_tta_argument(parser)
 
 
 def export_command(arguments, parser):
     """`export`: write the model in another format; print its size and its test MAE beside
-    the Keras model's."""
-    if arguments.form == "saved_model" and arguments.quantize != "none":
+    the Keras model's, each run in its own runtime."""
+    if arguments.form != "tflite" and arguments.quantize != "none":
         parser.error("--quantize is for --format tflite")
+    tta = tta_from_arguments(arguments)
     model, path = export_model(
         arguments.model,
         arguments.form,
         arguments.out,
         arguments.quantize,
-        tta_from_arguments(arguments),
+        tta,
+        arguments.crop_size,
     )
     print(f"wrote {path} ({_size_mb(path):.1f} MB)")
-    found = compare_on_test_faces(
-        model,
-        path,
-        arguments.form,
-        arguments.data,
-        arguments.limit,
-        tta_from_arguments(arguments),
-    )
+    if arguments.form == "tflite" and runtimes.flex_ops(path):
+        raise ValueError(f"{path} holds Select TF ops: {runtimes.flex_ops(path)}")
+    try:
+        crops, true = test_face_crops(
+            arguments.data, arguments.limit, arguments.crop_size or CROP_SIZE
+        )
+    except (FileNotFoundError, ValueError) as error:
+        if arguments.check:
+            raise
+        print(
+            f"check skipped: no test faces to check it on ({error}); the file is "
+            "written. Run the same command with --data PATH --check to check it."
+        )
+        return 0
+    found = compare_on_test_faces(model, path, arguments.form, crops, true, tta)
     print(
         f"test MAE on {found['faces']:,} faces: Keras model {found['keras_mae']:.3f}, "
         f"{arguments.form} {found['exported_mae']:.3f} "
-        f"({found['exported_mae'] - found['keras_mae']:+.3f}); largest difference of a "
-        f"face's age {found['largest_difference']:.3f} years"
+        f"({found['exported_mae'] - found['keras_mae']:+.3f}); a face's age differs by "
+        f"{found['mean_difference']:.3f} years on average, "
+        f"{found['largest_difference']:.3f} at most"
     )
     return 0

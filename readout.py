@@ -203,15 +203,57 @@ def age_reader(model, tta=False, widening=None):
     return compiled[key]
 
 
-def serving_model(model, tta=True, widening=None):
-    """A Keras model from uint8 face images of `model`'s size (n, size, size, 3) to their
-    ages (n,): scaled as in training, gender and race "unknown" for a model that takes
+def area_matrix(size, side):
+    """(size, side) float32 weights that resize one axis of `side` pixels to `size` as
+    tf.image.resize(method="area") does: each output pixel the mean of the input pixels
+    under it, a pixel partly under it counting by the part."""
+    weights = np.zeros((size, side), np.float64)
+    scale = side / size
+    for row in range(size):
+        low, high = row * scale, (row + 1) * scale
+        for column in range(int(np.floor(low)), min(side, int(np.ceil(high)))):
+            weights[row, column] = min(high, column + 1) - max(low, column)
+    return (weights / scale).astype(np.float32)
+
+
+def resized_as_predict(images, size):
+    """uint8 face crops (n, side, side, 3) of a known side, as floats (n, size, size, 3)
+    resized as utk_data.resize_square resizes them (by area, rounded to whole levels),
+    written as two matrix products, which every converter supports."""
+    side = images.shape[1]
+    if side == size:
+        return keras.ops.cast(images, "float32")
+    weights = keras.ops.convert_to_tensor(area_matrix(size, side))
+    planes = keras.ops.transpose(keras.ops.cast(images, "float32"), (0, 3, 1, 2))
+    planes = keras.ops.matmul(weights, planes)  # (n, 3, size, side): the rows
+    planes = keras.ops.matmul(planes, keras.ops.transpose(weights))  # and the columns
+    return keras.ops.round(keras.ops.transpose(planes, (0, 2, 3, 1)))
+
+
+class _Readout(keras.layers.Layer):
+    """read_ages of uint8 face crops, as one layer: its constants (the zooms' and the
+    resize's weights) are made inside its call, so an exported graph holds them."""
+
+    def __init__(self, model, tta, widening, **kwargs):
+        super().__init__(**kwargs)
+        self.model, self.tta, self.widening = model, tta, widening
+
+    def call(self, images):
+        scaled = resized_as_predict(images, self.model.image_size) / 255.0
+        inputs = model_inputs(self.model, scaled)
+        ages = read_ages(self.model, inputs, self.tta, self.widening)  # (n, 1)
+        return keras.ops.reshape(ages, (-1,))
+
+
+def serving_model(model, tta=True, widening=None, crop_size=None):
+    """A Keras model from uint8 RGB face crops (n, side, side, 3) to their ages (n,):
+    resized as `predict` resizes them (side: crop_size, or the model's own size by
+    default), scaled as in training, gender and race "unknown" for a model that takes
     them, then read_ages."""
-    size = model.image_size
-    images = keras.Input((size, size, 3), dtype="uint8", name="images")
-    scaled = keras.ops.cast(images, "float32") / 255.0
-    ages = read_ages(model, model_inputs(model, scaled), tta, widening)  # (n, 1)
-    return keras.Model(images, keras.ops.reshape(ages, (-1,)), name="age_server")
+    side = crop_size or model.image_size
+    images = keras.Input((side, side, 3), dtype="uint8", name="images")
+    ages = _Readout(model, tta, widening, name="readout")(images)
+    return keras.Model(images, ages, name="age_server")
 
 
 # ---------------------------------------------------------------------------------------

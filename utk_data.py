@@ -424,9 +424,11 @@ def _header_pixels(contents):
     return tf.reduce_prod(tf.case(branches, default=lambda: tf.zeros([2], tf.int64)))
 
 
-def decode_and_resize(contents, image_size):
+def decode_and_resize(contents, image_size, scaled=True):
     """Decode JPEG/PNG bytes to an RGB uint8 (image_size, image_size, 3) tensor; an image
-    over MAX_PIXELS is an error before it is decoded."""
+    over MAX_PIXELS is an error before it is decoded. `scaled`: a large JPEG is decoded at
+    a fraction of its size in the DCT, as training does for speed; False: in full, as any
+    other program decodes it (what `predict` and the exported models see)."""
     tf = _tf()
 
     def decode_jpeg(ratio):
@@ -450,7 +452,8 @@ def decode_and_resize(contents, image_size):
     too_many = f"image over {MAX_PIXELS:,} pixels (utk_data.MAX_PIXELS)"
     check = tf.debugging.assert_less_equal(_header_pixels(contents), limit, too_many)
     with tf.control_dependencies([check]):
-        image = tf.cond(tf.io.is_jpeg(contents), decode_jpeg_scaled, decode_other)
+        decode_jpeg_as_asked = decode_jpeg_scaled if scaled else decode_other
+        image = tf.cond(tf.io.is_jpeg(contents), decode_jpeg_as_asked, decode_other)
     image.set_shape([None, None, 3])
     return resize_square(image, image_size)
 
@@ -500,8 +503,8 @@ class DecodedImages(NamedTuple):
     image_size: int
 
 
-def _decode_file(path, image_size):
-    return decode_and_resize(_tf().io.read_file(path), image_size)
+def _decode_file(path, image_size, scaled=True):
+    return decode_and_resize(_tf().io.read_file(path), image_size, scaled)
 
 
 def _not_decoded(path):
@@ -509,14 +512,14 @@ def _not_decoded(path):
     return _file_problem(Path(path)) or "corrupt image data"
 
 
-def decode_files(paths, image_size):
-    """Decode and resize image files in parallel: (indices of those that decoded, their
-    uint8 images (n, size, size, 3), indices of those that failed); a file that fails is
-    left out, not fatal."""
+def decode_files(paths, image_size, scaled=True):
+    """Decode and resize image files in parallel (decode_and_resize): (indices of those
+    that decoded, their uint8 images (n, size, size, 3), indices of those that failed); a
+    file that fails is left out, not fatal."""
     tf = _tf()
     dataset = tf.data.Dataset.from_tensor_slices((tf.range(len(paths)), list(paths)))
     dataset = dataset.map(
-        lambda index, path: (index, _decode_file(path, image_size)),
+        lambda index, path: (index, _decode_file(path, image_size, scaled)),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
     dataset = dataset.ignore_errors().batch(256).prefetch(tf.data.AUTOTUNE)

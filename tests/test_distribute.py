@@ -8,7 +8,6 @@ of their own (tests/on_cpus.py); MultiWorkerMirroredStrategy over two worker pro
 import json
 import os
 import socket
-import zipfile
 import subprocess
 import sys
 from pathlib import Path
@@ -20,9 +19,7 @@ import tensorflow as tf
 
 import devices
 import evaluation
-import export
 import train_loop
-import utk_data
 import readout
 import runs
 from processes import kill_at_first_checkpoint
@@ -221,21 +218,6 @@ def test_the_curves_are_the_history_and_a_resume_repeats_no_step(tiny_data, tmp_
 # --- export -------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def trained(real_folder, tmp_path_factory):
-    """A small model trained for a few seconds on real faces, and 64 test faces (uint8
-    images of its size, true ages)."""
-    out = tmp_path_factory.mktemp("export") / "run"
-    config = train_loop.TrainConfig(
-        data=str(real_folder), out=str(out), limit=800, image_size=48, epochs=2,
-        precision="float32",
-    )  # fmt: skip
-    run = train_loop.train(config, verbose=0)
-    decoded = utk_data.decode_records(run.test.records[:64], 48)
-    ages = np.array([record.age for record in decoded.records])
-    return out / "model.keras", run.model, decoded.images.numpy(), ages
-
-
 def test_the_serving_model_averages_the_views_predict_averages():
     keras.utils.set_random_seed(1)
     config = train_loop.TrainConfig(preset="cpu", image_size=32)
@@ -255,73 +237,6 @@ def test_the_serving_model_averages_the_views_predict_averages():
         model, images / 255.0, tta=True, widening=(25.0, 1.2)
     )
     np.testing.assert_allclose(widened, predicted, rtol=1e-4, atol=1e-4)
-
-
-@pytest.mark.slow
-def test_the_exported_models_give_the_keras_models_ages(trained, tmp_path):
-    model_file, model, images, _ = trained
-    widening = model.age_widening
-    keras_ages = readout.serving_model(model, True, widening)(images).numpy()
-    predicted = evaluation.predict_ages(
-        model, images / 255.0, tta=True, widening=widening
-    )
-    np.testing.assert_allclose(keras_ages, predicted, atol=1e-4)
-    _, folder = export.export_model(model_file, "saved_model", tmp_path / "saved")
-    np.testing.assert_allclose(
-        export.saved_model_ages(folder, images), keras_ages, atol=0.05
-    )
-    # Any size: the same faces at 60 px are resized inside, as in training.
-    larger = tf.image.resize(images, (60, 60), method="nearest").numpy()
-    assert export.saved_model_ages(folder, larger).shape == (64,)
-    _, path = export.export_model(model_file, "tflite", tmp_path / "m.tflite")
-    np.testing.assert_allclose(export.tflite_ages(path, images), keras_ages, atol=0.05)
-
-
-@pytest.mark.slow
-def test_quantized_models_lose_little_on_the_test_split(trained, tmp_path, capsys):
-    model_file = trained[0]
-    train_loop.main([
-        "export", "--model", model_file, "--format", "tflite", "--limit", "800",
-        "--out", tmp_path / "float.tflite",
-    ])  # fmt: skip
-    maes = {}
-    for quantize in export.QUANTIZATIONS:
-        _, path = export.export_model(
-            model_file, "tflite", tmp_path / f"{quantize}.tflite", quantize
-        )
-        found = export.compare_on_test_faces(trained[1], path, "tflite", limit=800)
-        maes[quantize] = found["exported_mae"]
-    assert abs(maes["float16"] - maes["none"]) < 0.1
-    assert abs(maes["dynamic"] - maes["none"]) < 0.1
-    sizes = {q: (tmp_path / f"{q}.tflite").stat().st_size for q in export.QUANTIZATIONS}
-    assert sizes["dynamic"] < sizes["float16"] < sizes["none"]
-    assert "test MAE on 100 faces: Keras model" in capsys.readouterr().out
-
-
-def test_export_names_what_is_wrong(tmp_path, capsys):
-    missing = tmp_path / "missing.keras"
-    assert train_loop.main(["export", "--model", missing, "--format", "tflite"]) == 1
-    assert f"{missing}: no such file" in capsys.readouterr().err
-    folder = tmp_path / "folder"
-    folder.mkdir()
-    assert (
-        train_loop.main(["export", "--model", folder, "--format", "saved_model"]) == 1
-    )
-    assert "not a Keras model file" in capsys.readouterr().err
-    text = tmp_path / "text.keras"
-    text.write_text("not a model")
-    assert train_loop.main(["export", "--model", text, "--format", "tflite"]) == 1
-    assert f"{text}: not a Keras model file" in capsys.readouterr().err
-    damaged = tmp_path / "damaged.keras"
-    with zipfile.ZipFile(damaged, "w") as archive:
-        archive.writestr("config.json", "{not json")
-    assert train_loop.main(["export", "--model", damaged, "--format", "tflite"]) == 1
-    assert f"{damaged}: not a readable Keras model" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        train_loop.main(["export", "--model", damaged, "--format", "onnx"])
-    assert "invalid choice: 'onnx'" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="format must be one of"):
-        export.export_model(damaged, "onnx")
 
 
 def test_auto_picks_the_strategy_of_the_machine(monkeypatch):
