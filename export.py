@@ -140,7 +140,7 @@ def export_tflite(model, path, quantize="none", tta=True, crop_size=CROP_SIZE):
 
     def write(temporary):
         served.export(
-            temporary,
+            str(temporary),
             format="litert",
             verbose=False,
             input_signature=_crop_signature(crop_size),
@@ -164,7 +164,7 @@ def export_onnx(model, path, tta=True, crop_size=CROP_SIZE):
 
     def write(temporary):
         served.export(
-            temporary,
+            str(temporary),
             format="onnx",
             verbose=False,
             input_signature=_crop_signature(crop_size),

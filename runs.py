@@ -18,7 +18,7 @@ import os
 import re
 from contextlib import contextmanager
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import numpy as np
 
@@ -156,6 +156,34 @@ def read_history(folder):
 # ---------------------------------------------------------------------------------------
 # Predictions
 # ---------------------------------------------------------------------------------------
+
+
+class Progress(NamedTuple):
+    """Where a run stands, derived from its history."""
+
+    epochs_run: int
+    best_epoch: Optional[int]
+    best_val_mae: Optional[float]
+    bad_epochs: int  # epochs since the best one
+    train_seconds: float
+    finished: bool
+
+
+def progress(history, config):
+    """The run's progress from its history: best epoch, patience used, finished or not."""
+    if not history:
+        return Progress(0, None, None, 0, 0.0, False)
+    best = min(history, key=lambda row: row["val_mae"])  # The first of equal ones.
+    bad_epochs = len(history) - best["epoch"]
+    return Progress(
+        epochs_run=len(history),
+        best_epoch=best["epoch"],
+        best_val_mae=best["val_mae"],
+        bad_epochs=bad_epochs,
+        train_seconds=sum(row["seconds"] for row in history),
+        finished=len(history) >= config.epochs or bad_epochs >= config.patience,
+    )
+
 
 # ---------------------------------------------------------------------------------------
 # Checkpoints: one .npz file written atomically, holding every model and optimizer variable
