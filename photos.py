@@ -4,15 +4,19 @@ crops, and predict.
     python train_loop.py predict --model runs/default/model.keras photo.jpg my_faces/
 
     rows, skipped = photos.predict_paths(model, ["photo.jpg"], tta=True, crop="auto")
+    picture = photos.predict_picture(model, open("photo.jpg", "rb").read(), tta=True)
 
 OpenCV's Haar frontal-face detector (inside the opencv-python-headless wheel) finds the
 faces and their eyes; a square placed from the box and the eyes, as measured on UTKFace's
 own frames (`python bench/bench_framing.py`), is what the model sees. A picture that already
-is a tight face crop, like UTKFace's, is taken as it is (`crop="auto"`).
+is a tight face crop, like UTKFace's, is taken as it is (`crop="auto"`). `predict_picture`
+does the same in memory for the bytes of one picture (the page of serve.py). Each age comes
+with what the model's own test run measured at that age (`error_table`, `age_notes`).
 """
 
 import csv
 import functools
+import io
 import math
 import os
 import sys
@@ -25,6 +29,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 import tensorflow as tf
 
+import runs
 import utk_data
 from evaluation import predict_ages
 from readout import add_tta_argument, load_model, tta_from_arguments
@@ -92,7 +97,11 @@ def read_images(paths, image_size):
     plain = [path for path in readable if path not in turned]
     images = {}
     if plain:
-        indices, decoded, missing = utk_data.decode_files(plain, image_size)
+        # Decoded in full, as any other program decodes them: the exported models, fed
+        # the same pixels, give the same ages.
+        indices, decoded, missing = utk_data.decode_files(
+            plain, image_size, scaled=False
+        )
         images.update(zip((plain[index] for index in indices), decoded))
         failed += [
             (plain[index], "could not decode the image (corrupt data)")
@@ -133,7 +142,7 @@ EYE_CASCADE = "haarcascade_eye_tree_eyeglasses.xml"
 
 
 # The frame used is this much tighter than the measured one: of the zooms tried, it
-# predicted the validation faces of the pictures test best (bench/bench_pictures.py
+# predicted the validation faces of the pictures test best (bench/bench_predict.py pictures
 # --split val, EXPERIMENTS.md).
 FRAME_ZOOM = 0.945
 
@@ -362,6 +371,7 @@ class PhotoAge(NamedTuple):
     box: Optional[tuple] = None  # (x, y, width, height) of the face found
     frame: Optional[tuple] = None  # (x, y, side): the square the model saw (the middle
     # one of the frames whose predictions are averaged)
+    eyes: Optional[tuple] = None  # the eyes found in the face's box (None: not found)
 
 
 def _predict_as_is(model, paths, batch_size, tta):
@@ -479,7 +489,7 @@ def _predict_faces(model, faces, batch_size, tta):
     ages = predict_ages(model, images / 255.0, batch_size, tta, model.age_widening)
     ages = ages.reshape(len(faces), -1).mean(axis=1)
     return [
-        PhotoAge(path, float(age), "face", face.box, face.frame)
+        PhotoAge(path, float(age), "face", face.box, face.frame, face.eyes)
         for (path, face, _), age in zip(faces, ages)
     ]
 
@@ -519,25 +529,285 @@ def predict_paths(model, paths, batch_size=64, tta=False, crop="none"):
     return sorted(rows + found, key=lambda row: order[row.path]), skipped + failed
 
 
+# ---------------------------------------------------------------------------------------
+# Predicting the ages in one picture held in memory (the page of serve.py)
+# ---------------------------------------------------------------------------------------
+
+# A picture sent as bytes is refused above this many pixels, read from its header before
+# any pixel is decoded (a decompression bomb), as utk_data refuses a training image.
+MAX_PIXELS = utk_data.MAX_PIXELS
+# The kinds of picture read from bytes: those `predict` reads from files.
+PICTURE_FORMATS = ("JPEG", "PNG")
+# EXIF orientations that turn a picture by a quarter: its upright width is its height.
+QUARTER_TURNS = (5, 6, 7, 8)
+
+
+class PictureTooLarge(ValueError):
+    """A picture whose header declares more than MAX_PIXELS pixels."""
+
+
+class PictureAges(NamedTuple):
+    """The ages of one picture held in memory, and its upright size in pixels."""
+
+    rows: list  # [PhotoAge], as predict_paths gives them for a file of the same bytes
+    height: int
+    width: int
+
+
+def _picture_header(contents):
+    """The (height, width) of a JPEG or PNG picture's bytes, upright (after its EXIF
+    turn), and its EXIF orientation, from the header alone: no pixel is decoded."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(contents)) as image:
+            kind, (width, height) = image.format, image.size
+            orientation = int(image.getexif().get(0x0112, 1))
+    except Image.DecompressionBombError as error:
+        raise PictureTooLarge(f"far too many pixels ({error})") from None
+    except Image.UnidentifiedImageError:
+        raise ValueError("not a JPEG or PNG image (no known kind of image)") from None
+    except Exception as error:  # PIL raises many kinds for bytes that are no picture.
+        raise ValueError(f"not a readable JPEG or PNG image ({error})") from None
+    if kind not in PICTURE_FORMATS:
+        raise ValueError(f"a {kind} image: only JPEG and PNG pictures are read")
+    if height * width > MAX_PIXELS:
+        raise PictureTooLarge(
+            f"{width}x{height} pixels, over the limit of {MAX_PIXELS:,} (photos.MAX_PIXELS)"
+        )
+    if orientation in QUARTER_TURNS:
+        height, width = width, height
+    return height, width, orientation
+
+
+def _read_as_is(contents, orientation, image_size):
+    """A picture's bytes as `read_images` reads its file to take it as it is: a float32
+    batch (1, size, size, 3) in [0, 1]."""
+    if orientation != 1:
+        image = utk_data.resize_square(read_photo(io.BytesIO(contents)), image_size)
+    else:
+        try:  # Decoded in full, as read_images decodes a file.
+            contents = tf.constant(contents)
+            image = utk_data.decode_and_resize(contents, image_size, scaled=False)
+        except tf.errors.OpError:
+            raise ValueError("could not decode the image (corrupt data)") from None
+    return tf.cast(image[tf.newaxis], tf.float32) / 255.0
+
+
+def predict_picture(model, contents, tta=False, crop="auto", batch_size=64, name=""):
+    """The PictureAges of one JPEG or PNG picture given as its file's bytes, in memory:
+    the rows that predict_paths gives for a file of them (the same sorting, framing and
+    readout), each with the path `name`. A ValueError says why the picture cannot be read;
+    a PictureTooLarge is one over MAX_PIXELS, refused from its header before decoding.
+    """
+    if crop not in CROPS:
+        raise ValueError(f"crop must be one of {CROPS}, got {crop!r}")
+    height, width, orientation = _picture_header(contents)
+    if crop == "none" or (crop == "auto" and is_small_square(height, width)):
+        how = Sorting(as_is=True)
+    else:
+        how = _search_picture(io.BytesIO(contents), crop, model.image_size)
+    if how.skipped:
+        raise ValueError(how.skipped)
+    if how.as_is:
+        images = _read_as_is(contents, orientation, model.image_size)
+        age = predict_ages(model, images, batch_size, tta, model.age_widening)[0]
+        rows = [PhotoAge(name, float(age), "as is")]
+    elif how.faces:
+        found = [(name, face, crops) for face, crops in how.faces]
+        rows = _predict_faces(model, found, batch_size, tta)
+    else:
+        rows = [PhotoAge(name, None, "no face found")]
+    return PictureAges(rows, height, width)
+
+
+# ---------------------------------------------------------------------------------------
+# What the model's own test run measured at each age, and where it is known to be weak
+# ---------------------------------------------------------------------------------------
+
+
+class AgeError(NamedTuple):
+    """How far off a model was on the test faces it put in one range of ages: what to
+    expect of a new face it puts there."""
+
+    ages: str  # the range of predicted ages, "30-39" (utk_data.AGE_BINS)
+    faces: int  # the test faces predicted in that range
+    mae: float  # their mean absolute error, in years
+    within: float  # 3 in 4 of them were off by at most this many years
+    low: float  # the true age minus the predicted one: 1 in 8 of them below this,
+    high: float  # 1 in 8 above this, so 3 in 4 in between
+
+
+class ErrorTable(NamedTuple):
+    """A model's AgeErrors by range of predicted ages, and where they come from (or why
+    there are none)."""
+
+    rows: dict  # {range name: AgeError}; empty when the test run is not known
+    source: str
+
+
+def age_range(age):
+    """The name of the range of utk_data.AGE_BINS that an age falls in: "30-39", "80+"."""
+    low, high = [bin for bin in utk_data.AGE_BINS if bin[0] <= max(age, 0.0)][-1]
+    return utk_data.age_bin_name(low, high)
+
+
+def errors_by_age(true, predicted):
+    """{range name: AgeError} of test faces' true and predicted ages, by predicted age."""
+    true, predicted = np.asarray(true, float), np.asarray(predicted, float)
+    known = np.isfinite(true) & np.isfinite(predicted)
+    true, predicted = true[known], predicted[known]
+    names = np.array([age_range(age) for age in predicted])
+    rows = {}
+    for low, high in utk_data.AGE_BINS:
+        name = utk_data.age_bin_name(low, high)
+        errors = (true - predicted)[names == name]
+        if len(errors):
+            low_error, high_error = np.quantile(errors, [0.125, 0.875])
+            within = np.quantile(np.abs(errors), 0.75)
+            mae = np.abs(errors).mean()
+            measured = (mae, within, low_error, high_error)
+            rows[name] = AgeError(
+                name, len(errors), *(round(float(v), 2) for v in measured)
+            )
+    return rows
+
+
+def error_table(model_path, tta=False):
+    """The ErrorTable of the test run beside a model (the test_predictions.csv that train
+    wrote into its folder), for the readout of `tta`; empty, saying why, when the file is
+    missing or cannot be read."""
+    folder = Path(model_path).parent
+    column = runs.PREDICTION_COLUMNS[bool(tta)]
+    try:
+        found = runs.run_predictions(folder, column)
+    except FileNotFoundError:
+        return ErrorTable(
+            {},
+            f"no {runs.PREDICTIONS} beside the model, so its errors at each age are "
+            f"unknown (`python train_loop.py evaluate --model {model_path} --predictions "
+            f"{folder / runs.PREDICTIONS}` writes it)",
+        )
+    except (ValueError, OSError, KeyError, csv.Error) as error:
+        reason = " ".join(str(error).split())[:200]
+        return ErrorTable({}, f"the errors at each age are unknown ({reason})")
+    rows = errors_by_age(found.true, found.predicted)
+    faces = sum(row.faces for row in rows.values())
+    return ErrorTable(
+        rows, f"the {faces:,} test faces of {runs.PREDICTIONS} beside the model"
+    )
+
+
+# Where the model is known to be weak, a warning beside the age (results/default's test
+# faces). Predicted ages below CHILD: a few years off is a large error for a child (the
+# test faces of 5 to 12 years were 3.3 years off on average). From OLD: UTKFace has few
+# such faces (123 of 2,136 test faces are 70 or over); they were 6.8 years off on average,
+# against 5.2 from 13 to 69, and predicted 4.4 years too young. A face narrower than
+# SMALL_FACE pixels: 400 test faces shrunk to 32 pixels were predicted as well as at 200
+# by an 8-epoch model of 64-pixel images (MAE 6.80 and 6.90 years), shrunk to 24 worse
+# (7.18). No eyes found: the face may be turned, tilted or covered, and was framed from
+# its box alone.
+CHILD = 13
+OLD = 70
+SMALL_FACE = 32
+
+
+class AgeNotes(NamedTuple):
+    """What goes with an age: the error measured at that age, the warnings, and both in a
+    sentence ("about 34, usually within ±5 years at this age")."""
+
+    error: Optional[AgeError]
+    warnings: tuple
+    text: str
+
+
+def age_notes(age, table, side=None, eyes_found=None):
+    """The AgeNotes of a face predicted `age` by a model with this ErrorTable; `side` is
+    the face's width in pixels, `eyes_found` whether its eyes were found (None: the picture
+    was not searched, as a face crop already)."""
+    error = table.rows.get(age_range(age))
+    warnings = []
+    if age < CHILD:
+        warnings.append("a child: a few years off is a large error at this age")
+    if age >= OLD:
+        warnings.append(
+            "over 70: few faces this old to learn from; often guessed too young"
+        )
+    if side is not None and side < SMALL_FACE:
+        warnings.append(f"a small face ({side} pixels wide): less sure")
+    if eyes_found is False:
+        warnings.append("eyes not found: the face may be turned or covered")
+    text = f"about {age:.0f}"
+    if error is not None:
+        text += f", usually within ±{max(1, round(error.within))} years at this age"
+    elif table.rows:
+        text += " (no test face was put at this age: its error is unknown)"
+    else:
+        text += " (its error at this age is unknown)"
+    return AgeNotes(error, tuple(warnings), text)
+
+
+def row_notes(row, table, picture_side=None):
+    """The AgeNotes of a PhotoAge with an age: a face found (its box's width, its eyes),
+    or a face crop `picture_side` pixels wide (the shorter side), taken as it is."""
+    if row.box is not None:
+        return age_notes(row.age, table, row.box[2], row.eyes is not None)
+    return age_notes(row.age, table, picture_side, None)
+
+
+# The columns of `predict`'s CSV: the face, then what the test run measured at its age
+# (AgeError's fields) and the warnings, "; " between them.
+PREDICT_COLUMNS = ("path", "predicted_age", "crop", "x", "y", "width", "height")
+NOTES_COLUMNS = (
+    "test_ages",
+    "test_faces",
+    "test_mae",
+    "test_within_3_in_4",
+    "test_error_low",
+    "test_error_high",
+    "warnings",
+)
+
+
+def _notes_cells(row, table):
+    """The NOTES_COLUMNS cells of a row of `predict` (empty for a row without an age)."""
+    if row.age is None:
+        return [""] * len(NOTES_COLUMNS)
+    try:
+        side = None if row.box else min(picture_size(row.path))
+    except ValueError:  # Gone since it was read: the warning of its size is left out.
+        side = None
+    notes = row_notes(row, table, side)
+    error = notes.error
+    measured = (
+        [error.ages, error.faces, *(f"{value:.1f}" for value in error[2:])]
+        if error
+        else [""] * 6
+    )
+    return measured + ["; ".join(notes.warnings)]
+
+
 def predict_files(model_path, sources, out=None, tta=False, crop="auto"):
     """Predict the age of every face in the JPEG/PNG files of `sources`; write a CSV."""
     model = load_model(model_path)
+    table = error_table(model_path, tta)
     files, skipped = _image_files(sources)
     rows, failed = predict_paths(model, [str(f) for f in files], tta=tta, crop=crop)
     skipped += failed
     stream = open(out, "w", newline="") if out else sys.stdout
     try:
         writer = csv.writer(stream)
-        writer.writerow(["path", "predicted_age", "crop", "x", "y", "width", "height"])
+        writer.writerow([*PREDICT_COLUMNS, *NOTES_COLUMNS])
         for row in rows:
             age = "" if row.age is None else f"{row.age:.1f}"
             cells = [_safe_cell(str(row.path)), age, row.crop, *(row.box or ("",) * 4)]
-            writer.writerow(cells)
+            writer.writerow(cells + _notes_cells(row, table))
     finally:
         if out:
             stream.close()
+    print(f"errors at each age: {table.source}", file=sys.stderr)
     for path, reason in skipped:
-        name = str(path).encode("utf-8", "backslashreplace").decode("utf-8")
+        name = os.fsencode(path).decode("utf-8", "backslashreplace")
         print(f"skipped {name}: {reason}", file=sys.stderr)
     faces = sum(row.age is not None for row in rows)
     print(

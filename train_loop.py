@@ -25,7 +25,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 # devices first: it sets TensorFlow's environment (the Keras backend, oneDNN) before
 # TensorFlow is imported.
@@ -42,6 +42,7 @@ import photos
 import readout
 import report
 import runs
+import serve
 import utk_data
 from config import PRESETS, TrainConfig, add_config_arguments
 from config import check_config, check_loss_weighting_epochs, config_from_arguments
@@ -49,6 +50,7 @@ from config import resolve_config, resumed_config, run_name  # noqa: F401 (the n
 from evaluation import Predictions, evaluate_predictions
 from model import age_labels, ages_from_outputs, build_model, loss_terms
 from model import lds_age_weights, model_head, model_inputs
+from runs import progress
 
 
 def prepare_data(config):
@@ -309,37 +311,16 @@ class Trainer:
         return float(self.val_mae.result()), float(self.val_rmse.result())
 
 
-# ---------------------------------------------------------------------------------------
-# Checkpoints: one .npz file written atomically, holding every model and optimizer variable
-# (the dropout seed-generator states among them) by name, and the config and history.
-# ---------------------------------------------------------------------------------------
-
-
-class Progress(NamedTuple):
-    """Where a run stands, derived from its history."""
-
-    epochs_run: int
-    best_epoch: Optional[int]
-    best_val_mae: Optional[float]
-    bad_epochs: int  # epochs since the best one
-    train_seconds: float
-    finished: bool
-
-
-def progress(history, config):
-    """The run's progress from its history: best epoch, patience used, finished or not."""
-    if not history:
-        return Progress(0, None, None, 0, 0.0, False)
-    best = min(history, key=lambda row: row["val_mae"])  # The first of equal ones.
-    bad_epochs = len(history) - best["epoch"]
-    return Progress(
-        epochs_run=len(history),
-        best_epoch=best["epoch"],
-        best_val_mae=best["val_mae"],
-        bad_epochs=bad_epochs,
-        train_seconds=sum(row["seconds"] for row in history),
-        finished=len(history) >= config.epochs or bad_epochs >= config.patience,
-    )
+@tf.function
+def train_step(model, optimizer, loss_fn, images, ages):
+    """The training step at its core, as the notebook shows and runs it: Trainer.update is
+    this step plus mixed precision, replicas and the weight average."""
+    with tf.GradientTape() as tape:
+        predicted = model(images, training=True)  # (batch, 1)
+        loss = loss_fn(ages, predicted)
+    gradients = tape.gradient(loss, model.trainable_variables)
+    optimizer.apply(gradients, model.trainable_variables)
+    return loss
 
 
 # ---------------------------------------------------------------------------------------
@@ -861,6 +842,7 @@ COMMANDS = {
         export.add_export_arguments,
         export.export_command,
     ),
+    "serve": (serve.HELP, serve.add_serve_arguments, serve.serve_command),
 }
 
 

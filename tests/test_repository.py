@@ -15,7 +15,7 @@ def _readme_commands():
 def test_readme_starts_with_setup_and_test_commands():
     setup, tests = _readme_commands()[:2]
     assert "pip install -r requirements.txt" in setup and "train_loop.py train" in setup
-    assert tests == "python -m pytest"
+    assert tests == "pip install -r requirements-dev.txt && python -m pytest"
 
 
 def test_ci_runs_the_readme_test_command():
