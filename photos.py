@@ -698,15 +698,12 @@ def error_table(model_path, tta=False):
     )
 
 
-# Where the model is known to be weak, a warning beside the age (results/default's test
-# faces). Predicted ages below CHILD: a few years off is a large error for a child (the
-# test faces of 5 to 12 years were 3.3 years off on average). From OLD: UTKFace has few
-# such faces (123 of 2,136 test faces are 70 or over); they were 6.8 years off on average,
-# against 5.2 from 13 to 69, and predicted 4.4 years too young. A face narrower than
-# SMALL_FACE pixels: 400 test faces shrunk to 32 pixels were predicted as well as at 200
-# by an 8-epoch model of 64-pixel images (MAE 6.80 and 6.90 years), shrunk to 24 worse
-# (7.18). No eyes found: the face may be turned, tilted or covered, and was framed from
-# its box alone.
+# Where the model is known to be weak, a warning beside the age (the measurements behind
+# each threshold: EXPERIMENTS.md, "Honest ages on the page"). Predicted ages below CHILD:
+# a few years off is a large error for a child. From OLD: UTKFace has few such faces, and
+# they are predicted too young. A face narrower than SMALL_FACE pixels holds less than the
+# model's smallest tested input. No eyes found: the face may be turned, tilted or covered,
+# and was framed from its box alone.
 CHILD = 13
 OLD = 70
 SMALL_FACE = 32
