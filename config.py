@@ -383,7 +383,7 @@ def _flag(name):
     return "--" + name.replace("_", "-")
 
 
-def _checked(kind, bounds):
+def checked_number(kind, bounds):
     """A flag's argparse type: the value parsed as `kind`, refused out of `bounds`."""
 
     def parse(text):
@@ -434,7 +434,7 @@ def add_config_arguments(parser):
         bounds = config_field.metadata["bounds"]
         parser.add_argument(
             _flag(config_field.name),
-            type=_checked(kind, bounds) if kind is not str else str,
+            type=checked_number(kind, bounds) if kind is not str else str,
             choices=config_field.metadata["choices"],
             default=None,
             help=help_text,

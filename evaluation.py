@@ -7,7 +7,6 @@ commands.
     metrics = evaluation.evaluate_predictions(found.true, found.predicted, found.groups)
 """
 
-import argparse
 import json
 from pathlib import Path
 from typing import NamedTuple
@@ -20,6 +19,7 @@ import readout
 import runs
 import utk_data
 from model import age_labels, age_quantiles, model_head, model_inputs
+from config import AT_LEAST_ONE, checked_number
 from metrics import balanced_mae, evaluate_predictions, median_baseline
 from runs import INTERVALS, PREDICTION_COLUMNS, UNKNOWN_ATTRIBUTES_COLUMNS
 
@@ -243,6 +243,8 @@ def save_figures(model_path, true, predicted, folder):
 # The `evaluate` and `baseline` commands of train_loop.py
 # ---------------------------------------------------------------------------------------
 
+# A --limit: a whole number of 1 or more.
+WHOLE_NUMBER = checked_number(int, AT_LEAST_ONE)
 # The splits `evaluate` reads out, in the order utk_data.load_splits returns them.
 SPLITS = ("train", "val", "test")
 
@@ -257,7 +259,7 @@ def add_evaluate_arguments(parser):
     parser.add_argument("--model", required=True, help="a model.keras file")
     add_data_argument(parser)
     parser.add_argument(
-        "--limit", type=_at_least_one, help="as given to train (quick runs)"
+        "--limit", type=WHOLE_NUMBER, help="as given to train (quick runs)"
     )
     parser.add_argument(
         "--split",
@@ -280,17 +282,6 @@ def add_evaluate_arguments(parser):
         f"(as train writes {runs.PREDICTIONS} for the test faces)",
     )
     readout.add_tta_argument(parser)
-
-
-def _at_least_one(text):
-    """A whole number of 1 or more, for argparse."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
-    return value
 
 
 def evaluate_command(arguments, parser):

@@ -31,7 +31,7 @@ import tensorflow as tf
 import runs
 import runtimes
 import utk_data
-from evaluation import predict_ages
+from evaluation import WHOLE_NUMBER, predict_ages
 from readout import add_tta_argument, load_model, serving_model, tta_from_arguments
 
 FORMATS = ("saved_model", "tflite", "onnx")
@@ -280,7 +280,7 @@ def add_export_arguments(parser):
         "model.onnx beside the model)",
     )
     parser.add_argument("--data", help="folder, archive or URL of UTKFace (the check)")
-    parser.add_argument("--limit", type=int, help="as given to train")
+    parser.add_argument("--limit", type=WHOLE_NUMBER, help="as given to train")
     parser.add_argument(
         "--check",
         action="store_true",

@@ -36,7 +36,8 @@ import numpy as np  # noqa: E402
 
 import train_loop  # noqa: E402
 import utk_data  # noqa: E402
-from config import add_config_arguments, config_from_arguments  # noqa: E402
+from config import AT_LEAST_ONE, add_config_arguments, checked_number  # noqa: E402
+from config import config_from_arguments  # noqa: E402
 from model import forward_flops  # noqa: E402
 
 # The model the examples of the docstrings read: what `python train_loop.py train --out
@@ -52,15 +53,8 @@ PASSES_PER_STEP = 3
 # ---------------------------------------------------------------------------------------
 
 
-def positive(text):
-    """An argparse type: a whole number of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
-    return value
+# An argparse type: a whole number of at least 1.
+positive = checked_number(int, AT_LEAST_ONE)
 
 
 def parser(doc, limit=None, rounds=None):
