@@ -124,18 +124,60 @@ def test_age_cnn_heads(head):
         assert np.isfinite(ops.convert_to_numpy(terms["total"]))
 
 
-@pytest.mark.parametrize("head", HEADS)
-def test_every_head_gets_gradients(head):
-    model = build_model("age_cnn", head=head, gender_head=True, **SMALL)
-    labels = {
-        "age": np.array([[3.0], [70.0]], "float32"),
-        "gender": np.array([1, -1], "int32"),
-    }
+def largest_gradients(model, images, labels):
+    """{weight path: its gradient's largest absolute value} for the Huber loss of a batch."""
     with tf.GradientTape() as tape:
-        outputs = model(random_images(2, 32), training=True)
+        outputs = model(images, training=True)
         total = loss_terms(model, outputs, labels, loss="huber")["total"]
     gradients = tape.gradient(total, model.trainable_weights)
     assert all(gradient is not None for gradient in gradients)
+    return {
+        weight.path: float(ops.max(ops.abs(gradient)))
+        for weight, gradient in zip(model.trainable_weights, gradients)
+    }
+
+
+def starved_weights(model, largest):
+    """The weights that every step's gradient must reach but did not: those of the first
+    convolution, the hidden layer and every output layer. (A residual block's convolutions
+    may get none at first by design: its last batch norm starts with gamma 0.)"""
+    layers = [model.body[0], model.hidden, *model.head_layers]
+    layers += [model.gender_layer] if model.gender_head else []
+    paths = [weight.path for layer in layers for weight in layer.trainable_weights]
+    return [path for path in paths if largest[path] == 0.0]
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_every_head_gets_gradients(head):
+    model = build_model(
+        "age_cnn", head=head, gender_head=True, initial_age=30.0, **SMALL
+    )
+    images = random_images(2, 32)
+    assert np.all(ops.convert_to_numpy(ages_from_outputs(model, model(images))) > 0)
+    # Both ages above the outputs: the errors, of one sign, cannot cancel in the bias.
+    labels = {
+        "age": np.array([[40.0], [70.0]], "float32"),
+        "gender": np.array([1, -1], "int32"),
+    }
+    largest = largest_gradients(model, images, labels)
+    assert starved_weights(model, largest) == [], largest
+
+
+def test_the_gradient_check_fails_on_a_dead_output():
+    # An output bias far below 0: every face is predicted 0. Through the plain ReLU no
+    # gradient reaches any weight; through the straight-through one, the check passes.
+    images, ages = random_images(2, 32), np.array([[40.0], [70.0]], "float32")
+    for gradient in ("zero", "straight_through"):
+        model = build_model(
+            "age_cnn", initial_age=-1e3, relu_gradient=gradient, **SMALL
+        )
+        np.testing.assert_array_equal(model(images, training=True).numpy(), 0.0)
+        largest = largest_gradients(model, images, ages)
+        if gradient == "zero":
+            assert set(largest.values()) == {0.0}
+            assert len(starved_weights(model, largest)) == 5  # conv, hidden ×2, age ×2
+        else:
+            assert starved_weights(model, largest) == [], largest
 
 
 def test_gender_loss_ignores_missing_labels():

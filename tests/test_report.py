@@ -174,62 +174,72 @@ def test_a_missing_predictions_file_names_the_command_that_writes_it(run_folders
     assert table.splitlines()[3].startswith("| b | 1 | 5.50 | +0.50 | 3.00 | — |")
 
 
-def test_report_redraws_tables_and_figures(run_folders, tmp_path, capsys):
-    entries = [
-        {
-            "name": "readouts",
-            "reference": "previous",
-            "figure": "curves.png",
-            "x": "minutes",
-            "rows": [
-                {"label": "one image", "runs": ["a", "a_seed1"], "test": "predicted_no_tta"},
-                {"label": "with its mirror image", "runs": ["a", "a_seed1"], "val": "val_mae_tta"},
-            ],
-        },
-        {"name": "by age", "kind": "errors_by_age", "figure": "scatter.png", "rows": [{"label": "a", "runs": ["a"]}]},
-        {"name": "by gender", "kind": "gender_by_age", "rows": [{"label": "a", "runs": ["a"]}]},
-        {"name": "curve", "kind": "learning_curve", "figure": "curve.png", "rows": [{"label": "a", "runs": ["a"]}]},
-        {"name": "no val", "rows": [{"label": "a", "runs": ["a"]}, {"label": "b, other readout", "runs": ["b"], "val": None}]},
-    ]  # fmt: skip
-    (run_folders / report.REPORT).write_text(json.dumps(entries))
+# A report.json as results/ holds one: a comparison of two readouts with its figure, the
+# tables by age and by gender, a learning curve (a figure only), a row without validation.
+ENTRIES = [
+    {
+        "name": "readouts",
+        "reference": "previous",
+        "figure": "curves.png",
+        "x": "minutes",
+        "rows": [
+            {"label": "one image", "runs": ["a", "a_seed1"], "test": "predicted_no_tta"},
+            {"label": "with its mirror image", "runs": ["a", "a_seed1"], "val": "val_mae_tta"},
+        ],
+    },
+    {"name": "by age", "kind": "errors_by_age", "figure": "scatter.png", "rows": [{"label": "a", "runs": ["a"]}]},
+    {"name": "by gender", "kind": "gender_by_age", "rows": [{"label": "a", "runs": ["a"]}]},
+    {"name": "curve", "kind": "learning_curve", "figure": "curve.png", "rows": [{"label": "a", "runs": ["a"]}]},
+    {"name": "no val", "rows": [{"label": "a", "runs": ["a"]}, {"label": "b, other readout", "runs": ["b"], "val": None}]},
+]  # fmt: skip
+
+
+@pytest.fixture
+def reported(run_folders):
+    """The run folders with a report.json that lists ENTRIES."""
+    (run_folders / report.REPORT).write_text(json.dumps(ENTRIES))
+    return run_folders
+
+
+def test_the_report_command_prints_the_tables_and_draws_the_figures(
+    reported, tmp_path, capsys
+):
     figures = tmp_path / "figures"
     figures.mkdir()
-    assert (
-        train_loop.main(
-            ["report", "--results", str(run_folders), "--figures", str(figures)]
-        )
-        == 0
-    )
-    printed = capsys.readouterr().out
+    arguments = ["report", "--results", str(reported), "--figures", str(figures)]
+    assert train_loop.main(arguments) == 0
     for figure in ("curves.png", "scatter.png", "curve.png"):
         assert (figures / figure).stat().st_size > 10_000
-    assert "curve" not in report.report(run_folders)  # a figure, no table
-    # A row without a validation MAE: no validation difference either, and no curve.
-    legend = (
-        report.plot_variants(
-            [
-                report.Variant("a", [run_folders / "a"]),
-                report.Variant("b", [run_folders / "b"], None),
-            ]
-        )
-        .axes[0]
-        .get_legend()
-    )
-    assert [text.get_text() for text in legend.get_texts()] == ["a"]
-    assert "| b, other readout | 1 | — | — | 3.00 | +1.00 [+1.00, +1.00] |" in printed
+    printed = capsys.readouterr().out
     # The mirror readout is 1 year better on every face than the single image.
     assert (
         "| with its mirror image | 2 | 5.30 ± 0.71 | -0.20 ± 0.00 | 3.00 ± 1.41 | -1.00 [-1.00, -1.00] |"
         in printed
     )
-    by_age = report.report(run_folders)["by age"].splitlines()
+    # A row without a validation MAE: no validation difference either.
+    assert "| b, other readout | 1 | — | — | 3.00 | +1.00 [+1.00, +1.00] |" in printed
+
+
+def test_the_tables_by_age_and_by_gender(reported):
+    tables = report.report(reported)
+    assert "curve" not in tables  # a figure, no table
+    by_age = tables["by age"].splitlines()
     # Errors of +-2 years: a mean absolute error of exactly 2 in every bin.
     assert len(by_age) > 6 and all(" | 2.00 | " in line for line in by_age[2:])
     # The same error for everyone: no difference, and an interval without width.
     assert (
         "| at equal ages (bins weighted by their faces) [95 % interval] | | | | | "
-        "+0.00 [+0.00, +0.00] |" in report.report(run_folders)["by gender"]
+        "+0.00 [+0.00, +0.00] |" in tables["by gender"]
     )
+
+
+def test_a_row_without_a_validation_mae_draws_no_curve(run_folders):
+    variants = [
+        report.Variant("a", [run_folders / "a"]),
+        report.Variant("b", [run_folders / "b"], None),
+    ]
+    legend = report.plot_variants(variants).axes[0].get_legend()
+    assert [text.get_text() for text in legend.get_texts()] == ["a"]
 
 
 def test_report_updates_the_tables_of_a_page_and_nothing_else(
@@ -310,6 +320,14 @@ def test_calibration_counts_the_true_ages_inside_the_intervals(tmp_path):
     (folder / runs.PREDICTIONS).write_text("face,age,predicted_no_tta\nab,3,3\n")
     with pytest.raises(ValueError, match="q25/q75"):
         report.calibration_table(report.Variant("softmax", [folder]))
+
+
+def test_an_age_at_an_end_counts_half_even_in_an_interval_of_that_one_age():
+    age = np.array([30.0, 30.0, 30.0, 30.0, 31.0])
+    low = np.array([29.0, 30.0, 29.0, 30.0, 30.0])
+    high = np.array([31.0, 31.0, 30.0, 30.0, 30.0])
+    # Inside; at the lower end; at the upper end; the interval is 30 alone; outside it.
+    assert report.year_inside(age, low, high).tolist() == [1.0, 0.5, 0.5, 0.5, 0.0]
 
 
 def test_women_one_year_worse_at_every_age_is_one_year_at_equal_ages(tmp_path):

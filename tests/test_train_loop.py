@@ -77,7 +77,7 @@ def _interrupt_after_first_checkpoint(monkeypatch):
         save(*args, **kwargs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_loop, "save_checkpoint", save_then_stop)
+    monkeypatch.setattr(runs, "save_checkpoint", save_then_stop)
 
 
 @pytest.mark.slow
@@ -425,14 +425,19 @@ def test_the_train_command_writes_metrics_history_and_predictions(trained):
     )
 
 
+def _evaluate(capsys, *arguments):
+    """Run `train_loop.py evaluate ARGUMENTS`; return the metrics it prints."""
+    assert train_loop.main(["evaluate", *map(str, arguments)]) == 0
+    return json.loads(capsys.readouterr().out.split("\n", 1)[1])
+
+
 @pytest.mark.slow
 def test_the_evaluate_command(trained, tiny_data, tmp_path, capsys):
     out, metrics = trained
-    written = tmp_path / "evaluated.csv"
-    model_file = out / "model.keras"
-    arguments = ["evaluate", "--model", model_file, "--data", tiny_data]
-    assert train_loop.main([*arguments, "--predictions", written]) == 0
-    evaluated = json.loads(capsys.readouterr().out.split("\n", 1)[1])
+    model_file, written = out / "model.keras", tmp_path / "evaluated.csv"
+    evaluated = _evaluate(
+        capsys, "--model", model_file, "--data", tiny_data, "--predictions", written
+    )
     assert evaluated["mae"] == pytest.approx(metrics["test_mae"], abs=1e-4)
     assert sum(row["count"] for row in evaluated["mae_by_race"].values()) == (
         evaluated["count"]
@@ -446,24 +451,39 @@ def test_the_evaluate_command(trained, tiny_data, tmp_path, capsys):
     with pytest.raises(SystemExit):
         train_loop.main(["evaluate", "--model", model_file, "--unknown-attributes"])
     assert "has no gender and race inputs" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_evaluate_on_the_training_faces_and_on_the_mirror_images_alone(
+    trained, tiny_data, tmp_path, capsys
+):
+    out, metrics = trained
+    arguments = ["--model", out / "model.keras", "--data", tiny_data]
     # The training faces too (as a ReLU output's zeros there give no gradient).
-    assert train_loop.main([*arguments, "--split", "train", "--no-tta"]) == 0
-    on_train = json.loads(capsys.readouterr().out.split("\n", 1)[1])
+    on_train = _evaluate(capsys, *arguments, "--split", "train", "--no-tta")
     assert on_train["count"] == metrics["train_images"]
     # The mirror images alone: the zoom 1.0 by itself.
     mirror_only = tmp_path / "mirror_only.csv"
-    zooms = ["--tta-zooms", "1.0", "--predictions", mirror_only]
-    assert train_loop.main([*arguments, *zooms]) == 0
-    capsys.readouterr()
+    _evaluate(capsys, *arguments, "--tta-zooms", "1.0", "--predictions", mirror_only)
     mirrored = runs.read_predictions(mirror_only)["predicted_tta"]
     test_faces = train_loop.prepare_data(train_loop.TrainConfig(data=tiny_data))[2]
-    model = keras.models.load_model(model_file)
+    model = keras.models.load_model(out / "model.keras")
     expected = evaluation.predict_records(model, test_faces, tta=(1.0,)).predicted
     # The file keeps 4 decimals: the mirror readout to its rounding, and the zooms' apart.
     assert mirrored == pytest.approx(expected, abs=6e-5)
-    assert np.abs(np.array(again["predicted_tta"]) - expected).max() > 1e-4
+    with_zooms = runs.run_predictions(out, "predicted_tta").predicted
+    assert np.abs(with_zooms - expected).max() > 1e-4
+
+
+@pytest.mark.slow
+def test_evaluate_draws_its_figures(trained, tiny_data, tmp_path):
+    out, _ = trained
     figures = tmp_path / "figures"
-    assert train_loop.main([*arguments, "--figures", figures]) == 0
+    arguments = ["--model", out / "model.keras", "--data", tiny_data]
+    assert (
+        train_loop.main(["evaluate", *map(str, arguments), "--figures", str(figures)])
+        == 0
+    )
     assert sorted(path.name for path in figures.iterdir()) == [
         "evaluation.png",
         "learning_curve.png",
@@ -563,109 +583,6 @@ def test_median_baseline_command(tiny_data, capsys):
     median = np.median([record.age for record in train])
     assert result["median_age"] == median
     assert result["mae"] == pytest.approx(np.abs(ages - median).mean())
-
-
-# --- the heads and options that answers.md reports, through train() -------------------
-
-
-# Each option alone trains for ten seconds or so: the plain network runs in the quick suite,
-# the others with the slow tests.
-OPTIONS = {
-    "plain": {},
-    "classification": {"head": "classification"},
-    "ordinal": {"head": "ordinal"},
-    "gender_head": {"gender_head": True},
-    "attribute_inputs": {"attribute_inputs": True},
-    "distribution_head": {"distribution_head": True},
-    "ema": {"ema": 0.9},
-    "tta": {"tta": True},
-    "straight_through": {"relu_gradient": "straight_through"},
-    "lds": {"loss_weighting": "lds"},
-    "widen": {"widen": True},
-    "widened_classification": {"head": "classification", "widen": True},
-    "bfloat16": {"precision": "mixed_bfloat16"},
-}
-
-
-@pytest.mark.parametrize(
-    "options",
-    [
-        pytest.param(options, id=name, marks=[pytest.mark.slow] if options else [])
-        for name, options in OPTIONS.items()
-    ],
-)
-def test_train_every_head_and_option(tiny_data, tmp_path, options):
-    # Each option alone, on the network without the preset's teacher head, EMA, TTA and
-    # widening.
-    plain = dict(distribution_head=False, ema=0.0, tta=False, widen=False)
-    config = tiny_config(
-        tiny_data, tmp_path, epochs=1, limit=24, **{**plain, **options}
-    )
-    run = train_loop.train(config, verbose=0)
-    assert np.isfinite(run.metrics["test_mae"]) and run.metrics["epochs_run"] == 1
-    for name, value in options.items():
-        assert (
-            getattr(run.model if hasattr(run.model, name) else run.config, name)
-            == value
-        )
-    # The saved model predicts what the trained one predicted.
-    reloaded = keras.models.load_model(tmp_path / "model.keras")
-    readout = "test_mae_tta" if run.config.tta else "test_mae_no_tta"
-    assert run.metrics["test_mae"] == run.metrics[readout]
-    again = evaluation.predict_records(
-        reloaded, run.test.records, 8, tta=run.config.tta
-    )
-    np.testing.assert_allclose(again.predicted, run.test.predicted, rtol=1e-5)
-    # With an average of the weights, each epoch also validates the trained weights.
-    without = [row.get("val_mae_without_ema") for row in run.history]
-    if run.config.ema:
-        assert np.isfinite(without).all() and without != [run.metrics["val_mae"]]
-        assert run.metrics["val_mae_without_ema"] == min(without)
-    else:
-        assert without == [None] and run.metrics["val_mae_without_ema"] is None
-    # train_loop switched TensorFlow's oneDNN kernels on before TensorFlow was imported.
-    assert run.metrics["onednn"] is True
-    # A classification head's test predictions keep its 50 % and 90 % intervals.
-    written = runs.read_predictions(tmp_path / runs.PREDICTIONS)
-    quantiles = [written.get(name) for name in ("q05", "q25", "q75", "q95")]
-    if options.get("head") == "classification":
-        assert (np.diff(quantiles, axis=0) >= 0).all()  # q05 <= q25 <= q75 <= q95
-        assert (quantiles[3] > quantiles[0]).any()  # intervals of some width
-    else:
-        assert quantiles == [None] * 4
-    # A model with gender and race inputs is also read out with them "unknown".
-    unknown = [written.get(c) for c in runs.UNKNOWN_ATTRIBUTES_COLUMNS.values()]
-    if options.get("attribute_inputs"):
-        hidden = evaluation.predict_records(
-            reloaded, run.test.records, 8, attributes_known=False, tta=run.config.tta
-        )
-        column = runs.UNKNOWN_ATTRIBUTES_COLUMNS[run.config.tta]
-        np.testing.assert_allclose(written[column], hidden.predicted, atol=1e-4)
-        assert run.metrics["test_mae_attributes_unknown"] == pytest.approx(
-            np.abs(hidden.predicted - hidden.true).mean(), abs=1e-4
-        )
-        assert not np.allclose(written[column], written["predicted_no_tta"])
-    else:
-        assert unknown == [None, None]
-        assert "test_mae_attributes_unknown" not in run.metrics
-    # A widened readout is saved in the model and keeps the readout before it beside it.
-    before = written.get(runs.UNWIDENED_COLUMNS[run.config.tta])
-    if run.config.widen:
-        widening = tuple(run.metrics["age_widening"])
-        assert reloaded.age_widening == widening
-        reported = written[runs.PREDICTION_COLUMNS[run.config.tta]]
-        np.testing.assert_allclose(
-            readout.widen_ages(before, widening), reported, atol=2e-4
-        )
-        assert run.metrics["test_mae_unwidened"] == pytest.approx(
-            np.abs(before - written["age"]).mean(), abs=1e-3
-        )
-        # The finished run read out again without it (a readout setting).
-        again = train_loop.train(dataclasses.replace(config, widen=False), verbose=0)
-        assert "age_widening" not in again.metrics
-        assert keras.models.load_model(tmp_path / "model.keras").age_widening is None
-    else:
-        assert before is None and "age_widening" not in run.metrics
 
 
 @pytest.mark.slow
