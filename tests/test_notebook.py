@@ -1,39 +1,26 @@
-"""The notebook: read unexecuted as a grader reads it, and run as Colab runs it.
+"""The notebook as a grader reads it unexecuted, on GitHub: what it shows, where each part
+comes from, and how long its cells are.
 
-nbmake runs the notebook in place (pytest.ini). The tests here run copies of it the way a
-student meets it: in a folder that holds nothing but the notebook, with a stand-in for
-Colab's `google.colab` package (tests/colab_stub) imported before the first cell.
+nbmake runs the notebook in place (pytest.ini); tests/test_colab.py runs it as Colab does.
 """
 
 import importlib.util
 import json
-import os
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
-import nbformat
+import keras
+import numpy as np
 import pytest
-from nbclient import NotebookClient
+import tensorflow as tf
 
 import model
 import train_loop
-from synthetic import write_image
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPOSITORY / "age_regression.ipynb"
-STUB = Path(__file__).resolve().parent / "colab_stub"
-MODULES = (
-    "utk_data.py",
-    "model.py",
-    "train_loop.py",
-    "devices.py",
-    "evaluation.py",
-    "report.py",
-    "photos.py",
-    "export.py",
-)
+ANSWERS = (REPOSITORY / "answers.md").read_text()
+CELLS = json.loads(NOTEBOOK.read_text())["cells"]
 
 
 def _load_generator():
@@ -45,6 +32,17 @@ def _load_generator():
     return module
 
 
+GENERATOR = _load_generator()
+
+
+def _source(cell):
+    return "".join(cell["source"])
+
+
+def _code_cells():
+    return [_source(cell) for cell in CELLS if cell["cell_type"] == "code"]
+
+
 def _section(markdown, heading):
     """The markdown from a heading up to the next heading of the same or a higher level."""
     start = markdown.index(heading)
@@ -54,16 +52,74 @@ def _section(markdown, heading):
     return markdown[start : body + following.start() if following else len(markdown)]
 
 
-# --- read unexecuted ---------------------------------------------------------------------
+def _answers_headings():
+    return re.findall(r"^## (.+)$", ANSWERS, re.M)
+
+
+# --- made by its generator, from the modules, answers.md and results/ --------------------
 
 
 def test_the_notebook_is_what_its_generator_writes():
-    assert NOTEBOOK.read_text() == _load_generator().render()
+    assert NOTEBOOK.read_text() == GENERATOR.render()
 
 
 def test_the_notebook_is_committed_without_outputs():
-    cells = json.loads(NOTEBOOK.read_text())["cells"]
-    assert all(not cell.get("outputs") for cell in cells if cell["cell_type"] == "code")
+    assert all(not cell.get("outputs") for cell in CELLS if cell["cell_type"] == "code")
+
+
+def test_the_course_network_and_the_train_step_are_code_cells_of_the_modules_source():
+    # They run in the notebook, and are the very text of the modules: never kept twice.
+    course = GENERATOR.source_text(model.CourseCNN, ("get_config",), decorators=False)
+    step = GENERATOR.source_text(train_loop.train_step)
+    cells = _code_cells()
+    assert sum(cell.endswith("\n" + course.rstrip("\n")) for cell in cells) == 1
+    assert step.rstrip("\n") in cells
+    for line in ("class CourseCNN(keras.Model):", "def __init__", "def forward"):
+        assert line in course
+    assert "def get_config" not in course and "with tf.GradientTape() as tape:" in step
+    # The notebook uses both on the course network before train_loop.train trains it.
+    uses = [i for i, cell in enumerate(cells) if "train_step(course," in cell]
+    trains = [i for i, cell in enumerate(cells) if "train_loop.train(course_config)" in cell]
+    assert uses and trains and uses[0] < trains[0]
+    assert any("CourseCNN(image_size=200" in cell for cell in cells)
+
+
+def test_the_shown_step_is_the_trainers_update_without_its_additions():
+    """One step of train_step and one of Trainer.update, from the same weights on the same
+    batch (the course settings, float32, one device), give the same weights."""
+    config = train_loop.resolve_config(
+        train_loop.TrainConfig(arch="course_cnn", image_size=48, precision="float32")
+    )
+    models = []
+    for _ in range(2):  # The same initial weights and dropout seeds.
+        keras.utils.set_random_seed(3)
+        models.append(model.build_model("course_cnn", image_size=48, initial_age=33.0))
+    trainer = train_loop.Trainer(
+        models[0], train_loop.make_optimizer(config, 10), config
+    )
+    optimizer = train_loop.make_optimizer(config, 10)
+    generator = np.random.default_rng(0)
+    images = tf.constant(generator.random((8, 48, 48, 3), np.float32))
+    ages = tf.constant(generator.integers(1, 90, (8, 1)).astype(np.float32))
+    loss_fn = keras.losses.MeanAbsoluteError()
+    for _ in range(2):
+        expected = trainer.update(images, ages)
+        loss = train_loop.train_step(models[1], optimizer, loss_fn, images, ages)
+        np.testing.assert_allclose(float(loss), float(expected), rtol=1e-5)
+    for mine, theirs in zip(models[1].weights, models[0].weights):
+        np.testing.assert_allclose(mine.numpy(), theirs.numpy(), atol=1e-5)
+
+
+def test_shown_source_leaves_out_only_what_is_asked():
+    text = GENERATOR.source_text(model.CourseCNN, omit=("get_config",))
+    assert text.startswith("@keras.saving.register_keras_serializable")
+    assert "\n\n\n" not in text and text.endswith(
+        "return self.forward(inputs, training)\n"
+    )
+    bare = GENERATOR.source_text(model.CourseCNN, ("get_config",), decorators=False)
+    assert bare == text.split("\n", 1)[1]
+    with pytest.raises(ValueError, match="no method"):
+        GENERATOR.source_text(model.CourseCNN, omit=("fit_to_the_course",))
 
 
 def test_task1_markdown_agrees_with_the_model(notebook_markdown):
@@ -76,46 +132,120 @@ def test_task1_markdown_agrees_with_the_model(notebook_markdown):
     assert shapes[1] == (49, 49, 8) and shapes[2] == (12, 12, 16)
 
 
-def test_the_course_network_and_the_train_step_stand_as_in_the_modules(
-    notebook_markdown,
-):
-    # Static code in the markdown, so that it reads unexecuted on GitHub, and the very
-    # source of the modules, so that it is never maintained twice.
-    generator = _load_generator()
-    for code, omit in (
-        (model.CourseCNN, ("get_config",)),
-        (train_loop.Trainer.update, ()),
-    ):
-        text = generator.source_text(code, omit)
-        assert generator.python_block(text) in notebook_markdown, code.__qualname__
-    for line in (
-        "class CourseCNN(keras.Model):",
-        "def __init__",
-        "def forward",
-        "def call",
-        "with tf.GradientTape() as tape:",
-    ):
-        assert line in notebook_markdown
-    assert "def get_config" not in notebook_markdown
+def test_every_answer_is_drawn_from_answers_md(notebook_markdown):
+    """answers.md is where an answer is written: the notebook shows each section's opening
+    verdict as it stands there, its figures, and a link to the whole answer."""
+    for title in ("Task 1", "Task 2", "Task 3", "Optional task", "Results", "Your own"):
+        heading, body = GENERATOR.answers_section(title)
+        verdict = re.split(r"\n\s*\n", body.strip())[0]
+        assert verdict.startswith("**") and verdict.endswith("**"), title
+        assert verdict in notebook_markdown, title
+        for figure in re.findall(r"\(figures/[^)]+\.png\)", body):
+            assert figure in notebook_markdown, (title, figure)
+        anchor = f"](answers.md#{GENERATOR.github_anchor(heading)})"
+        assert anchor in notebook_markdown, title
+    for task in ("## 8. Task 2", "## 9. Task 3", "## 10. Optional task"):
+        section = _section(notebook_markdown, task)
+        # The verdict first, then the figures and the link: short, the tables in answers.md.
+        assert re.split(r"\n\s*\n", section)[1].startswith("**")
+        assert len(section.strip().splitlines()) <= 30 and "| --- |" not in section
 
 
-def test_shown_source_leaves_out_only_the_methods_asked_for():
-    generator = _load_generator()
-    text = generator.source_text(model.CourseCNN, omit=("get_config",))
-    assert text.startswith("@keras.saving.register_keras_serializable")
-    assert "\n\n\n" not in text and text.endswith(
-        "return self.forward(inputs, training)\n"
+def test_github_anchors_are_those_of_the_headings():
+    assert (
+        GENERATOR.github_anchor("Task 3: age as classification — for and against")
+        == "task-3-age-as-classification--for-and-against"
     )
-    with pytest.raises(ValueError, match="no method"):
-        generator.source_text(model.CourseCNN, omit=("fit_to_the_course",))
+    assert GENERATOR.github_anchor("Optional task: gender, race and age") == (
+        "optional-task-gender-race-and-age"
+    )
+    assert all(GENERATOR.github_anchor(heading) for heading in _answers_headings())
+
+
+def test_the_results_table_and_key_figures_show_unexecuted(
+    notebook_markdown, report_tables
+):
+    # The table as the report draws it from results/, near the top.
+    name = "Results: the CPU preset and the short budget"
+    at_a_glance = _section(notebook_markdown, "## Results at a glance")
+    assert f"<!-- report: {name} -->\n{report_tables[name]}\n" in at_a_glance
+    # The figures the report draws (results/report.json), linked from figures/.
+    drawn = {
+        entry["figure"]
+        for entry in json.loads((REPOSITORY / "results" / "report.json").read_text())
+        if entry.get("figure")
+    }
+    linked = re.findall(r"!\[[^\]]+\]\(figures/([^)]+)\)", notebook_markdown)
+    for figure in (
+        "learning_curve.png",  # the learning curve
+        "evaluation.png",  # the error by age
+        "relu_vs_linear.png",  # Task 2
+        "course_relu_vs_linear.png",
+    ):
+        assert figure in linked and figure in drawn, figure
+    assert all((REPOSITORY / "figures" / figure).is_file() for figure in linked)
+    assert {"learning_curve.png", "evaluation.png"} <= set(
+        re.findall(r"figures/([^)]+)\)", at_a_glance)
+    )
+    # In Colab, whose markdown cannot reach figures/, a code cell shows each of them.
+    shown = set(re.findall(r'"([^"]+\.png)"', "".join(_code_cells())))
+    assert set(linked) <= shown
+
+
+# --- short cells, plain words ------------------------------------------------------------
+
+
+def test_no_code_cell_is_longer_than_15_lines_but_the_course_network():
+    course = GENERATOR.source_text(model.CourseCNN, ("get_config",), decorators=False)
+    long = [
+        cell.splitlines()[0]
+        for cell in _code_cells()
+        if len(cell.splitlines()) > GENERATOR.MAX_CODE_LINES and course not in cell + "\n"
+    ]
+    assert long == []
+
+
+def test_the_first_cell_fits_on_one_screen():
+    first = _source(CELLS[0])
+    assert CELLS[0]["cell_type"] == "markdown" and first.startswith("# ")
+    assert len(first.splitlines()) <= 20
+    assert all(len(line) <= 100 for line in first.splitlines())
+
+
+def test_every_technical_term_is_explained_near_the_top_or_avoided():
+    text = "\n".join(_source(cell) for cell in CELLS)
+    # Avoided: the names of tf.distribute's machinery.
+    for avoided in ("MirroredStrategy", "TPUStrategy", "all-reduce", "all_reduce"):
+        assert avoided not in text, avoided
+    # Explained in "Words used here", the second cell, before any other cell uses them.
+    assert _source(CELLS[1]).startswith("## Words used here")
+    glossary = _source(CELLS[1])
+    for term in ("MAE", "Seed", "Interval", "Widening", "Mixed precision", "XLA", "Replica"):
+        assert f"**{term}**" in glossary, term
+    assert "*bfloat16*" in glossary
+    first = _source(CELLS[0]).lower()
+    for term in ("xla", "replica", "bfloat16", "precision", "widening", "interval"):
+        assert term not in first, term
+
+
+# --- Run all, unattended --------------------------------------------------------------------
+
+
+def test_dialogs_only_in_the_setup_and_none_that_waits_after_it():
+    cells = _code_cells()
+    mount = next(i for i, cell in enumerate(cells) if "drive.mount(" in cell)
+    upload = [i for i, cell in enumerate(cells) if "files.upload(" in cell]
+    assert len(upload) == 1 and upload[0] < mount
+    after = "\n".join(cells[mount + 1 :])
+    for waits in ("files.upload(", "drive.mount(", "eval_js(", "input(", "getpass"):
+        assert waits not in after, waits
+    # The own photo: a button wired by a callback, not a dialog.
+    assert "output.register_callback(" in after
+    assert 'invokeFunction("age_photo"' in after
 
 
 def test_quick_is_a_plain_line_that_the_environment_overrides():
-    source = next(
-        "".join(cell["source"])
-        for cell in json.loads(NOTEBOOK.read_text())["cells"]
-        if "REPO_URL =" in "".join(cell["source"])
-    )
+    source = next(cell for cell in _code_cells() if "REPO_URL =" in cell)
     assert re.search(r"^QUICK = False  # ", source, re.M)
     for environment, quick in ({}, False), ({"AGE_REGRESSION_QUICK": "1"}, True):
         namespace = {}
@@ -127,146 +257,11 @@ def test_quick_is_a_plain_line_that_the_environment_overrides():
         assert namespace["QUICK"] is quick
 
 
-@pytest.mark.parametrize(
-    "heading", ["### Task 1", "## 8. Task 2", "## 9. Task 3", "## 10. Optional task"]
-)
-def test_each_answer_opens_with_its_verdict_and_the_numbers_of_answers_md(
-    heading, notebook_markdown
-):
-    section = _section(notebook_markdown, heading)
-    # The answer first, in bold; the reasoning after it, short; wide tables in answers.md.
-    first = re.split(r"\n\s*\n", section.strip())[1]
-    assert first.startswith("**") and first.endswith("**"), first
-    if heading == "### Task 1":  # Its numbers are sizes; its table is checked above.
-        return
-    assert len(section.strip().splitlines()) <= 30
-    assert "<!-- report: " not in section and "](answers.md#" in section
-    assert "python train_loop.py train" in section  # The command that measured them.
-    answers = (REPOSITORY / "answers.md").read_text()
-    numbers = re.findall(r"\b\d+\.\d\d\b", section)
-    assert len(numbers) >= 3, "an answer without measured numbers"
-    assert [number for number in numbers if number not in answers] == []
-
-
 def test_the_notebook_installs_what_requirements_txt_asks_for():
-    generator = _load_generator()
-    requirements = generator.requirements()
-    source = "".join(
-        "".join(cell["source"]) for cell in json.loads(NOTEBOOK.read_text())["cells"]
-    )
+    requirements = GENERATOR.requirements()
+    source = "".join(_code_cells())
     for spec in requirements.values():
-        assert repr(spec) in source
-    assert generator.minimum_version(requirements["tensorflow"]) == "2.19"
-
-
-# --- run as Colab runs it ----------------------------------------------------------------
-
-
-def _output_text(notebook):
-    parts = []
-    for cell in notebook.cells:
-        for output in cell.get("outputs", []):
-            parts.append(output.get("text", ""))
-            for kind in ("text/plain", "text/markdown"):
-                parts.append(output.get("data", {}).get(kind, ""))
-    return "\n".join(parts)
-
-
-def _run_in_colab(folder, overrides):
-    """Execute folder/age_regression.ipynb as Colab would; return (notebook, output text)."""
-    notebook = nbformat.read(folder / NOTEBOOK.name, as_version=4)
-    parameters = next(
-        index
-        for index, cell in enumerate(notebook.cells)
-        if "REPO_URL =" in cell.source
-    )
-    notebook.cells.insert(parameters + 1, nbformat.v4.new_code_cell(overrides))
-    notebook.cells.insert(0, nbformat.v4.new_code_cell("import google.colab"))
-    for cell in notebook.cells:
-        cell.pop("id", None)  # The inserted cells have no stable ids; none are needed.
-    client = NotebookClient(
-        notebook,
-        timeout=600,
-        kernel_name="python3",
-        resources={"metadata": {"path": str(folder)}},
-    )
-    client.execute()
-    return notebook, _output_text(notebook)
-
-
-@pytest.fixture
-def colab(tmp_path, real_folder, monkeypatch):
-    """What a Colab test needs: the stub's settings, a Drive, an upload folder."""
-    uploads = tmp_path / "uploads"
-    uploads.mkdir()
-    write_image(uploads / "my_photo.jpg", size=(120, 90), seed=7)
-    log = tmp_path / "colab.log"
-    log.touch()
-    # The kernel inherits this environment. Only the stub is on the path: the modules must
-    # come through the upload dialog or the clone.
-    monkeypatch.setenv("PYTHONPATH", str(STUB))
-    monkeypatch.setenv("COLAB_STUB_UPLOADS", str(uploads))
-    monkeypatch.setenv("COLAB_STUB_LOG", str(log))
-    monkeypatch.setenv(
-        "UTKFACE_DATA", os.environ.get("UTKFACE_DATA") or str(real_folder)
-    )
-    monkeypatch.setenv("AGE_REGRESSION_QUICK", "1")
-    drive = f"DRIVE_MOUNT = {str(tmp_path / 'drive')!r}"
-    return dict(tmp_path=tmp_path, uploads=uploads, log=log, drive=drive)
-
-
-def _fresh_runtime(folder):
-    """A folder that holds only the notebook, as a new Colab runtime opened from GitHub."""
-    folder.mkdir()
-    shutil.copyfile(NOTEBOOK, folder / NOTEBOOK.name)
-    return folder
-
-
-@pytest.mark.slow
-def test_colab_modules_arrive_through_the_upload_dialog(colab):
-    for name in MODULES:
-        shutil.copyfile(REPOSITORY / name, colab["uploads"] / name)
-    folder = _fresh_runtime(colab["tmp_path"] / "content")
-    _, text = _run_in_colab(folder, colab["drive"])
-    calls = colab["log"].read_text().splitlines()
-    assert calls[0] == "upload " + " ".join(sorted([*MODULES, "my_photo.jpg"]))
-    assert any(call.startswith("mount ") for call in calls)
-    assert all((folder / name).is_file() for name in MODULES)
-    # The code is shown in markdown; the outputs hold what was computed with it: the
-    # course network's test error, and how long our network's training was to take.
-    assert re.search(r"the course network: test MAE \d+\.\d\d years", text)
-    assert re.search(r"about \d+\.\d minutes of training on this runtime", text)
-    # train_loop set the environment before TensorFlow's first import: the notebook
-    # trains with the oneDNN kernels on a CPU.
-    assert "oneDNN CPU kernels: True" in text
-    runs = colab["tmp_path"] / "drive" / "MyDrive" / "age_regression" / "runs"
-    # The runs are kept on the Drive: the course network's, then ours.
-    kept = sorted(path.parent.name for path in runs.glob("*/metrics.json"))
-    assert len(kept) == 2 and kept[0].startswith("course-"), kept
-
-
-@pytest.mark.slow
-def test_colab_clones_repo_url_once_and_resumes_after_a_restart(colab):
-    origin = colab["tmp_path"] / "origin"
-    origin.mkdir()
-    for name in MODULES:
-        shutil.copyfile(REPOSITORY / name, origin / name)
-    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.org"]
-    for command in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", "modules"]):
-        subprocess.run(git + command, cwd=origin, check=True)
-    folder = _fresh_runtime(colab["tmp_path"] / "content")
-    overrides = f"REPO_URL = {str(origin)!r}\n{colab['drive']}"
-
-    _, first = _run_in_colab(folder, overrides)
-    assert (folder / "age_regression" / "model.py").is_file()
-    assert "reusing the clone" not in first and "resuming" not in first
-    # Only the photo was asked for: the modules came from the clone.
-    uploads = [
-        c for c in colab["log"].read_text().splitlines() if c.startswith("upload")
-    ]
-    assert uploads == ["upload my_photo.jpg"]
-
-    # Runtime -> Restart: a new kernel in the same folder, the clone and the Drive kept.
-    _, second = _run_in_colab(folder, overrides)
-    assert "reusing the clone" in second
-    assert re.search(r"resuming .* after epoch 4 of 4", second)
+        assert f'"{spec}": (' in source
+        assert f"{GENERATOR.lowest(spec)}),\n" in source
+    assert GENERATOR.minimum_version(requirements["tensorflow"]) == "2.19"
+    assert GENERATOR.lowest("opencv-python-headless>=4.10.0.84,<5") == (4, 10, 0)

@@ -3,9 +3,11 @@
     python tools/make_notebook.py            # rewrite the notebook
     python tools/make_notebook.py --check    # exit 1 if the notebook differs from this source
 
-The Task 1 table comes from `model.feature_map_table`, the versions the notebook installs
-from requirements.txt, and the code it shows (the course network, the training step) from
-the modules' source, so that none of them is typed twice.
+Nothing in the notebook is written twice. The answers come from answers.md (each task's
+opening paragraph, in bold, and its figures), the tables from results/ as `python
+train_loop.py report` draws them, the Task 1 table from `model.feature_map_table`, the
+versions the notebook installs from requirements.txt, and the course network and its
+training step, which stand as code cells, from the modules' source.
 """
 
 import argparse
@@ -20,6 +22,7 @@ from pathlib import Path
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPOSITORY / "age_regression.ipynb"
+ANSWERS = REPOSITORY / "answers.md"
 # The packages the notebook checks before anything imports them: requirement name -> the
 # distributions that provide it (a CPU-only TensorFlow build counts as TensorFlow).
 CHECKED = {
@@ -30,13 +33,15 @@ CHECKED = {
     "pillow": ("pillow",),
     "matplotlib": ("matplotlib",),
     # Colab has OpenCV as opencv-python; any of its builds has the face detector.
-    "opencv-python-headless": (
-        "opencv-python-headless",
-        "opencv-python",
-        "opencv-contrib-python",
-        "opencv-contrib-python-headless",
-    ),
+    "opencv-python-headless": ("opencv-python-headless", "opencv-python"),
 }
+# The modules the notebook imports; the setup looks for these and every module of the
+# project's top folder that they import (project_modules).
+NOTEBOOK_IMPORTS = (
+    "devices evaluation metrics model photos plots serve train_loop utk_data".split()
+)
+# The longest code cell allowed, but for the code shown from the modules.
+MAX_CODE_LINES = 15
 
 
 def requirements():
@@ -62,6 +67,12 @@ def minimum_version(spec):
     return match.group(1)
 
 
+def lowest(spec):
+    """The parts of a requirement's lower bound, e.g. (3, 13, 2) of "keras>=3.13.2": a
+    patch release can be the one that fixes a security hole."""
+    return tuple(int(part) for part in minimum_version(spec).split(".")[:3])
+
+
 def project(name):
     """A module of this repository (model, train_loop), imported on first use, so that
     importing this file or asking it for --help loads no TensorFlow."""
@@ -77,9 +88,15 @@ def course_table():
     return model.format_feature_map_table(model.feature_map_table(course))
 
 
-def source_text(code, omit=()):
+# ---------------------------------------------------------------------------------------
+# Code from the modules
+# ---------------------------------------------------------------------------------------
+
+
+def source_text(code, omit=(), decorators=True):
     """The source of a class or function of our modules, dedented, without the methods
-    named in `omit` (with their decorators)."""
+    named in `omit` (with their decorators) and, unless `decorators`, without its own.
+    """
     lines = textwrap.dedent(inspect.getsource(code)).splitlines()
     definition = ast.parse("\n".join(lines)).body[0]
     methods = [
@@ -91,6 +108,8 @@ def source_text(code, omit=()):
     if unknown:
         raise ValueError(f"{code.__qualname__} has no method {sorted(unknown)}")
     dropped = set()
+    if not decorators:
+        dropped.update(range(definition.lineno - 1))
     for node in methods:
         if node.name in omit:
             first = min([node.lineno, *(d.lineno for d in node.decorator_list)]) - 1
@@ -102,18 +121,90 @@ def source_text(code, omit=()):
     return "\n".join(kept).strip("\n") + "\n"
 
 
-def python_block(text):
-    """Code as a fenced block of markdown, so that it reads unexecuted on GitHub."""
-    return f"```python\n{text}```"
-
-
 def shown_code():
-    """{name: source text} of the code the notebook shows, from the modules."""
+    """{name: source text} of the code the notebook runs as it stands in the modules: the
+    course network (without the registration and the config that saving a model needs,
+    which the module's copy keeps) and the minimal training step."""
     model, train_loop = project("model"), project("train_loop")
     return {
-        "course": source_text(model.CourseCNN, omit=("get_config",)),
-        "train_step": source_text(train_loop.Trainer.update),
+        "course": source_text(model.CourseCNN, omit=("get_config",), decorators=False),
+        "train_step": source_text(train_loop.train_step),
     }
+
+
+# ---------------------------------------------------------------------------------------
+# Prose from answers.md
+# ---------------------------------------------------------------------------------------
+
+
+def github_anchor(heading):
+    """The anchor GitHub gives a Markdown heading: "Task 3: a — b" -> "task-3-a--b"."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def answers_section(title):
+    """(heading, body) of the "## " section of answers.md whose heading starts with
+    `title`, up to the next "## " heading."""
+    text = ANSWERS.read_text()
+    parts = re.split(r"^## (.+)\n", text, flags=re.M)
+    for heading, body in zip(parts[1::2], parts[2::2]):
+        if heading.startswith(title):
+            return heading, body
+    raise ValueError(f"answers.md has no section '## {title}...'")
+
+
+def verdict(body):
+    """The opening paragraph of a section: its answer, in bold."""
+    first = re.split(r"\n\s*\n", body.strip())[0]
+    if not (first.startswith("**") and first.endswith("**")):
+        raise ValueError(
+            f"answers.md: a section opens without its answer in bold: {first}"
+        )
+    return first
+
+
+def figures_of(body):
+    """The lines that show figures/*.png in a section, in order."""
+    return re.findall(r"!\[[^\]]*\]\(figures/[^)]+\.png\)", body)
+
+
+def figure_names(lines):
+    """The file names of figure lines."""
+    return [re.search(r"figures/([^)]+)\)", line).group(1) for line in lines]
+
+
+def full_answer_link(heading):
+    """A link to a section of answers.md."""
+    return f"[answers.md](answers.md#{github_anchor(heading)})"
+
+
+def answer(title, notebook_heading, extra=""):
+    """A task's markdown cell drawn from answers.md: the heading, the answer in bold, the
+    section's figures and a link to the whole answer; its figure names."""
+    heading, body = answers_section(title)
+    figures = figures_of(body)
+    link = (
+        f"The whole answer, with its tables and commands: {full_answer_link(heading)}."
+    )
+    parts = [f"{notebook_heading} {heading}", verdict(body), *figures, link, extra]
+    return "\n\n".join(part for part in parts if part), figure_names(figures)
+
+
+def task1_answer():
+    """Task 1 drawn from answers.md: the answer and its derivation up to the first table,
+    then the course network's table as the model computes it."""
+    heading, body = answers_section("Task 1")
+    derivation = body.strip().split("\n| ")[0].rstrip()
+    link = f"Our network's table is in {full_answer_link(heading)}."
+    return "\n\n".join([f"### {heading}", derivation, course_table(), link])
+
+
+def glossary():
+    """The list of words that answers.md explains, as it stands there."""
+    text = ANSWERS.read_text()
+    start = text.index("**Words used here.**")
+    return re.split(r"\n\s*\n", text[start:])[1]
 
 
 def with_tables(cells):
@@ -130,33 +221,73 @@ def with_tables(cells):
     ]
 
 
+# ---------------------------------------------------------------------------------------
+# The notebook
+# ---------------------------------------------------------------------------------------
+
+
 def cells():
     """The notebook as a list of ("markdown" | "code", source)."""
-    return with_tables(written_cells())
+    written = written_cells()
+    skeleton = shown_code()["course"]
+    for kind, source in written:
+        lines = source.strip("\n").splitlines()
+        if kind == "code" and len(lines) > MAX_CODE_LINES and skeleton not in source:
+            raise ValueError(f"a code cell of {len(lines)} lines: {lines[0]}")
+    return with_tables(written)
 
 
 def written_cells():
     """The cells as written below, before the tables are filled in."""
-    return setup_cells() + model_and_training_cells() + answer_cells()
+    return (
+        opening_cells()
+        + setup_cells()
+        + data_cells()
+        + course_cells()
+        + our_network_cells()
+        + answer_cells()
+    )
+
+
+def show_figures(names):
+    """The code cell that shows figures in Colab, whose markdown cannot reach them."""
+    return ("code", f"show_figures({', '.join(json.dumps(name) for name in names)})")
+
+
+def opening_cells():
+    """What the notebook is, the words it uses, and the results at a glance."""
+    heading, body = answers_section("Results")
+    results = "\n\n".join(
+        [
+            "## Results at a glance",
+            verdict(body),
+            "<!-- report: Results: the CPU preset and the short budget -->",
+            *figures_of(body),
+            RESULTS_TEXT.strip().replace("{link}", full_answer_link(heading)),
+        ]
+    )
+    words = "## Words used here\n\n" + glossary() + "\n" + MACHINE_WORDS.strip()
+    return [("markdown", INTRO), ("markdown", words), ("markdown", results)]
 
 
 def setup_cells():
-    """Parameters, setup, GPU support and the dataset."""
-    install_table = "\n".join(
-        f"    {name!r}: ({spec!r}, {CHECKED[name]!r}),"
+    """Parameters, the project's modules, installs, the machine, storage and imports."""
+    required = "\n".join(
+        f'    "{spec}": ("{" ".join(CHECKED[name])}", {lowest(spec)}),'
         for name, spec in requirements().items()
     )
     return [
-        ("markdown", INTRO),
         ("markdown", "## 1. Parameters\n\n" + PARAMETERS_TEXT),
         ("code", PARAMETERS),
         ("markdown", "## 2. Setup\n\nAre we in Colab?"),
         ("code", 'import sys\n\nIS_COLAB = "google.colab" in sys.modules\nIS_COLAB'),
-        ("markdown", MODULES_TEXT),
-        ("code", MODULES),
+        ("markdown", PROJECT_TEXT),
+        ("code", FIND_PROJECT.replace("{modules}", modules_list())),
+        ("code", FETCH_PROJECT),
         ("markdown", INSTALL_TEXT),
-        ("code", INSTALL.replace("{table}", install_table)),
-        ("markdown", "## 3. GPU support\n\n" + GPU_TEXT),
+        ("code", REQUIRED.replace("{required}", required)),
+        ("code", INSTALL),
+        ("markdown", GPU_TEXT),
         ("code", VERSIONS),
         ("code", GPU),
         ("markdown", STORAGE_TEXT),
@@ -164,7 +295,40 @@ def setup_cells():
         ("markdown", "Our modules and matplotlib, then a seed."),
         ("code", IMPORTS),
         ("code", "keras.utils.set_random_seed(42)"),
-        ("markdown", "## 4. Dataset\n\n" + DATASET_TEXT),
+        ("markdown", SHOW_FIGURES_TEXT),
+        ("code", SHOW_FIGURES),
+    ]
+
+
+def project_modules():
+    """The modules of the project's top folder that the notebook needs: those it imports
+    and, in turn, those they import."""
+    needed, waiting = set(), list(NOTEBOOK_IMPORTS)
+    while waiting:
+        name = waiting.pop()
+        if name in needed or not (REPOSITORY / f"{name}.py").is_file():
+            continue
+        needed.add(name)
+        tree = ast.parse((REPOSITORY / f"{name}.py").read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                waiting += [alias.name.split(".")[0] for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                waiting.append(node.module.split(".")[0])
+    return sorted(needed)
+
+
+def modules_list():
+    """The project's modules as the lines of one string, the names apart, in the notebook."""
+    lines = textwrap.wrap(" ".join(project_modules()), 80, break_long_words=False)
+    # Every line but the last ends with the space that parts it from the next.
+    return "\n".join([f'    "{line} "' for line in lines[:-1]] + [f'    "{lines[-1]}"'])
+
+
+def data_cells():
+    """The dataset and the training settings."""
+    return [
+        ("markdown", "## 3. Dataset\n\n" + DATASET_TEXT),
         ("code", DATASET),
         ("markdown", SAMPLES_TEXT),
         ("code", "utk_data.plot_summary(records, samples=16)\nplt.show()"),
@@ -173,21 +337,31 @@ def setup_cells():
     ]
 
 
-def model_and_training_cells():
-    """The model (with Task 1), the training of both networks and the evaluation."""
-    shown = {name: python_block(text) for name, text in shown_code().items()}
+def course_cells():
+    """The course network and the training step as code, Task 1, and their training."""
+    shown = shown_code()
     return [
-        ("markdown", "## 5. Keras model\n\n" + MODEL_TEXT + "\n" + shown["course"]),
+        ("markdown", "## 4. The course network\n\n" + COURSE_TEXT),
+        ("code", COURSE_HELPERS + "\n\n" + shown["course"]),
         ("code", COURSE),
-        ("markdown", TASK1_TEXT.replace("{table}", course_table())),
+        ("markdown", task1_answer()),
         ("code", TASK1),
-        ("markdown", OURS_TEXT),
-        ("code", OURS),
-        ("markdown", "## 6. Training\n\n" + TRAINING_TEXT + "\n" + shown["train_step"]),
-        ("markdown", RUN_TEXT),
+        ("markdown", STEP_TEXT),
+        ("code", shown["train_step"]),
+        ("markdown", FEW_STEPS_TEXT),
+        ("code", FEW_STEPS),
+        ("markdown", COURSE_RUN_TEXT),
         ("code", COURSE_RUN),
         ("code", COURSE_RESULT),
-        ("markdown", OUR_RUN_TEXT),
+    ]
+
+
+def our_network_cells():
+    """Our network, its training and the evaluation."""
+    return [
+        ("markdown", "## 5. Our network\n\n" + OURS_TEXT),
+        ("code", OURS),
+        ("markdown", "## 6. Training\n\n" + TRAINING_TEXT),
         ("code", ESTIMATE),
         ("markdown", TENSORBOARD_TEXT),
         ("code", TENSORBOARD),
@@ -200,19 +374,37 @@ def model_and_training_cells():
         ("code", WORST),
         ("markdown", SANITY_TEXT),
         ("code", SANITY),
+        ("markdown", REPORTED_TEXT),
+        show_figures(figure_names(figures_of(answers_section("Results")[1]))),
     ]
 
 
 def answer_cells():
-    """Tasks 2 and 3, the optional task and a photo of your own."""
+    """Tasks 2 and 3, the optional task and a photo of your own, from answers.md."""
+    task2, task2_figures = answer("Task 2", "## 8.", TASK2_TEXT.strip())
+    task3, task3_figures = answer("Task 3", "## 9.")
+    optional, optional_figures = answer(
+        "Optional task", "## 10.", OPTIONAL_TEXT.strip()
+    )
+    photo, _ = answer("Your own photo", "## 11.")
     return [
-        ("markdown", "## 8. Task 2: the ReLU output\n" + TASK2_TEXT),
+        ("markdown", task2),
+        show_figures(task2_figures),
         ("code", TASK2),
-        ("markdown", "## 9. Task 3: age as classification\n" + TASK3_TEXT),
-        ("markdown", "## 10. Optional task: gender, race and age\n" + OPTIONAL_TEXT),
+        ("markdown", task3),
+        show_figures(task3_figures),
+        ("markdown", optional),
+        show_figures(optional_figures),
         ("code", OPTIONAL),
-        ("markdown", "## 11. Your own photo\n\n" + PHOTO_TEXT),
-        ("code", PHOTO),
+        ("markdown", photo + "\n\n" + PHOTO_TEXT),
+        ("code", SHOW_AGE),
+        ("code", TEST_FACE),
+        ("markdown", PICKER_TEXT),
+        ("code", PICKER),
+        ("code", PICKER_CALLBACK),
+        ("code", PICKER_BUTTON),
+        ("markdown", PAGE_TEXT),
+        ("code", PAGE),
     ]
 
 
@@ -220,6 +412,8 @@ def notebook():
     """The notebook as a JSON-ready dict, with stable cell ids and no outputs."""
 
     def cell(number, kind, source):
+        if kind == "markdown":  # Texts joined with their own blank lines get one.
+            source = re.sub(r"\n{3,}", "\n\n", source)
         lines = source.strip("\n").splitlines(keepends=True)
         entry = {"cell_type": kind, "id": f"cell-{number:02d}", "metadata": {}}
         if kind == "code":
@@ -272,148 +466,151 @@ def main(argv=None):
 INTRO = """
 # Age regression on UTKFace
 
-**The task:** infer a person's age from a portrait. We train convolutional networks on the
-UTKFace faces with Keras 3 and our own `tf.GradientTape` training loop, and answer the
-assignment's three tasks (and the optional one) with numbers from real runs.
+**The task:** infer a person's age from a portrait. We train convolutional networks from
+scratch on the UTKFace faces, with Keras 3 and our own `tf.GradientTape` training loop, and
+answer the assignment's three tasks and the optional one with numbers from real runs.
 
-The code lives in modules that this notebook imports and calls: `utk_data.py` (the data),
-`model.py` (the networks) and `train_loop.py` (the training loop), beside smaller ones for
-the settings, a run's files, the readout of a saved model, evaluation, reports, photos and
-export (the README lists them). The model class and the training step are shown below as
-they stand in the modules. [answers.md](answers.md) holds the full evidence for every answer: the
-commands, the tables and the figures.
+**To read it** as it stands: every answer is in the text below, with its key figures, and
+[answers.md](answers.md) has the whole reasoning, every table and the command of every run.
+The course network and its training step stand as code cells taken from `model.py` and
+`train_loop.py`; everything else calls the project's modules.
 
-**In Colab:** choose *Runtime → Change runtime type → GPU*, then *Runtime → Run all*. The setup
-cell asks you to upload the modules (or clones them once when you set `REPO_URL`), and
-keeps the data and the run on your Google Drive, so that rerunning after a disconnect
-resumes the training.
+**To run it in Colab:** choose *Runtime → Change runtime type → GPU*, then *Runtime → Run
+all*. The notebook asks two things at the start: the project (one upload: the zip that
+GitHub's *Code → Download ZIP* gives; nothing when `REPO_URL` is set), and permission to keep
+the runs on your Google Drive. Nothing waits for you after that. The last section has a
+button for a photo of your own, to use when you like.
+"""
 
-**Words used below.** *MAE*: mean absolute error in years, on the test faces. *Seed*: fixes a
-run's initial weights, data order and augmentation; "± " is the spread over three seeds.
-*Interval*: the 95 % interval of a difference, resampling the seeds and the test faces; a
-difference is *measurable* when it excludes 0. *Preset*: the settings `train` picks for this
-machine (a smaller network on a CPU). *Short budget*: 64 px for 8 epochs, so that three seeds
-of every variant could be trained. *Test-time views*: each face is predicted as it is and
-zoomed in on its centre by 6 % and 12 % (as training crops it), each view also mirrored,
-and the six ages averaged. *Widening*: after training, every predicted age is moved away
-from the middle ages by a few per cent, a factor fitted on the validation faces so that
-every decade of age counts the same: fewer old faces are predicted too young.
+RESULTS_TEXT = """
+The table and the figures are drawn from the runs kept in `results/` by `python
+train_loop.py report`; the figures show the CPU preset's seed-0 run: its learning curve, and
+its test predictions with the MAE by age. Every task's answer follows below; the commands
+and all the tables are in {link}.
+"""
+
+MACHINE_WORDS = """
+- **Mixed precision**: most of the network computed with 16-bit numbers (float16 on a GPU;
+  *bfloat16*, a 16-bit format with float32's range, on processors and TPUs built for it),
+  the weights and the ages kept in 32 bits: faster, and nearly as exact.
+- **XLA**: TensorFlow's compiler, which fuses the operations of a training step into fewer,
+  faster ones; it is on with a GPU.
+- **Replica**: a copy of the model on one device (a GPU, or a core of a TPU). With several,
+  each takes a share of every batch, and their gradients are summed before each update.
+- **Straight-through ReLU**: an output that is `max(0, z)`, whose gradient in training
+  passes below 0 as if the ReLU were not there (Task 2).
+- **GPU preset**: what `train` runs with a GPU: a wider and deeper `AgeCNN` at 128 px,
+  batches of 128, 60 epochs. Its time on a Colab GPU has never been measured; the notebook
+  estimates it before training.
 """
 
 PARAMETERS_TEXT = """
 Edit these values in Colab if you need to; the defaults need no edit. With `QUICK = False`
 the notebook trains the full models: the course network, then ours with the GPU preset when a
 GPU is present, the CPU preset otherwise. `QUICK = True` runs every cell on a small subset
-with small images in a minute or two, to try the notebook out. The environment variable
+with small images in a few minutes, to try the notebook out. The environment variable
 `AGE_REGRESSION_QUICK`, when it is set, decides instead (`1`: quick; the tests set it).
 `TIME_BUDGET` (minutes) fits the number of epochs of our network and its learning-rate
-schedule to the time you have, from the measured speed of this machine.
+schedule to the time you have, from the measured speed of this runtime.
 """
 
 PARAMETERS = """
 import os
 
-QUICK = False  # True: a small run of a minute or two
+QUICK = False  # True: a small run of a few minutes
 if "AGE_REGRESSION_QUICK" in os.environ:  # The tests set it.
     QUICK = os.environ["AGE_REGRESSION_QUICK"] == "1"
 DATA = os.environ.get("UTKFACE_DATA") or None  # a folder, archive or URL; None: the default
-REPO_URL = ""  # Colab: a git URL of this project to clone the modules from; "": upload them
+REPO_URL = ""  # Colab: a git URL to clone the project from; "": upload its zip
 USE_DRIVE = True  # Colab: keep runs and the data on Google Drive (False: a disconnect loses them)
 DRIVE_MOUNT = "/content/drive"  # where Colab mounts Google Drive
 TIME_BUDGET = None  # minutes of training, e.g. 30; None: the preset's epochs
 QUICK
 """
 
-MODULES_TEXT = """
-The project's modules must sit beside the notebook. In Colab, when they are missing, an
-upload dialog asks for them (every `.py` file of the project's top folder, from a copy of
-this project on your computer): select them all at once in the dialog, which takes several
-files. With `REPO_URL` set, the project is cloned once into `age_regression/`. A rerun,
-or a rerun after *Runtime → Restart*, reuses what is there.
+PROJECT_TEXT = """
+The project's modules must sit in this folder or in a folder just below it (a clone, an
+unzipped download): the first cell looks for them. The second fetches them when they are
+missing. With `REPO_URL` set, it clones the project once. Otherwise, in Colab, **one**
+upload dialog asks for the project: the zip that GitHub's *Code → Download ZIP* gives (it
+holds a folder `NAME-main/`), or all its `.py` files at once. A rerun, or a rerun after
+*Runtime → Restart*, finds them and asks nothing.
 """
 
-MODULES = """
+FIND_PROJECT = """
 import subprocess
 from pathlib import Path
 
-MODULE_FILES = [
-    "utk_data.py", "model.py", "train_loop.py", "config.py", "runs.py", "readout.py",
-    "evaluation.py", "metrics.py", "plots.py", "report.py", "photos.py", "export.py",
-    "devices.py",
-]
-CLONE = Path("age_regression")  # where REPO_URL is cloned
+MODULES = (  # the project's modules that the notebook needs
+{modules}
+).split()
 
 
-def missing_modules():
-    return [name for name in MODULE_FILES if not Path(name).is_file()]
+def find_project():
+    \"\"\"The folder that holds every module: this one, or one just below it.\"\"\"
+    for folder in [Path.cwd(), *sorted(p for p in Path.cwd().iterdir() if p.is_dir())]:
+        if all((folder / f"{name}.py").is_file() for name in MODULES):
+            return folder
+"""
 
-
-if missing_modules() and REPO_URL:
-    if not (CLONE / ".git").is_dir():
-        subprocess.run(["git", "clone", "--depth", "1", REPO_URL, str(CLONE)], check=True)
-    else:
-        print(f"reusing the clone in {CLONE.resolve()}")
-    os.chdir(CLONE)
-elif missing_modules() and IS_COLAB:
+FETCH_PROJECT = """
+if find_project() is None and REPO_URL:  # A clone, once: a rerun finds it.
+    subprocess.run(["git", "clone", "--depth", "1", REPO_URL, "age_regression"], check=True)
+elif find_project() is None and IS_COLAB:  # The one upload dialog.
+    import zipfile
     from google.colab import files
-
-    while missing_modules():
-        print("Upload these files from your copy of the project:", ", ".join(missing_modules()))
-        if not files.upload():
-            break  # The dialog was cancelled.
-if missing_modules():
-    where = "upload them when asked, or set REPO_URL" if IS_COLAB else "open the notebook beside them"
-    raise FileNotFoundError(f"{', '.join(missing_modules())} missing in {Path.cwd()}: {where}")
-sys.path.insert(0, str(Path.cwd()))
-print("modules in", Path.cwd())
+    print("Upload the project: its zip (GitHub: Code → Download ZIP) or all its .py files.")
+    for name in files.upload():
+        if name.endswith(".zip"):
+            zipfile.ZipFile(name).extractall()
+PROJECT = find_project()
+if PROJECT is None:
+    raise FileNotFoundError(f"no project in {Path.cwd()}: upload its zip, or set REPO_URL")
+os.chdir(PROJECT)  # Runs and downloads are kept here unless they go to the Drive.
+sys.path.insert(0, str(PROJECT))
+PROJECT
 """
 
 INSTALL_TEXT = """
-Install what is missing or too old, *before* anything imports it (the versions are those of
-`requirements.txt`). Colab already has all of it, so nothing is installed there.
+Then what is missing or too old is installed, *before* anything imports it: the lines of
+`requirements.txt` that the notebook needs, each with the packages that provide it and its
+lowest version. Colab already has all of it, so nothing is installed there.
 """
 
-INSTALL = """
+REQUIRED = """
 import importlib.metadata
 import re
 
-# requirement -> (what pip installs, the distributions that provide it)
+# A line of requirements.txt -> (the packages that provide it, its lowest version)
 REQUIRED = {
-{table}
+{required}
 }
+"""
 
-
-def version_of(distributions):
-    for distribution in distributions:
+INSTALL = """
+def version(packages):
+    \"\"\"(major, minor, patch) of the first of these packages installed; (0,): none is.\"\"\"
+    for name in packages.split():
         try:
-            return importlib.metadata.version(distribution)
+            found = importlib.metadata.version(name)
+            return tuple(int(part) for part in re.findall(r"\\d+", found)[:3])
         except importlib.metadata.PackageNotFoundError:
             pass
-    return None
+    return (0,)
 
 
-def numbers(version):
-    return tuple(int(part) for part in re.findall(r"\\d+", version)[:2])
-
-
-to_install = []
-for spec, distributions in REQUIRED.values():
-    version = version_of(distributions)
-    minimum = re.search(r">=([\\d.]+)", spec).group(1)
-    if version is None or numbers(version) < numbers(minimum):
-        to_install.append(spec)
+to_install = [spec for spec, (packages, least) in REQUIRED.items() if version(packages) < least]
 if to_install:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", *to_install], check=True)
 to_install
 """
 
 GPU_TEXT = """
-In Colab choose *Runtime → Change runtime type → GPU* (a T4 is enough). Training then uses
-mixed precision and XLA by itself. Without a GPU everything still runs, with a smaller model
-and more slowly; the cell below warns, it does not stop. A *TPU* runtime also works: the
-training then spreads its batches over the TPU's cores (`tf.distribute.TPUStrategy`, in
-bfloat16), with the GPU preset's network; this path has not been tried on a real TPU. With
-several GPUs, each takes a share of every batch (`MirroredStrategy`).
+**The GPU.** In Colab choose *Runtime → Change runtime type → GPU* (a T4 is enough). Training
+then uses mixed precision and XLA by itself. Without a GPU everything still runs, with the
+smaller CPU preset and more slowly: the cell below warns, it does not stop. A TPU runtime, or
+several GPUs, also work: each batch is then split between the replicas (the TPU path has not
+been tried on a real TPU).
 """
 
 VERSIONS = """
@@ -438,10 +635,10 @@ if not gpus:
 """
 
 STORAGE_TEXT = """
-Where the run (model, checkpoints, history) and the downloaded data archive are kept. In Colab
-they go to your Google Drive unless `USE_DRIVE = False`: a Colab runtime forgets its files
-when it disconnects, and a run kept on Drive resumes from its last finished epoch. Colab asks
-for permission to mount the Drive.
+**Storage.** Where the runs (model, checkpoints, history) and the downloaded data are kept.
+In Colab they go to your Google Drive unless `USE_DRIVE = False`: a Colab runtime forgets
+its files when it disconnects, and a run kept on the Drive resumes from its last finished
+epoch. Colab asks for permission to use the Drive: the notebook's last question.
 """
 
 STORAGE = """
@@ -452,15 +649,12 @@ if ON_DRIVE:
     from google.colab import drive
 
     drive.mount(DRIVE_MOUNT)
-    STORAGE = Path(DRIVE_MOUNT) / "MyDrive" / "age_regression"
-    print("runs and the data archive are kept on Google Drive, in", STORAGE)
-else:
-    STORAGE = Path.cwd()
-    if IS_COLAB:
-        print("USE_DRIVE is off: a disconnect loses the run and the downloaded data.")
+STORAGE = Path(DRIVE_MOUNT) / "MyDrive" / "age_regression" if ON_DRIVE else Path.cwd()
 # A quick run starts afresh unless it is kept on Drive; a full run resumes from its folder.
 RUNS = STORAGE / "runs" if ON_DRIVE or not QUICK else Path(tempfile.mkdtemp(prefix="quick-"))
 DOWNLOADS = STORAGE / "data" if ON_DRIVE else None  # None: the Keras cache, ~/.keras
+if IS_COLAB and not ON_DRIVE:
+    print("USE_DRIVE is off: a disconnect loses the run and the downloaded data.")
 RUNS
 """
 
@@ -479,17 +673,38 @@ import train_loop
 import utk_data
 """
 
+SHOW_FIGURES_TEXT = """
+The figures of the reported runs stand in the markdown as links to the project's `figures/`,
+which GitHub and Jupyter show. Colab's markdown cannot reach those files, so in Colab the
+code cell under each such text shows them.
+"""
+
+SHOW_FIGURES = """
+from IPython.display import Image, display
+
+
+def show_figures(*names):
+    \"\"\"In Colab, the figures/ files that the markdown above shows on GitHub.\"\"\"
+    if not IS_COLAB:
+        return  # GitHub and Jupyter show the markdown's images.
+    found = [Path("figures", name) for name in names if Path("figures", name).is_file()]
+    if len(found) < len(names):
+        print("Some figures are missing here (the zip has them all): see answers.md.")
+    display(*[Image(str(path), width=720) for path in found])
+"""
+
 DATASET_TEXT = """
 UTKFace: aligned and cropped 200×200 faces whose file names carry the labels,
 `[age]_[gender]_[race]_[date&time].jpg.chip.jpg`. Unless `DATA` says otherwise, the archive is
-downloaded once from a public mirror at a fixed revision and extracted. Files that cannot be
-used are skipped with a reason, never silently.
+downloaded once from a public mirror at a fixed revision and extracted; a download with fewer
+than 20,000 labelled faces is refused. Files that cannot be used are skipped with a reason,
+never silently.
 
-The mirror holds the full set of 23,708 faces. The runs reported in
-[answers.md](answers.md) used a copy of 21,352 of them, the rest kept aside for an
-independent evaluation. A face's split depends on its file name alone, so the test split here
-holds the same test faces and about a tenth of the others as well: the numbers of this
-notebook will differ somewhat from those of answers.md.
+The runs reported in [answers.md](answers.md) used a copy of 21,352 faces. The mirror's
+archive is said to hold all 23,708; that was not checked face by face, and no hash is pinned.
+A face's split depends on its file name alone, so the test split here holds the reported
+test faces and about a tenth of the others: the numbers of this notebook will differ
+somewhat from those of answers.md.
 """
 
 DATASET = """
@@ -504,11 +719,11 @@ faces above 80.
 """
 
 CONFIG_TEXT = """
-The training settings: one `TrainConfig`, as on the command line, filled from the preset of
-this machine. The run folder is named after the settings, so that rerunning this notebook with
-the same settings resumes the run, and other settings (a new `TIME_BUDGET`, say) start a new
-one. The split is a hash of each file name (80/10/10 %), so every model is compared on the
-same test faces.
+The training settings of our network: one `TrainConfig`, as on the command line, filled from
+the preset of this machine. The run folder is named after the settings, so that rerunning
+this notebook with the same settings resumes the run, and other settings (a new
+`TIME_BUDGET`, say) start a new one. The split is a hash of each file name (80/10/10 %), so
+every model is compared on the same test faces.
 """
 
 CONFIG = """
@@ -521,76 +736,73 @@ print(f"run folder: {config.out}")
 len(train_records), len(val_records), len(test_records)
 """
 
-MODEL_TEXT = """
-The assignment's skeleton, filled in: `CourseCNN` is the course's network, a `keras.Model`
-subclass that builds its layers in `__init__` and runs them in `call` (through `forward`, which
-can also note every layer's output for Task 1). Its output is a one-unit dense layer with a
-**ReLU**, whose bias starts at the mean training age. Here is the class as it stands in
-`model.py` (without its `get_config`, which lets a saved model be loaded again):
+COURSE_TEXT = """
+The assignment's skeleton, filled in. The next cell is `CourseCNN` as it stands in
+`model.py` (a test keeps the two the same), and it runs: the cells after it build the
+network, list its feature maps for Task 1 and train it for a few steps. It is a
+`keras.Model` subclass that builds its layers in `__init__` and runs them in `call`, through
+`forward`, which can also note every layer's output for Task 1's table. Its output is a
+one-unit dense layer with a **ReLU**, whose bias starts at the mean training age. Only the
+lines that save and load a model are left out here (its registration with Keras and its
+`get_config`); `model.py` keeps them.
+"""
+
+COURSE_HELPERS = """
+# The helpers of model.py that the class calls: _apply runs a layer (and notes its output for
+# Task 1), output_activation_function gives the output's activation, and _widening keeps an
+# optional readout setting (None here).
+from keras import layers
+
+from model import _apply, _widening, output_activation_function
 """
 
 COURSE = """
-course = train_loop.make_model(train_loop.TrainConfig(arch="course_cnn"), initial_age=33.0)
+course = CourseCNN(image_size=200, initial_age=33.0)  # the course's 200 × 200 faces
+course(model.example_inputs(course))  # Keras creates the weights on the first call.
 course.summary()
-"""
-
-TASK1_TEXT = """
-### Task 1: the sizes of the input, every feature map and the output
-
-**The input is 200 × 200 × 3; conv1 gives 49 × 49 × 8, conv2 12 × 12 × 16; flattening gives
-2,304 values, the dense layers 128 and 64, and the output is 1 value, the age.**
-
-A convolution with a `k × k` kernel, stride `s` and padding `p` maps a side of `n` pixels to
-`⌊(n + 2p − k) / s⌋ + 1`. The course network uses 5 × 5 kernels, stride 4 and no padding
-(`"valid"`), so:
-
-- conv1: `⌊(200 − 5) / 4⌋ + 1 = ⌊48.75⌋ + 1 = 49`, a feature map of **49 × 49 × 8**;
-- conv2: `⌊(49 − 5) / 4⌋ + 1 = 11 + 1 = 12`, a feature map of **12 × 12 × 16**;
-- flattening gives 12 · 12 · 16 = **2,304** values, the dense layers **128** and **64**, and
-  the **output** is **1** value, the age.
-
-Parameters: a convolution has `k · k · c_in · c_out + c_out` (conv1: 5 · 5 · 3 · 8 + 8 = 608),
-a dense layer `n_in · n_out + n_out` (dense1: 2,304 · 128 + 128 = 295,040). The whole table,
-computed from the model by `model.feature_map_table` (the cell below computes it again):
-
-{table}
 """
 
 TASK1 = "Markdown(model.format_feature_map_table(model.feature_map_table(course)))"
 
-OURS_TEXT = """
-`AgeCNN` is ours: residual blocks with batch normalisation, global average pooling and
-dropout, ending in the same one-unit ReLU output. Its sizes come from the preset of this
-machine (a smaller one on a CPU), which `train_loop.make_model` reads; the input size is
-the model's own `image_size`. Its feature maps:
+STEP_TEXT = """
+### The training step
+
+The step at the heart of training, as it stands in `train_loop.py` (a test keeps the two the
+same): the forward pass under a `tf.GradientTape` with `training=True` (dropout on), the
+loss, its gradients, and the optimizer's update. `train_loop.train` runs these lines inside
+`Trainer.update`, which adds what this notebook leaves to the module: mixed precision (the
+loss scaled so that small gradients survive float16), replicas, and the average of the
+weights.
 """
 
-OURS = """
-ours = train_loop.make_model(config, initial_age=33.0)
-print(f"{ours.count_params():,} parameters, input {ours.image_size} × {ours.image_size} × 3")
-Markdown(model.format_feature_map_table(model.feature_map_table(ours)))
+FEW_STEPS_TEXT = """
+A few steps of the course network with that step, on the course's settings (200 px faces,
+RMSprop with a learning rate of 1e-3, batches of 64, the L1 loss): each prints the loss of
+its batch, the mean error in years.
 """
 
-TRAINING_TEXT = """
-Our own loop, `train_loop.train`, not `fit()`. Here is its training step: the forward pass runs
-under a `tf.GradientTape` with `training=True` (dropout on, batch normalisation learning from
-the batch), the L1 loss is scaled for mixed precision, and the optimizer (AdamW with warm-up
-and cosine decay) applies the gradients:
+FEW_STEPS = """
+optimizer = keras.optimizers.RMSprop(learning_rate=1e-3)
+loss_fn = keras.losses.MeanAbsoluteError()  # the L1 loss: the mean error in years
+batches = utk_data.make_dataset(train_records[:384], 200, 64, training=True, augment=False)
+for step, (images, ages) in enumerate(batches.take(6), start=1):
+    loss = train_step(course, optimizer, loss_fn, images, ages)
+    print(f"step {step}: loss {float(loss):.2f} years")
 """
 
-RUN_TEXT = """
-Around that step, `train` validates after every epoch, keeps the weights of the best
-validation epoch, stops early when the validation error stops improving, and writes a
-checkpoint after every epoch. **If the runtime disconnects, run the notebook again**: with the
-runs on Drive, each training cell resumes from the last finished epoch and ends where an
-uninterrupted run would have ended.
+COURSE_RUN_TEXT = """
+### The course network, trained
 
-### The course network first
+`train_loop.train` trains the course network with the course's settings (200 px, RMSprop
+1e-3, batch 64, 20 epochs, no augmentation), as a yardstick for ours. It builds `CourseCNN`
+from `model.py` and runs the step above in its loop: it validates after every epoch, keeps
+the weights of the best validation epoch, stops early when the validation error stops
+improving, and writes a checkpoint after every epoch. **If the runtime disconnects, run the
+notebook again**: with the runs on the Drive, each training resumes from its last finished
+epoch and ends where an uninterrupted run would have ended.
 
-The course network with the course's settings (200 px, RMSprop 1e-3, batch 64, 20 epochs, no
-augmentation), as a yardstick for ours. It takes minutes on a GPU, and about 3 minutes of
-training on a 2-core CPU (its 20 epochs took 2.2–2.4 minutes on a 2-core Intel Xeon).
-With `QUICK`, it trains for one epoch on 800 faces.
+It takes minutes on a GPU, and about 3 minutes on a 2-core CPU (its 20 epochs took 2.2–2.4
+minutes on a 2-core Intel Xeon). With `QUICK`, it trains for one epoch on 800 faces.
 """
 
 COURSE_RUN = """
@@ -608,12 +820,37 @@ print(
 )
 """
 
-OUR_RUN_TEXT = """
-### Our network
+OURS_TEXT = """
+`AgeCNN` is ours: residual blocks with batch normalisation, global average pooling and
+dropout, ending in the same one-unit ReLU output. Its sizes come from the preset of this
+machine (a smaller one on a CPU), which `train_loop.make_model` reads; the input size is
+the model's own `image_size`. Its feature maps:
+"""
 
-First an estimate of how long its training will take on this runtime, from a few timed
+OURS = """
+ours = train_loop.make_model(config, initial_age=33.0)
+print(f"{ours.count_params():,} parameters, input {ours.image_size} × {ours.image_size} × 3")
+Markdown(model.format_feature_map_table(model.feature_map_table(ours)))
+"""
+
+TRAINING_TEXT = """
+Our network trains in the same loop with its preset's settings: AdamW, a learning rate that
+warms up and then decays along a cosine, augmented faces and the average of the weights;
+after training come the test-time views and the widening (see *Words used here*).
+
+First an estimate of how long the training will take on this runtime, from a few timed
 steps (a rerun that resumes needs only the epochs that are left; early stopping may end it
-sooner). Then the training itself, the longest cell of the notebook.
+sooner). The GPU preset's time on a Colab GPU has never been measured: this estimate is the
+guide. Then the training itself, the longest cell of the notebook.
+"""
+
+ESTIMATE = """
+estimate = train_loop.estimate_training(config, train_records, val_records)
+print(
+    f"about {estimate.minutes:.1f} minutes of training on this runtime "
+    f"({estimate.seconds_per_step:.2f} s a step, {estimate.steps} steps an epoch, "
+    f"{estimate.epochs} epochs)"
+)
 """
 
 TENSORBOARD_TEXT = """
@@ -631,19 +868,10 @@ else:
     print(f"TensorBoard curves in {LOGS}: tensorboard --logdir {LOGS}")
 """
 
-ESTIMATE = """
-estimate = train_loop.estimate_training(config, train_records, val_records)
-print(
-    f"about {estimate.minutes:.1f} minutes of training on this runtime "
-    f"({estimate.seconds_per_step:.2f} s a step, {estimate.steps} steps an epoch, "
-    f"{estimate.epochs} epochs)"
-)
-"""
-
 EVALUATION_TEXT = """
 The metrics `train` computed on the test split with the best weights, beside the simplest
 baseline: predicting the median training age for every face. The presets validate and save
-an average of the weights, and each face's age is averaged over its test-time views; the
+the average of the weights, and each face's age is averaged over its test-time views; the
 second line shows what the views changed ([EXPERIMENTS.md](EXPERIMENTS.md) has both
 measured over three seeds).
 """
@@ -680,33 +908,14 @@ if not QUICK and TIME_BUDGET is None:
     assert run.metrics["test_mae"] < 7.0, run.metrics["test_mae"]
 """
 
+REPORTED_TEXT = """
+In Colab, the figures of *Results at a glance*: the reported CPU preset's run, to compare
+with this one.
+"""
+
 TASK2_TEXT = """
-**A ReLU output works because an age is never negative and `max(0, z)` gives exactly the
-non-negative numbers, unchanged above 0. Its advantage over a linear output: it never
-predicts a negative age, and clipping a negative prediction to 0 always moves it closer to
-the truth. Measured over three seeds each, the advantage is small: on the course network
-both outputs did equally well (+0.00 [−0.20, +0.19] years); on ours the linear output was
-measurably better (−0.17 [−0.28, −0.06]), because the ReLU's flat zero stops learning.**
-
-- **Why it works.** Above 0 the ReLU is the identity: it neither squashes nor saturates the
-  ages, and the L1 loss's gradient is ±1 at every age.
-- **The advantage.** `|0 − age| < |negative − age|` for every age ≥ 0: the constraint is
-  built into the model instead of being learned.
-- **The risk.** Where `z < 0` the gradient is 0: such a face teaches the output nothing.
-  After 8 epochs the plain ReLU of our network held 1,637 of its 17,019 training faces at
-  exactly 0, nearly all children. Its bias starts at the mean training age (about 33).
-- **Without the dead zone.** Our network keeps `max(0, z)` as its output but lets the
-  gradient through below 0 while training (`--relu-gradient straight_through`): a face
-  predicted 0 still pulls `z` up. It then trains as a linear output does and clips its
-  rare negative ages: −0.21 [−0.32, −0.10] against the plain ReLU, 4 ± 2 faces at 0
-  instead of 189 ± 6.
-
-Measured with `python train_loop.py train --arch course_cnn --seed 0 --out runs/course`
-(the course network, 200 px, 20 epochs) and `python train_loop.py train --epochs 8
---image-size 64 --seed 0 --out runs/e8_relu` (ours at the short budget), each also with
-`--output-activation linear` and seeds 1 and 2; tables and curves in
-[answers.md](answers.md#task-2-why-a-relu-output-works-here-and-its-advantage-over-a-linear-output).
-This run's test faces at exactly 0 and below 0 (each face alone, without its other views):
+The cell below counts this run's test faces predicted exactly 0 and below 0 (each face alone,
+without its other views).
 """
 
 TASK2 = """
@@ -714,57 +923,7 @@ single = evaluation.predict_records(run.model, run.test.records, config.batch_si
 int((single.predicted == 0).sum()), int((single.predicted < 0).sum()), len(single.predicted)
 """
 
-TASK3_TEXT = """
-**For: a softmax over the ages 0–116 gives a distribution (its uncertainty, not one number),
-a cross-entropy gradient that shrinks near the target, and, with soft targets, tolerance for
-noisy labels. Against: plain classes ignore the order of ages, 117 classes split the data
-thinly, and cross-entropy does not measure years of error. Measured at the short budget,
-three seeds each, the classifier read out as an expected value was best: −0.52 [−0.67, −0.38]
-years against the L1 regression.**
-
-For:
-- A distribution can say "25 or 35" and how sure it is; its expected value turns it back into
-  one age (DEX: Rothe, Timofte and Van Gool, 2015).
-- The L1 loss's gradient is ±1 however close a prediction is; cross-entropy trains 117
-  outputs per face, and its gradient shrinks near the target.
-- Noisy labels (801 faces labelled 35 against 373 labelled 34): with soft targets, a Gaussian
-  over the neighbouring ages, a label a few years off costs little; with one-hot classes, as
-  `--head classification` trains, 34 is as wrong as 70.
-
-Against:
-- Classes ignore the order: 30 for 31 costs as much cross-entropy as 30 for 70.
-- Thin classes: at least 132 faces for each age from 20 to 35, 0 to 17 for each over 90.
-- The argmax jumps between neighbours; only an expected-value or median readout competes,
-  which brings back the regression view.
-
-A middle way keeps the order: ordinal regression (CORAL: Cao, Mirjalili and Raschka, 2020),
-measurably better than the ReLU regression (−0.23 [−0.37, −0.08]). The classifier's 50 % and
-90 % intervals held 52.0 ± 0.3 % and 91.1 ± 0.2 % of the true ages; its most confident quarter
-of faces had a MAE of 2.70 ± 0.06, its least 9.05 ± 0.20. Measured with
-`python train_loop.py train --epochs 8 --image-size 64 --seed 0 --head classification --out
-runs/e8_classification` and `--head ordinal`, seeds 0–2; [answers.md](answers.md#task-3-age-as-classification--for-and-against) has the tables.
-"""
-
-OPTIONAL_TEXT = """
-**Gender and race given as inputs lowered the test MAE measurably, by 0.15 years
-(−0.15 [−0.28, −0.04]), but only with the true labels; given "unknown", as for a new photo,
-they did not help (−0.02 [−0.15, +0.11]). Predicting gender as a second output made no
-measurable difference (−0.09 [−0.22, +0.03]), though it would need nothing but the photo.**
-
-- **(i) Multi-task:** a second output predicts gender (`--gender-head`), so that the shared
-  features learn from both labels. At prediction time it needs nothing but the photo.
-- **(ii) Attributes as inputs:** gender and race enter the network as learned embeddings next
-  to the image features (`--attribute-inputs`). This helps only when someone gives them for
-  the photo; "unknown" has its own embedding, but almost every training face has both labels,
-  so the network has barely seen it.
-
-Measured at the short budget, three seeds each: `python train_loop.py train --epochs 8
---image-size 64 --seed 0 --gender-head --out runs/e8_gender_head`, the same with
-`--attribute-inputs`, and seeds 1 and 2; tables in
-[answers.md](answers.md#optional-task-gender-race-and-age).
-
-The multi-task model has two outputs:
-"""
+OPTIONAL_TEXT = "The multi-task model has two outputs:"
 
 OPTIONAL = """
 multi = train_loop.make_model(dataclasses.replace(config, gender_head=True), initial_age=33.0)
@@ -772,26 +931,106 @@ multi = train_loop.make_model(dataclasses.replace(config, gender_head=True), ini
 """
 
 PHOTO_TEXT = """
-Any photo with a face works: `predict` finds the faces with OpenCV's frontal-face detector
-and frames each one as UTKFace frames its faces (a picture that already is a tight face
-crop, like UTKFace's, is taken as it is). In Colab an upload button appears (cancel it to use
-a test face); elsewhere set the environment variable `AGE_PHOTO` to a path. The detector
-looks for frontal, upright faces: a profile, a strongly tilted head or a tiny face may not
-be found.
+Without a photo of yours, the cells below show a test face: the astronaut Eileen Collins, a
+NASA portrait in the public domain that ships with scikit-image (Colab has it), or, without
+scikit-image, a face of the test split. Outside Colab, set the environment variable
+`AGE_PHOTO` to a picture's path to see it instead.
 """
 
-PHOTO = """
-PHOTO = os.environ.get("AGE_PHOTO", "")
-if IS_COLAB and not PHOTO:
-    from google.colab import files
+SHOW_AGE = """
+import base64
+import html
+import io
 
-    uploaded = [name for name in files.upload() if name.lower().endswith(utk_data.IMAGE_SUFFIXES)]
-    PHOTO = uploaded[0] if uploaded else ""
-PHOTO = PHOTO or str(run.test.records[0].path)
-rows, skipped = photos.predict_paths(run.model, [PHOTO], tta=run.config.tta, crop="auto")
-photos.plot_photo(photos.read_photo(PHOTO), rows)
+from IPython.display import HTML
+
+
+def age_figure(path):
+    \"\"\"A picture, its faces framed as UTKFace frames them, and their ages; the rows.\"\"\"
+    rows, skipped = photos.predict_paths(run.model, [str(path)], tta=run.config.tta, crop="auto")
+    return photos.plot_photo(photos.read_photo(path), rows), rows or skipped
+"""
+
+TEST_FACE = """
+try:  # Eileen Collins, a NASA portrait in the public domain that ships with scikit-image
+    from skimage import data
+
+    TEST_FACE = Path(tempfile.gettempdir()) / "astronaut.png"
+    plt.imsave(TEST_FACE, data.astronaut())
+except ImportError:  # without scikit-image: a face of the test split
+    TEST_FACE = run.test.records[0].path
+figure, found = age_figure(os.environ.get("AGE_PHOTO") or TEST_FACE)
 plt.show()
-rows or skipped
+found
+"""
+
+PICKER_TEXT = """
+**A photo of your own, whenever you like.** In Colab the last cell shows a button: choose a
+photo, and its faces and their ages appear under the button. Nothing waits for it, so *Run
+all* ends here. Your browser shrinks the photo to at most 1,600 pixels a side and sends it
+to this runtime only, where the model reads it.
+"""
+
+PICKER = '''
+PICKER = """
+<input type="file" accept="image/*" id="age-photo"><div id="age-result"></div>
+<script>
+document.getElementById("age-photo").onchange = async (event) => {
+  const picture = await createImageBitmap(event.target.files[0]);
+  const scale = Math.min(1, 1600 / Math.max(picture.width, picture.height));
+  const canvas = document.createElement("canvas");
+  [canvas.width, canvas.height] = [picture.width * scale, picture.height * scale];
+  canvas.getContext("2d").drawImage(picture, 0, 0, canvas.width, canvas.height);
+  const photo = canvas.toDataURL("image/jpeg", 0.92);
+  const answer = await google.colab.kernel.invokeFunction("age_photo", [photo], {});
+  document.getElementById("age-result").innerHTML = answer.data["text/html"];
+};
+</script>
+"""
+'''
+
+PICKER_CALLBACK = """
+def age_photo(data_url):
+    \"\"\"The button's callback: the photo's faces and their ages, as HTML for the page.\"\"\"
+    path = Path(tempfile.gettempdir()) / "my_photo.jpg"
+    path.write_bytes(base64.b64decode(data_url.split(",", 1)[1]))
+    try:
+        figure, _ = age_figure(path)
+    except Exception as error:  # Say on the page why the picture could not be read.
+        return HTML(f"<p>{html.escape(str(error))}</p>")
+    png = io.BytesIO()
+    figure.savefig(png, format="png", bbox_inches="tight")
+    plt.close(figure)
+    return HTML(f'<img src="data:image/png;base64,{base64.b64encode(png.getvalue()).decode()}">')
+"""
+
+PICKER_BUTTON = """
+if IS_COLAB:  # The button calls age_photo when a photo is chosen; nothing waits for it.
+    from google.colab import output
+
+    output.register_callback("age_photo", age_photo)
+    display(HTML(PICKER))
+else:
+    print("In Colab a button here takes a photo of your own; elsewhere set AGE_PHOTO.")
+"""
+
+PAGE_TEXT = """
+**Live, with the camera.** The cell below serves the project's page from this runtime (the
+`serve` command of the README): upload a photo or start the camera, and each face is boxed
+with its age and the error the model made at that age on its test faces. In Colab it opens
+in the notebook; nothing waits for it, and nothing is kept.
+"""
+
+PAGE = """
+import serve
+
+server, address = serve.start(Path(run.config.out) / "model.keras")
+if IS_COLAB:  # The page, in a frame of this notebook; the camera asks your permission.
+    from google.colab import output
+
+    output.serve_kernel_port_as_iframe(server.server_address[1], height=900)
+else:
+    print("the page:", address)
 """
 
 

@@ -1,10 +1,10 @@
-"""`files.upload()` as in Colab: the chosen files land in the current folder."""
+"""`files` as in Colab: upload() opens a dialog whose files land in the current folder."""
 
 import os
 import shutil
 from pathlib import Path
 
-from google.colab import log
+from google.colab import dialog
 
 
 def upload():
@@ -13,5 +13,10 @@ def upload():
     for path in sorted(Path(os.environ["COLAB_STUB_UPLOADS"]).iterdir()):
         shutil.copyfile(path, path.name)
         uploaded[path.name] = path.read_bytes()
-    log("upload " + " ".join(uploaded))
+    dialog("files.upload", " ".join(uploaded))
     return uploaded
+
+
+def download(filename):
+    """Colab offers the file to the browser: a dialog."""
+    dialog("files.download", str(filename))
