@@ -289,7 +289,7 @@ def _multipart(fields, boundary="----page-test"):
     return body, f"multipart/form-data; boundary={boundary}"
 
 
-def test_every_bad_body_gets_a_json_error_and_the_server_lives_on(server, pictures):
+def test_every_bad_picture_gets_a_json_error_and_the_server_lives_on(server, pictures):
     good = pictures["one.jpg"]
     cut = pictures["large.png"]
     gif = io.BytesIO()
@@ -314,6 +314,10 @@ def test_every_bad_body_gets_a_json_error_and_the_server_lives_on(server, pictur
         )
         assert status == expected and answer["error"], (name, status, answer)
         assert_alive(server, good)
+
+
+def test_every_bad_request_gets_a_json_error_and_the_server_lives_on(server, pictures):
+    good = pictures["one.jpg"]
     head = b"POST /api/predict HTTP/1.1\r\nHost: here\r\n"
     raw = {
         "a body over the limit": (
@@ -399,22 +403,50 @@ def test_answering_opens_no_file(server, pictures, monkeypatch):
 # --- the ages -----------------------------------------------------------------------------
 
 
-def test_the_api_answers_the_ages_of_predict_crop_auto(
-    server, model_path, pictures, tmp_path
-):
+def _predicted_by_the_command(model_path, pictures, folder):
+    """(predict's CSV rows, predict_paths' rows) of the pictures written into `folder`."""
     files = []
     for name, data in pictures.items():
-        (tmp_path / name).write_bytes(data)
-        files.append(str(tmp_path / name))
-    out = tmp_path / "ages.csv"
+        (folder / name).write_bytes(data)
+        files.append(str(folder / name))
+    out = folder / "ages.csv"
     command = ["predict", "--model", model_path, "--crop", "auto", "--out", out]
     assert train_loop.main([*command, *files]) == 0
     table = list(csv.DictReader(open(out)))
+    assert list(table[0]) == [*photos.PREDICT_COLUMNS, *photos.NOTES_COLUMNS]
     model = readout.load_model(model_path)
     rows, skipped = photos.predict_paths(model, files, tta=True, crop="auto")
     assert not skipped
-    assert list(table[0]) == [*photos.PREDICT_COLUMNS, *photos.NOTES_COLUMNS]
+    return table, rows
 
+
+def _assert_same_faces(answer, expected, written, name):
+    """The API's faces are predict's rows and the CSV's lines; the found faces' count."""
+    faces = answer["faces"]
+    # The API rounds its ages to 0.001 year.
+    assert [face["age"] for face in faces] == pytest.approx(
+        [row.age for row in expected], abs=6e-4
+    ), name
+    assert [float(row["predicted_age"]) for row in written] == pytest.approx(
+        [face["age"] for face in faces], abs=0.051
+    )
+    for face, row, line in zip(faces, expected, written):
+        if row.crop == "face":
+            assert tuple(face["box"]) == row.box, name
+            box = [int(line[key]) for key in ("x", "y", "width", "height")]
+            assert box == face["box"]
+        else:  # A face crop taken as it is: the whole picture is its box.
+            assert face["box"] == [0, 0, answer["width"], answer["height"]]
+        assert line["test_ages"] == face["error"]["ages"]
+        assert int(line["test_faces"]) == face["error"]["faces"]
+        assert line["warnings"] == "; ".join(face["warnings"])
+    return sum(row.crop == "face" for row in expected)
+
+
+def test_the_api_answers_the_ages_of_predict_crop_auto(
+    server, model_path, pictures, tmp_path
+):
+    table, rows = _predicted_by_the_command(model_path, pictures, tmp_path)
     faces_found = 0
     for name, data in pictures.items():
         kind = "image/png" if name.endswith(".png") else "image/jpeg"
@@ -425,26 +457,7 @@ def test_the_api_answers_the_ages_of_predict_crop_auto(
         if expected[0].age is None:
             assert answer["faces"] == [] and "No face found" in answer["message"]
             continue
-        faces = answer["faces"]
-        # The API rounds its ages to 0.001 year.
-        assert [face["age"] for face in faces] == pytest.approx(
-            [row.age for row in expected], abs=6e-4
-        ), name
-        assert [float(row["predicted_age"]) for row in written] == pytest.approx(
-            [face["age"] for face in faces], abs=0.051
-        )
-        for face, row, line in zip(faces, expected, written):
-            if row.crop == "face":
-                faces_found += 1
-                assert tuple(face["box"]) == row.box, name
-                assert [int(line[key]) for key in ("x", "y", "width", "height")] == (
-                    face["box"]
-                )
-            else:  # A face crop taken as it is: the whole picture is its box.
-                assert face["box"] == [0, 0, answer["width"], answer["height"]]
-            assert line["test_ages"] == face["error"]["ages"]
-            assert int(line["test_faces"]) == face["error"]["faces"]
-            assert line["warnings"] == "; ".join(face["warnings"])
+        faces_found += _assert_same_faces(answer, expected, written, name)
     assert faces_found >= 4
     # The ages differ from face to face: their agreement is not that of a constant.
     assert np.ptp([row.age for row in rows if row.age is not None]) > 1.0
