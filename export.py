@@ -118,32 +118,23 @@ def _check_file_path(path, suffix):
         )
 
 
-def _crop_signature(crop_size):
-    return [tf.TensorSpec((None, crop_size, crop_size, 3), tf.uint8, name="images")]
-
-
-def export_tflite(model, path, quantize="none", tta=True, crop_size=CROP_SIZE):
-    """Write `model` (read out as `predict` reads it out, see readout.serving_model) as a
-    LiteRT file at `path` of built-in ops only, for uint8 crops of crop_size: with
-    `quantize` "float16" the weights are stored as float16, with "dynamic" as int8 (the
-    activations stay float); return the path."""
-    if quantize not in QUANTIZATIONS:
-        raise ValueError(f"quantize must be one of {QUANTIZATIONS}, got {quantize!r}")
+def _export_file(model, path, form, tta, crop_size, **options):
+    """Write `model`, read out as `predict` reads it out (readout.serving_model) for uint8
+    crops of crop_size, through Keras' export in `form` ("litert" or "onnx"), atomically
+    at `path`; return the path."""
     path = Path(path)
-    _check_file_path(path, ".tflite")
-    options = {"target_spec": {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]}}
-    if quantize != "none":
-        options["optimizations"] = [tf.lite.Optimize.DEFAULT]
-    if quantize == "float16":
-        options["target_spec"]["supported_types"] = [tf.float16]
+    _check_file_path(path, {"litert": ".tflite", "onnx": ".onnx"}[form])
     served = serving_model(model, tta, model.age_widening, crop_size)
+    signature = [
+        tf.TensorSpec((None, crop_size, crop_size, 3), tf.uint8, name="images")
+    ]
 
     def write(temporary):
         served.export(
             str(temporary),
-            format="litert",
+            format=form,
             verbose=False,
-            input_signature=_crop_signature(crop_size),
+            input_signature=signature,
             **options,
         )
 
@@ -151,27 +142,27 @@ def export_tflite(model, path, quantize="none", tta=True, crop_size=CROP_SIZE):
     return path
 
 
+def export_tflite(model, path, quantize="none", tta=True, crop_size=CROP_SIZE):
+    """Write `model` as a LiteRT file of built-in ops only (_export_file): with `quantize`
+    "float16" the weights are stored as float16, with "dynamic" as int8 (the activations
+    stay float)."""
+    if quantize not in QUANTIZATIONS:
+        raise ValueError(f"quantize must be one of {QUANTIZATIONS}, got {quantize!r}")
+    options = {"target_spec": {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]}}
+    if quantize != "none":
+        options["optimizations"] = [tf.lite.Optimize.DEFAULT]
+    if quantize == "float16":
+        options["target_spec"]["supported_types"] = [tf.float16]
+    return _export_file(model, path, "litert", tta, crop_size, **options)
+
+
 def export_onnx(model, path, tta=True, crop_size=CROP_SIZE):
-    """Write `model` (read out as `predict` reads it out) as an ONNX file at `path`, for
-    uint8 crops of crop_size; return the path. Needs tf2onnx."""
+    """Write `model` as an ONNX file (_export_file). Needs tf2onnx."""
     if importlib.util.find_spec("tf2onnx") is None:
         raise ValueError(
             "--format onnx needs the tf2onnx package: pip install -r requirements-dev.txt"
         )
-    path = Path(path)
-    _check_file_path(path, ".onnx")
-    served = serving_model(model, tta, model.age_widening, crop_size)
-
-    def write(temporary):
-        served.export(
-            str(temporary),
-            format="onnx",
-            verbose=False,
-            input_signature=_crop_signature(crop_size),
-        )
-
-    runs.atomic_write(path, write)
-    return path
+    return _export_file(model, path, "onnx", tta, crop_size)
 
 
 def saved_model_ages(folder, images, batch_size=64):
