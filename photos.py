@@ -310,7 +310,7 @@ def _image_files(sources):
                 skipped.append((source, f"cannot list the folder ({error.strerror})"))
                 continue
             for path in entries:
-                problem = _file_problem(path)
+                problem = utk_data.entry_problem(path)
                 if problem:
                     skipped.append((path, problem))
                 elif path.suffix.lower() in utk_data.IMAGE_SUFFIXES:
@@ -318,34 +318,9 @@ def _image_files(sources):
                 else:
                     skipped.append((path, "not a .jpg/.jpeg/.png file"))
         else:
-            problem = _file_problem(source)
+            problem = utk_data.entry_problem(source)
             (skipped.append((source, problem)) if problem else files.append(source))
     return files, skipped
-
-
-def _file_problem(path):
-    """Why `path` cannot be read as a picture (a folder, a link to nothing, a name that is
-    not UTF-8, ...), or None."""
-    if not _is_utf8(str(path)):
-        return "its name is not valid UTF-8"
-    if path.is_dir():
-        return "a folder (folders inside folders are not searched)"
-    if not path.exists() and not path.is_symlink():
-        return "no such file or folder"
-    if not path.is_file():
-        return "not a regular file (a broken or looping link, a pipe, a device)"
-    if not os.access(path, os.R_OK):
-        return "not readable (permission denied)"
-    return None
-
-
-def _is_utf8(text):
-    """True when `text` (a file name as Python reads it) is valid UTF-8."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 # Cells a spreadsheet would run as a formula when they begin with one of these.

@@ -299,6 +299,15 @@ def _file_problem(path, content=True):
         os.close(descriptor)
 
 
+def entry_problem(path):
+    """Why the entry at `path` cannot be read as an image file (a name that is not UTF-8,
+    a folder, a broken or looping link, a FIFO, no permission), its content unread; None
+    when it can be read."""
+    if _shown(path) != str(path):
+        return "file name is not valid UTF-8"
+    return _file_problem(Path(path), content=False)
+
+
 def _examine(path):
     """(Label, None) for a usable image file, or (None, why not) for any other entry."""
     if _shown(path.name) != path.name:
