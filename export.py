@@ -295,8 +295,9 @@ def export_command(arguments, parser):
         arguments.crop_size,
     )
     print(f"wrote {path} ({_size_mb(path):.1f} MB)")
-    if arguments.form == "tflite" and runtimes.flex_ops(path):
-        raise ValueError(f"{path} holds Select TF ops: {runtimes.flex_ops(path)}")
+    flex = runtimes.flex_ops(path) if arguments.form == "tflite" else []
+    if flex:
+        raise ValueError(f"{path} holds Select TF ops: {', '.join(flex)}")
     try:
         crops, true = test_face_crops(
             arguments.data, arguments.limit, arguments.crop_size or CROP_SIZE
