@@ -149,6 +149,13 @@ class TrainConfig:
         "the same before (deferred re-weighting, Cao et al., 2019); default: every epoch",
         bounds=AT_LEAST_ONE,
     )
+    balanced_mse: Optional[float] = _option(
+        None,
+        "weight of a Balanced MSE term beside the L1 loss (Ren et al., 2022: a squared "
+        "error that divides out how common each training age is, against the pull of "
+        "the old and young faces towards the middle ages); 0: off",
+        bounds=Bounds(0, 10),
+    )
     augment: Optional[bool] = _option(None, "flip, crop/shift, brightness/contrast")
     patience: Optional[int] = _option(
         None, "early stopping: epochs without a better val MAE", bounds=AT_LEAST_ONE
@@ -232,6 +239,7 @@ CPU_PRESET = dict(
     widen=True,
     relu_gradient="straight_through",
     loss_weighting="none",
+    balanced_mse=0.0,
 )
 PRESETS = {
     "cpu": CPU_PRESET,
@@ -271,6 +279,7 @@ COURSE_SETTINGS = dict(
     widen=False,
     relu_gradient="zero",
     loss_weighting="none",
+    balanced_mse=0.0,
 )
 
 

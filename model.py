@@ -639,6 +639,41 @@ def lds_age_weights(ages, max_age, kernel_size=5, sigma=2.0):
     return (weights / weights[ages].mean()).astype(np.float32)
 
 
+# The fixed label noise of the Balanced MSE term (years): about a typical error at the
+# middle ages.
+BALANCED_MSE_SIGMA = 5.0
+
+
+def log_age_prior(ages, max_age):
+    """The log probability of every age 0..max_age, (max_age + 1,) float32, among the
+    training ages, lightly smoothed (one more face at every age, so that no age is
+    impossible): the label distribution that balanced_mse divides out."""
+    ages = np.clip(np.round(np.asarray(ages)), 0, max_age).astype(int)
+    counts = np.bincount(ages, minlength=max_age + 1) + 1.0
+    return np.log(counts / counts.sum()).astype(np.float32)
+
+
+def balanced_mse(predicted, ages, log_prior, sigma=BALANCED_MSE_SIGMA):
+    """Balanced MSE of each image (batch,), from predicted and true ages (batch, 1): Ren
+    et al., "Balanced MSE for Imbalanced Visual Regression", CVPR 2022, in its GAI form
+    with a fixed label noise `sigma` (years). The output is read as the mean of a Gaussian
+    N(age; output, sigma²) and the training ages' distribution (`log_prior`, see
+    log_age_prior) as a prior; the loss is the negative log of the true age's posterior,
+    times 2 sigma², so that under a flat prior it is the squared error plus a constant. Its
+    gradient is twice the posterior mean minus the true age: an old face's output is
+    pushed up to where the many middle-aged faces no longer outweigh its age, instead of
+    being pulled towards the middle ages as by a plain squared error."""
+    predicted = ops.cast(predicted, "float32")  # (batch, 1)
+    ages = ops.cast(ages, "float32")  # (batch, 1)
+    log_prior = ops.cast(log_prior, "float32")  # (ages,)
+    variance = 2.0 * sigma**2
+    classes = ops.arange(ops.shape(log_prior)[0], dtype="float32")  # (ages,)
+    logits = -ops.square(predicted - classes) / variance + log_prior  # (batch, ages)
+    evidence = ops.logsumexp(logits, axis=-1)  # (batch,)
+    likelihood = -ops.square(predicted[:, 0] - ages[:, 0]) / variance  # (batch,)
+    return variance * (evidence - likelihood)
+
+
 def loss_terms(
     head,
     outputs,

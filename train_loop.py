@@ -49,7 +49,13 @@ from config import check_config, check_loss_weighting_epochs, config_from_argume
 from config import resolve_config, resumed_config, run_name  # noqa: F401 (the notebook)
 from evaluation import Predictions, evaluate_predictions
 from model import age_labels, ages_from_outputs, build_model, loss_terms
-from model import lds_age_weights, model_head, model_inputs
+from model import (
+    balanced_mse,
+    lds_age_weights,
+    log_age_prior,
+    model_head,
+    model_inputs,
+)
 from runs import progress
 
 
@@ -180,13 +186,20 @@ class Trainer:
     replicas of a tf.distribute strategy (TensorFlow's default: one device).
 
     `age_weights`, a loss weight for every age (model.lds_age_weights), weighs each face's
-    loss by its age; None: every face weighs the same. The model and the optimizer must
-    have been made in `strategy.scope()`."""
+    loss by its age; None: every face weighs the same. `age_prior`, the log probability
+    of every age among the training faces (model.log_age_prior), is what the Balanced MSE
+    term divides out (needed when config.balanced_mse is on). The model and the optimizer
+    must have been made in `strategy.scope()`."""
 
-    def __init__(self, model, optimizer, config, age_weights=None, strategy=None):
+    def __init__(
+        self, model, optimizer, config, age_weights=None, strategy=None, age_prior=None
+    ):
         self.model, self.optimizer, self.config = model, optimizer, config
         self.strategy = strategy or tf.distribute.get_strategy()
         self.age_weights = None if age_weights is None else tf.constant(age_weights)
+        if config.balanced_mse and age_prior is None:
+            raise ValueError("--balanced-mse needs the training ages' distribution")
+        self.age_prior = None if age_prior is None else tf.constant(age_prior)
         with self.strategy.scope():
             # 1 while the age weights count, 0 while every face weighs the same (set at the
             # start of each epoch by weigh_epoch).
@@ -251,7 +264,8 @@ class Trainer:
     def loss(self, outputs, labels):
         """The training loss of a replica's batch (model.loss_terms): the images' losses
         summed and divided by the global batch size, so that the replicas' gradients add
-        up to those of the global batch's mean loss (with one replica: the mean)."""
+        up to those of the global batch's mean loss (with one replica: the mean). With
+        config.balanced_mse, plus that weight times the Balanced MSE."""
         head = model_head(self.model)
         age_weights = self.age_weights
         if age_weights is not None:  # The weights average 1: so does every blend.
@@ -264,7 +278,14 @@ class Trainer:
             age_weights=age_weights,
             average=tf.nn.compute_average_loss,
         )
-        return terms["total"]
+        if not self.config.balanced_mse:
+            return terms["total"]
+        predicted = ages_from_outputs(head, outputs)
+        ages = tf.reshape(age_labels(labels), (-1, 1))
+        balanced = balanced_mse(predicted, ages, self.age_prior)
+        return terms["total"] + self.config.balanced_mse * tf.nn.compute_average_loss(
+            balanced
+        )
 
     def weigh_epoch(self, epoch):
         """Let the age weights count in `epoch` (from 0), or not: in every epoch, or with
@@ -531,7 +552,9 @@ def _make_trainer(config, strategy, initial_age, train_records, steps):
         model = make_model(config, initial_age, synchronized=replicas > 1)
         optimizer = make_optimizer(config, steps)
     age_weights = _age_weights(config, train_records)
-    return Trainer(model, optimizer, config, age_weights, strategy)
+    ages = [record.age for record in train_records]
+    age_prior = log_age_prior(ages, utk_data.MAX_AGE) if config.balanced_mse else None
+    return Trainer(model, optimizer, config, age_weights, strategy, age_prior)
 
 
 def _age_weights(config, train_records):
