@@ -38,7 +38,7 @@ import train_loop  # noqa: E402
 import utk_data  # noqa: E402
 from config import AT_LEAST_ONE, add_config_arguments, checked_number  # noqa: E402
 from config import config_from_arguments  # noqa: E402
-from model import forward_flops  # noqa: E402
+from model import forward_flops, log_age_prior  # noqa: E402
 
 # The model the examples of the docstrings read: what `python train_loop.py train --out
 # runs/default` writes.
@@ -153,10 +153,12 @@ def make_model(config, initial_age):
 
 
 def make_trainer(config, initial_age, steps_per_epoch):
-    """A Trainer of make_model's model and `train`'s optimizer."""
+    """A Trainer of make_model's model and `train`'s optimizer. A Balanced MSE term gets
+    every age as common: its cost does not depend on the distribution."""
     model = make_model(config, initial_age)
     optimizer = train_loop.make_optimizer(config, steps_per_epoch)
-    return train_loop.Trainer(model, optimizer, config)
+    age_prior = log_age_prior([], utk_data.MAX_AGE) if config.balanced_mse else None
+    return train_loop.Trainer(model, optimizer, config, age_prior=age_prior)
 
 
 def training_batches(decoded, config, kind="raw"):

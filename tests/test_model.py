@@ -12,12 +12,14 @@ from model import (
     CourseCNN,
     age_quantiles,
     ages_from_outputs,
+    balanced_mse,
     build_model,
     example_inputs,
     feature_map_table,
     format_feature_map_table,
     forward_flops,
     lds_age_weights,
+    log_age_prior,
     loss_terms,
     model_inputs,
     ordinal_targets,
@@ -402,6 +404,33 @@ def test_a_face_predicted_0_still_pulls_its_output_up(arch, options, tmp_path):
     loaded = keras.models.load_model(tmp_path / "m.keras")
     assert loaded.relu_gradient == "straight_through"
     np.testing.assert_array_equal(loaded(images).numpy(), 0.0)
+
+
+def _balanced_gradient(predicted, age, log_prior):
+    """d(Balanced MSE)/d(output) of one face."""
+    output = tf.Variable([[predicted]])
+    with tf.GradientTape() as tape:
+        loss = balanced_mse(output, tf.constant([[age]]), log_prior)
+    return float(tape.gradient(loss, output)[0, 0])
+
+
+def test_balanced_mse_pushes_rare_ages_away_from_the_common_ones():
+    flat = log_age_prior([], MAX_AGE)  # every age as common
+    assert flat.shape == (MAX_AGE + 1,) and np.exp(flat).sum() == pytest.approx(1.0)
+    # Under a flat prior the term is the squared error (plus a constant): gradient 2·error.
+    assert _balanced_gradient(50.0, 40.0, flat) == pytest.approx(20.0, abs=0.01)
+    assert _balanced_gradient(50.0, 50.0, flat) == pytest.approx(0.0, abs=0.01)
+    # Training ages around 30 (sd 15 years): an 80-year-old face predicted exactly is
+    # pushed further up (a negative gradient), a 30-year-old one hardly moves.
+    counts = 2000 * np.exp(-((np.arange(MAX_AGE + 1) - 30) ** 2) / (2 * 15**2))
+    skewed = log_age_prior(
+        np.repeat(np.arange(MAX_AGE + 1), counts.astype(int)), MAX_AGE
+    )
+    assert np.isfinite(skewed).all() and np.exp(skewed).sum() == pytest.approx(1.0)
+    assert _balanced_gradient(80.0, 80.0, skewed) < -2.0
+    assert abs(_balanced_gradient(30.0, 30.0, skewed)) < 0.5
+    # Still a loss: too high a prediction is pulled down.
+    assert _balanced_gradient(95.0, 80.0, skewed) > 0
 
 
 def test_lds_weights_favour_rare_ages_and_average_1():

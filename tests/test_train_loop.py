@@ -23,6 +23,7 @@ import devices
 import train_loop
 import readout
 import runs
+from model import balanced_mse, log_age_prior
 from processes import kill_at_first_checkpoint
 from synthetic import make_folder, write_image
 
@@ -252,6 +253,27 @@ def test_deferred_weighting_weighs_the_faces_only_in_the_last_epochs():
     wrong = dataclasses.replace(config, data="no such folder", loss_weighting_epochs=6)
     with pytest.raises(ValueError, match=r"must lie in 1\.\.5 \(the epochs\), got 6"):
         train_loop.train(wrong, verbose=0)
+
+
+def test_a_balanced_mse_term_is_added_to_the_l1_loss_with_its_weight():
+    config = train_loop.resolve_config(
+        train_loop.TrainConfig(out="unused", image_size=32, precision="float32")
+    )
+    model = train_loop.make_model(config, initial_age=30.0)
+    prior = log_age_prior([25] * 50 + [70] * 2, 116)
+    outputs = tf.constant([[10.0], [40.0], [70.0], [90.0]])
+    labels = tf.constant([[12.0], [35.0], [80.0], [60.0]])
+    plain = train_loop.Trainer(model, train_loop.make_optimizer(config, 10), config)
+    weighted_config = dataclasses.replace(config, balanced_mse=0.5)
+    weighted = train_loop.Trainer(
+        model, train_loop.make_optimizer(config, 10), weighted_config, age_prior=prior
+    )
+    term = np.mean(balanced_mse(outputs, labels, prior).numpy())
+    assert float(plain.loss(outputs, labels)) == pytest.approx(np.mean([2, 5, 10, 30]))
+    expected = np.mean([2, 5, 10, 30]) + 0.5 * term
+    assert float(weighted.loss(outputs, labels)) == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="needs the training ages"):
+        train_loop.Trainer(model, train_loop.make_optimizer(config, 10), weighted_config)
 
 
 def test_mixed_precision_uses_a_loss_scale_optimizer():
