@@ -177,11 +177,74 @@ def _widening(age_widening):
 
 
 @keras.saving.register_keras_serializable(package="age_regression")
+class FusedBatchNormalization(layers.BatchNormalization):
+    """Keras's batch norm, whose training pass is TensorFlow's fused kernel: one op
+    forward and one backward, where Keras takes a dozen elementwise ones (the moments,
+    the normalisation, their gradients, the casts around bfloat16). The same statistics
+    and the same moving averages (the fused kernel's moving variance carries Bessel's
+    correction, n / (n − 1) for n values per channel: a few parts in a million here).
+    Inference, other backends, masks and renorm take Keras's own path."""
+
+    def call(self, inputs, training=None, mask=None):
+        if not (training and self.trainable and self._fusable(inputs, mask)):
+            return super().call(inputs, training=training, mask=mask)
+        import tensorflow as tf  # only on this backend
+
+        outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+            inputs,
+            scale=_float32(self.gamma if self.scale else ops.ones(inputs.shape[-1])),
+            offset=_float32(self.beta if self.center else ops.zeros(inputs.shape[-1])),
+            mean=_float32(self.moving_mean),
+            variance=_float32(self.moving_variance),
+            epsilon=self.epsilon,
+            is_training=True,
+            exponential_avg_factor=1.0 - self.momentum,
+        )  # the new moving averages
+        self.moving_mean.assign(mean)
+        self.moving_variance.assign(variance)
+        return ops.cast(outputs, self.compute_dtype)
+
+    def _fusable(self, inputs, mask):
+        """Whether TensorFlow's fused kernel computes this call: 4-D channels-last inputs
+        of a float type it takes, no mask, no renorm, no synchronisation."""
+        return (
+            keras.backend.backend() == "tensorflow"
+            and len(inputs.shape) == 4
+            and self.axis in (-1, 3)
+            and mask is None
+            and not self.renorm
+            and not self.synchronized
+            and keras.backend.standardize_dtype(inputs.dtype)
+            in ("float16", "bfloat16", "float32")
+        )
+
+
+def _float32(variable):
+    """A variable's value as a float32 tensor."""
+    return ops.cast(ops.convert_to_tensor(variable), "float32")
+
+
+def batch_norm(synchronized=False, fused=False, **options):
+    """A batch norm layer: with `synchronized`, over the global batch of several replicas;
+    else with `fused`, TensorFlow's fused kernel in training (FusedBatchNormalization).
+    """
+    if fused and not synchronized:
+        return FusedBatchNormalization(**options)
+    return layers.BatchNormalization(synchronized=synchronized, **options)
+
+
+@keras.saving.register_keras_serializable(package="age_regression")
 class ResidualBlock(keras.layers.Layer):
     """Two 3×3 convolutions with batch norm and a skip connection (He et al., 2016)."""
 
     def __init__(
-        self, filters, strides=1, projection=False, synchronized=False, **kwargs
+        self,
+        filters,
+        strides=1,
+        projection=False,
+        synchronized=False,
+        fused_batch_norm=False,
+        **kwargs,
     ):
         super().__init__(**kwargs)
         self.filters = filters
@@ -189,8 +252,9 @@ class ResidualBlock(keras.layers.Layer):
         self.projection = projection
         # With several replicas, batch norm takes its statistics over the global batch.
         self.synchronized = synchronized
-        norm = lambda **options: layers.BatchNormalization(  # noqa: E731
-            synchronized=synchronized, **options
+        self.fused_batch_norm = fused_batch_norm
+        norm = lambda **options: batch_norm(  # noqa: E731
+            synchronized, fused_batch_norm, **options
         )
         # Named sublayers give every variable a stable path (checkpoints are keyed by it).
         self.conv1 = layers.Conv2D(
@@ -237,6 +301,7 @@ class ResidualBlock(keras.layers.Layer):
             "strides": self.strides,
             "projection": self.projection,
             "synchronized": self.synchronized,
+            "fused_batch_norm": self.fused_batch_norm,
         }
 
 
@@ -316,6 +381,7 @@ class AgeCNN(keras.Model):
         distribution_head=False,
         relu_gradient="zero",
         synchronized_batch_norm=False,
+        fused_batch_norm=False,
         age_widening=None,
         **kwargs,
     ):
@@ -340,6 +406,8 @@ class AgeCNN(keras.Model):
         # Trained on several replicas (tf.distribute), batch norm's statistics are those of
         # the global batch, as on one device.
         self.synchronized_batch_norm = synchronized_batch_norm
+        # Trained on one device, TensorFlow's fused batch norm kernel (a faster step).
+        self.fused_batch_norm = fused_batch_norm
         self.initial_age = initial_age
         self.gender_head = gender_head
         self.attribute_inputs = attribute_inputs
@@ -382,8 +450,8 @@ class AgeCNN(keras.Model):
                 use_bias=False,
                 name="stem_conv",
             ),
-            layers.BatchNormalization(
-                synchronized=self.synchronized_batch_norm, name="stem_norm"
+            batch_norm(
+                self.synchronized_batch_norm, self.fused_batch_norm, name="stem_norm"
             ),
             layers.ReLU(name="stem_relu"),
         ]
@@ -397,6 +465,7 @@ class AgeCNN(keras.Model):
                         strides=2 if block == 0 else 1,
                         projection=block == 0,
                         synchronized=self.synchronized_batch_norm,
+                        fused_batch_norm=self.fused_batch_norm,
                         name=f"stage{stage + 1}_block{block + 1}",
                     )
                 )
@@ -506,6 +575,7 @@ class AgeCNN(keras.Model):
             distribution_head=self.distribution_head,
             relu_gradient=self.relu_gradient,
             synchronized_batch_norm=self.synchronized_batch_norm,
+            fused_batch_norm=self.fused_batch_norm,
         )
 
 
