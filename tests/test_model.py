@@ -10,6 +10,7 @@ from model import (
     HEADS,
     AgeCNN,
     CourseCNN,
+    FusedBatchNormalization,
     age_quantiles,
     ages_from_outputs,
     balanced_mse,
@@ -217,6 +218,7 @@ def test_ordinal_targets_and_ages():
     [
         ("course_cnn", {"initial_age": 33.0, **COURSE}),
         ("age_cnn", {"initial_age": 33.0, **SMALL}),
+        ("age_cnn", {"fused_batch_norm": True, **SMALL}),
         ("age_cnn", {"head": "ordinal", "gender_head": True, **SMALL}),
         ("age_cnn", {"distribution_head": True, **SMALL}),
         (
@@ -250,6 +252,52 @@ def test_keras_file_round_trip(tmp_path, arch, options):
     expected = keras.tree.map_structure(ops.convert_to_numpy, model(inputs))
     actual = keras.tree.map_structure(ops.convert_to_numpy, loaded(inputs))
     keras.tree.map_structure(np.testing.assert_array_equal, actual, expected)
+
+
+@pytest.mark.parametrize(
+    "policy, tolerance", [("float32", 1e-5), ("mixed_bfloat16", 1e-2)]
+)
+def test_fused_batch_norm_trains_as_keras_batch_norm(policy, tolerance):
+    images = tf.random.stateless_normal((8, 12, 12, 16), seed=(1, 2)) * 3 + 1
+    weights = tf.random.stateless_normal(images.shape, seed=(3, 4))  # a loss's weights
+    plain = keras.layers.BatchNormalization(
+        dtype=policy,
+        gamma_initializer="random_uniform",
+        beta_initializer="random_uniform",
+    )
+    fused = FusedBatchNormalization(dtype=policy)
+    plain.build(images.shape), fused.build(images.shape)
+    fused.set_weights(plain.get_weights())
+
+    def step(layer):
+        with tf.GradientTape() as tape:
+            tape.watch(images)
+            outputs = layer(images, training=True)
+            loss = tf.reduce_sum(tf.cast(outputs, "float32") * weights)
+        gradients = tape.gradient(loss, [images, *layer.trainable_variables])
+        return outputs, gradients, [v.numpy() for v in layer.non_trainable_variables]
+
+    (outputs, gradients, moving), (fused_outputs, fused_gradients, fused_moving) = map(
+        step, (plain, fused)
+    )
+    assert fused_outputs.dtype == outputs.dtype
+    np.testing.assert_allclose(_float(fused_outputs), _float(outputs), atol=tolerance)
+    for found, expected in zip(fused_gradients, gradients):
+        scale = float(tf.reduce_max(tf.abs(expected)))
+        np.testing.assert_allclose(found, expected, atol=tolerance * scale)
+    np.testing.assert_allclose(fused_moving[0], moving[0], atol=1e-6)  # the mean
+    # The variance's moving average takes its batch value times n / (n − 1).
+    n = 8 * 12 * 12
+    np.testing.assert_allclose(
+        fused_moving[1] - 0.99, (moving[1] - 0.99) * n / (n - 1), rtol=1e-4
+    )
+    # Inference is Keras's own.
+    fused.set_weights(plain.get_weights())
+    np.testing.assert_array_equal(_float(fused(images)), _float(plain(images)))
+
+
+def _float(tensor):
+    return tf.cast(tensor, "float32").numpy()
 
 
 def test_mixed_precision_model_loads_in_float32(tmp_path, mixed_precision):
