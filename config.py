@@ -2,7 +2,7 @@
 the command-line flags generated from the dataclass.
 
     config = resolve_config(TrainConfig(preset="cpu", out="runs/default"))
-    config.image_size, config.epochs        # 96, 56: filled from the preset
+    config.image_size, config.epochs        # 96, 68: filled from the preset
 
 A field left `None` is taken from the preset (or, for the course network, the course's
 settings); every flag is checked when it is parsed, so a bad value names its flag.

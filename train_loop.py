@@ -371,7 +371,9 @@ def _measure_seconds_per_step(config, train_images, initial_age, batches=8):
     """Time a few steps of a throwaway copy of the model (it does not touch the real one)."""
     with dtype_policy(config.precision):
         model = make_model(config, initial_age)
-    trainer = Trainer(model, make_optimizer(config, 1), config)
+    ages = [record.age for record in train_images.records]
+    age_prior = log_age_prior(ages, utk_data.MAX_AGE) if config.balanced_mse else None
+    trainer = Trainer(model, make_optimizer(config, 1), config, age_prior=age_prior)
     iterator = iter(_training_dataset(train_images, config, seed=config.seed + 1))
     trainer.train_step(*next(iterator))  # Traces and compiles.
     start = time.perf_counter()

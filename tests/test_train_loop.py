@@ -211,7 +211,9 @@ def test_gpu_paths_mixed_precision_and_xla_run_on_the_cpu(tiny_data, tmp_path):
 
 def test_a_bfloat16_model_trains_as_the_benchmark_trains_it():
     config = train_loop.resolve_config(
-        train_loop.TrainConfig(out="unused", image_size=32, batch_size=4)
+        train_loop.TrainConfig(
+            out="unused", image_size=32, batch_size=4, balanced_mse=0.0
+        )
     )
     with train_loop.dtype_policy("mixed_bfloat16"):
         model = train_loop.make_model(config, initial_age=30.0)
@@ -227,7 +229,7 @@ def test_deferred_weighting_weighs_the_faces_only_in_the_last_epochs():
     config = train_loop.resolve_config(
         train_loop.TrainConfig(
             out="unused", image_size=32, batch_size=4, precision="float32", epochs=5,
-            loss_weighting="lds", loss_weighting_epochs=2,
+            loss_weighting="lds", loss_weighting_epochs=2, balanced_mse=0.0,
         )
     )  # fmt: skip
     model = train_loop.make_model(config, initial_age=30.0)
@@ -257,7 +259,9 @@ def test_deferred_weighting_weighs_the_faces_only_in_the_last_epochs():
 
 def test_a_balanced_mse_term_is_added_to_the_l1_loss_with_its_weight():
     config = train_loop.resolve_config(
-        train_loop.TrainConfig(out="unused", image_size=32, precision="float32")
+        train_loop.TrainConfig(
+            out="unused", image_size=32, precision="float32", balanced_mse=0.0
+        )
     )
     model = train_loop.make_model(config, initial_age=30.0)
     prior = log_age_prior([25] * 50 + [70] * 2, 116)
@@ -273,7 +277,9 @@ def test_a_balanced_mse_term_is_added_to_the_l1_loss_with_its_weight():
     expected = np.mean([2, 5, 10, 30]) + 0.5 * term
     assert float(weighted.loss(outputs, labels)) == pytest.approx(expected, rel=1e-5)
     with pytest.raises(ValueError, match="needs the training ages"):
-        train_loop.Trainer(model, train_loop.make_optimizer(config, 10), weighted_config)
+        train_loop.Trainer(
+            model, train_loop.make_optimizer(config, 10), weighted_config
+        )
 
 
 def test_mixed_precision_uses_a_loss_scale_optimizer():
