@@ -3,7 +3,7 @@ photo uploaded, and figures/page_camera.png, the camera, Chromium's fake device 
 the same picture.
 
     pip install playwright scikit-image    # and Debian's chromium: apt-get install chromium
-    python tools/make_screenshots.py --model runs/short_base/model.keras
+    python tools/make_screenshots.py --model runs/preset_seed0/model.keras
 
 The picture is scikit-image's `astronaut` (skimage.data.astronaut(), shipped inside the
 package): NASA's portrait of the astronaut Eileen Collins, a work of the US government in
