@@ -212,7 +212,7 @@ class FusedBatchNormalization(layers.BatchNormalization):
             and len(inputs.shape) == 4
             and self.axis in (-1, 3)
             and mask is None
-            and not self.renorm
+            and not getattr(self, "renorm", False)  # not in Keras 3.13
             and not self.synchronized
             and keras.backend.standardize_dtype(inputs.dtype)
             in ("float16", "bfloat16", "float32")
