@@ -182,7 +182,8 @@ class FusedBatchNormalization(layers.BatchNormalization):
     forward and one backward, where Keras takes a dozen elementwise ones (the moments,
     the normalisation, their gradients, the casts around bfloat16). The same statistics
     and the same moving averages (the fused kernel's moving variance carries Bessel's
-    correction, n / (n − 1) for n values per channel: a few parts in a million here).
+    correction, n / (n − 1) for n values per channel: 1.0017 at most in the CPU preset,
+    where the last stage's maps are 3 × 3 in batches of 64).
     Inference, other backends, masks and renorm take Keras's own path."""
 
     def call(self, inputs, training=None, mask=None):

@@ -371,8 +371,7 @@ def _measure_seconds_per_step(config, train_images, initial_age, batches=8):
     """Time a few steps of a throwaway copy of the model (it does not touch the real one)."""
     with dtype_policy(config.precision):
         model = make_model(config, initial_age)
-    ages = [record.age for record in train_images.records]
-    age_prior = log_age_prior(ages, utk_data.MAX_AGE) if config.balanced_mse else None
+    age_prior = _age_prior(config, train_images.records)
     trainer = Trainer(model, make_optimizer(config, 1), config, age_prior=age_prior)
     iterator = iter(_training_dataset(train_images, config, seed=config.seed + 1))
     trainer.train_step(*next(iterator))  # Traces and compiles.
@@ -555,8 +554,7 @@ def _make_trainer(config, strategy, initial_age, train_records, steps):
         model = make_model(config, initial_age, synchronized=replicas > 1)
         optimizer = make_optimizer(config, steps)
     age_weights = _age_weights(config, train_records)
-    ages = [record.age for record in train_records]
-    age_prior = log_age_prior(ages, utk_data.MAX_AGE) if config.balanced_mse else None
+    age_prior = _age_prior(config, train_records)
     return Trainer(model, optimizer, config, age_weights, strategy, age_prior)
 
 
@@ -567,6 +565,13 @@ def _age_weights(config, train_records):
         return None
     ages = [record.age for record in train_records]
     return lds_age_weights(ages, utk_data.MAX_AGE)
+
+
+def _age_prior(config, train_records):
+    """The training ages' log-prior that config.balanced_mse needs, or None."""
+    if not config.balanced_mse:
+        return None
+    return log_age_prior([record.age for record in train_records], utk_data.MAX_AGE)
 
 
 class Epochs(NamedTuple):
