@@ -754,8 +754,11 @@ def loss_terms(
     distribution_sigma=2.0,
     age_weights=None,
     average=None,
+    balanced_mse_weight=0.0,
+    age_prior=None,
 ):
-    """Return scalar float32 losses {"age", "gender", "distribution" (if given), "total"}.
+    """Return scalar float32 losses {"age", "gender", "distribution", "balanced_mse" (each
+    if given), "total"}.
 
     `loss` ("l1", "huber" or "l2") applies to the regression head; the classification
     head uses cross-entropy and the ordinal head CORAL's summed binary cross-entropies.
@@ -765,6 +768,8 @@ def loss_terms(
     the terms of the images (batch,) into one: their mean by default; under a
     tf.distribute strategy, tf.nn.compute_average_loss, which divides a replica's sum by
     the global batch, so that the replicas' gradients add up to the global batch's.
+    `balanced_mse_weight` adds that weight times the Balanced MSE of the predicted ages
+    against `age_prior`, the training ages' log-prior (see balanced_mse).
     """
     average = average or ops.mean
     head = getattr(head, "head", head)
@@ -783,6 +788,10 @@ def loss_terms(
         age_losses = age_losses * ops.take(age_weights, index)
     age_loss = average(age_losses)
     terms = {"age": age_loss, "total": age_loss}
+    if balanced_mse_weight:
+        predicted = ages_from_outputs(head, outputs)  # (batch, 1), of any head
+        terms["balanced_mse"] = average(balanced_mse(predicted, ages, age_prior))
+        terms["total"] = terms["total"] + balanced_mse_weight * terms["balanced_mse"]
     if "distribution_logits" in outputs:
         logits = ops.cast(outputs["distribution_logits"], "float32")
         targets = soft_age_labels(ages, ops.shape(logits)[-1], distribution_sigma)

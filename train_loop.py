@@ -49,13 +49,7 @@ from config import check_config, check_loss_weighting_epochs, config_from_argume
 from config import resolve_config, resumed_config, run_name  # noqa: F401 (the notebook)
 from evaluation import Predictions, evaluate_predictions
 from model import age_labels, ages_from_outputs, build_model, loss_terms
-from model import (
-    balanced_mse,
-    lds_age_weights,
-    log_age_prior,
-    model_head,
-    model_inputs,
-)
+from model import lds_age_weights, log_age_prior, model_head, model_inputs
 from runs import progress
 
 
@@ -278,15 +272,10 @@ class Trainer:
             self.config.loss,
             age_weights=age_weights,
             average=tf.nn.compute_average_loss,
+            balanced_mse_weight=self.config.balanced_mse,
+            age_prior=self.age_prior,
         )
-        if not self.config.balanced_mse:
-            return terms["total"]
-        predicted = ages_from_outputs(head, outputs)
-        ages = tf.reshape(age_labels(labels), (-1, 1))
-        balanced = balanced_mse(predicted, ages, self.age_prior)
-        return terms["total"] + self.config.balanced_mse * tf.nn.compute_average_loss(
-            balanced
-        )
+        return terms["total"]
 
     def weigh_epoch(self, epoch):
         """Let the age weights count in `epoch` (from 0), or not: in every epoch, or with
