@@ -177,8 +177,9 @@ class TrainConfig:
     )
     widen: Optional[bool] = _option(
         None,
-        "after training, widen the predicted ages away from their median by a factor "
-        "fitted on the validation faces so that every decade of age counts the same: "
+        "after training, widen the predicted ages away from their median, by a factor "
+        "on each side fitted on the validation faces so that every decade of age "
+        "counts the same: "
         "fewer old and young faces pulled towards the middle ages (saved in the model)",
     )
     seed: int = _option(

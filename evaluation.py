@@ -93,9 +93,10 @@ WIDENING_FACTORS = np.round(np.arange(1.0, 1.2001, 0.005), 3)
 
 
 def fit_widening(true, predicted):
-    """The (centre, factor) of widen_ages that gives these predictions (of the validation
-    faces) the lowest balanced_mae: the centre is their median, the factor the best of
-    WIDENING_FACTORS (the smallest among equals, so 1.0 when none helps).
+    """The (centre, factor below it, factor above it) of widen_ages that gives these
+    predictions (of the validation faces) the lowest balanced_mae: the centre is their
+    median, each factor one of WIDENING_FACTORS (the smallest among equals, so 1.0 on a
+    side where none helps).
 
     A network trained with the L1 loss predicts, for each image, the median age of the
     faces that look like it. Old faces are few (about one in nine is 60 or over), so most
@@ -103,15 +104,26 @@ def fit_widening(true, predicted):
     is too young: their predictions are pulled towards the middle ages, and the
     youngest faces' upwards. Widening moves every prediction away from the middle in
     proportion. It costs the many faces near the middle a little and gives the few far
-    from it more, in the measure that makes every decade of age count the same."""
+    from it more, in the measure that makes every decade of age count the same. The two
+    sides get a factor each: the pull is not the same on both (the old faces are fewer
+    than the children, and no age lies below 0)."""
     true = np.asarray(true, np.float64)
     predicted = np.asarray(predicted, np.float64)
     centre = float(np.median(predicted))
-    errors = [
-        balanced_mae(true, readout.widen_ages(predicted, (centre, factor)))
-        for factor in WIDENING_FACTORS
-    ]
-    return centre, float(WIDENING_FACTORS[int(np.argmin(errors))])
+    errors = np.array(
+        [
+            [
+                balanced_mae(
+                    true, readout.widen_ages(predicted, (centre, below, above))
+                )
+                for above in WIDENING_FACTORS
+            ]
+            for below in WIDENING_FACTORS
+        ]
+    )
+    # The first minimum in this order: the smallest factor below, then above.
+    i, j = np.unravel_index(int(np.argmin(errors)), errors.shape)
+    return centre, float(WIDENING_FACTORS[i]), float(WIDENING_FACTORS[j])
 
 
 def predict_ages(model, images, batch_size=64, tta=False, widening=None):

@@ -25,10 +25,11 @@ Output contract:
 `loss_terms(model, outputs, labels)` turns any of these into a training loss, and
 `ages_from_outputs(model, outputs, method)` into ages by expected value or median.
 
-A model may carry `age_widening`, (centre, factor) (None: none), which `train` fits on the
-validation faces after training (evaluation.fit_widening). The network's outputs ignore it;
-the readout (readout.read_ages) maps each predicted age a to
-max(0, centre + factor * (a - centre)), so that a saved model predicts as it was read out.
+A model may carry `age_widening`, (centre, factor below it, factor above it) (None: none),
+which `train` fits on the validation faces after training (evaluation.fit_widening). The
+network's outputs ignore it; the readout (readout.read_ages) maps each predicted age a to
+max(0, centre + factor * (a - centre)) with the factor of a's side, so that a saved model
+predicts as it was read out.
 
 Every layer that produces an output is float32, so everything works under the
 "mixed_float16" policy and a model saved there loads and predicts under "float32".
@@ -167,13 +168,22 @@ def _model_config(model, **arguments):
 
 
 def _widening(age_widening):
-    """An age_widening as a model keeps it: None, or (centre, factor) as floats."""
+    """An age_widening as a model keeps it: None, or (centre, factor below it, factor above
+    it) as floats. A model saved with one factor for both sides, (centre, factor), loads
+    with that factor on both."""
     if age_widening is None:
         return None
-    centre, factor = (float(value) for value in age_widening)
-    if factor <= 0:
-        raise ValueError(f"age_widening's factor must be positive, got {factor}")
-    return (centre, factor)
+    values = tuple(float(value) for value in age_widening)
+    if len(values) == 2:
+        values = (values[0], values[1], values[1])
+    if len(values) != 3:
+        raise ValueError(
+            "age_widening must be (centre, factor below, factor above), got "
+            f"{tuple(age_widening)}"
+        )
+    if min(values[1:]) <= 0:
+        raise ValueError(f"age_widening's factors must be positive, got {values[1:]}")
+    return values
 
 
 @keras.saving.register_keras_serializable(package="age_regression")

@@ -152,14 +152,21 @@ def tta_views(inputs, tta):
 
 
 def widen_ages(ages, widening):
-    """The ages moved away from the centre of `widening`, (centre, factor), by its factor,
-    and kept at 0 or above: max(0, centre + factor * (age - centre)). `ages` as they are
-    for None. For NumPy arrays and tensors alike."""
+    """The ages moved away from the centre of `widening`, (centre, factor below it, factor
+    above it), each side by its own factor, and kept at 0 or above:
+    max(0, centre + factor * (age - centre)). `ages` as they are for None. For NumPy
+    arrays and tensors alike."""
     if widening is None:
         return ages
-    centre, factor = widening
+    centre, below, above = widening
     if isinstance(ages, np.ndarray):
+        factor = np.where(ages < centre, below, above)
         return np.maximum(centre + factor * (ages - centre), 0.0).astype(ages.dtype)
+    factor = keras.ops.where(
+        ages < centre,
+        keras.ops.cast(below, ages.dtype),
+        keras.ops.cast(above, ages.dtype),
+    )
     return keras.ops.maximum(centre + factor * (ages - centre), 0.0)
 
 

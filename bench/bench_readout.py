@@ -32,7 +32,8 @@ predicted age are fitted on its validation faces, then applied to the test faces
   studies remove the age-dependent bias (A.-M. G. de Lange, J. H. Cole, "Commentary:
   Correction procedures in brain-age prediction", NeuroImage: Clinical, 2020);
 - widening, what `train` fits and saves (evaluation.fit_widening): every age moved away
-  from the median prediction by the factor with the lowest balanced MAE.
+  from the median prediction, by a factor on each side, the pair with the lowest balanced
+  MAE.
 
 It prints each map's test MAE, balanced MAE, and the MAE and mean signed error of the faces
 aged 60 and over (the mean over the models), then each model's signed error by age bin.
@@ -192,8 +193,11 @@ def maps(arguments, models, splits):
             for records in splits.values()
         )
         fitted = fitted_maps(val.true, val.predicted, arguments.bins)
-        centre, factor = evaluation.fit_widening(val.true, val.predicted)
-        details.append(f"{path}: widening around {centre:.2f} by {factor:.3f}")
+        centre, below, above = evaluation.fit_widening(val.true, val.predicted)
+        details.append(
+            f"{path}: widening around {centre:.2f} by {below:.3f} below, "
+            f"{above:.3f} above"
+        )
         old = test.true >= OLD
         for name, apply in fitted.items():
             mapped = apply(test.predicted)

@@ -228,13 +228,13 @@ def test_the_serving_model_averages_the_views_predict_averages():
         predicted = evaluation.predict_ages(model, images / 255.0, tta=tta)
         np.testing.assert_allclose(served, predicted, rtol=1e-4, atol=1e-4)
     # A widening is applied after the views, in the served model as in predict.
-    widened = readout.serving_model(model, True, (25.0, 1.2))(images).numpy()
+    widened = readout.serving_model(model, True, (25.0, 1.1, 1.2))(images).numpy()
     assert not np.allclose(widened, served)
     np.testing.assert_allclose(
-        widened, readout.widen_ages(served, (25.0, 1.2)), rtol=1e-4, atol=1e-4
+        widened, readout.widen_ages(served, (25.0, 1.1, 1.2)), rtol=1e-4, atol=1e-4
     )
     predicted = evaluation.predict_ages(
-        model, images / 255.0, tta=True, widening=(25.0, 1.2)
+        model, images / 255.0, tta=True, widening=(25.0, 1.1, 1.2)
     )
     np.testing.assert_allclose(widened, predicted, rtol=1e-4, atol=1e-4)
 

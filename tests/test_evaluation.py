@@ -140,12 +140,23 @@ def test_the_balanced_mae_weighs_every_age_bin_alike():
 
 def test_widening_moves_ages_from_the_centre_and_keeps_them_at_0_or_above():
     ages = np.array([0.0, 10.0, 30.0, 70.0], np.float32)
-    widened = readout.widen_ages(ages, (30.0, 1.5))
+    widened = readout.widen_ages(ages, (30.0, 1.5, 1.5))
     np.testing.assert_allclose(widened, [0.0, 0.0, 30.0, 90.0])
     assert widened.dtype == np.float32
-    as_tensor = readout.widen_ages(tf.constant(ages), (30.0, 1.5))
+    as_tensor = readout.widen_ages(tf.constant(ages), (30.0, 1.5, 1.5))
     np.testing.assert_allclose(as_tensor.numpy(), widened)
     assert readout.widen_ages(ages, None) is ages
+
+
+def test_each_side_of_the_centre_is_widened_by_its_own_factor():
+    ages = np.array([10.0, 20.0, 30.0, 50.0, 70.0], np.float32)
+    for widening, expected in (
+        ((30.0, 1.0, 1.5), [10.0, 20.0, 30.0, 60.0, 90.0]),
+        ((30.0, 1.5, 1.0), [0.0, 15.0, 30.0, 50.0, 70.0]),
+    ):
+        np.testing.assert_allclose(readout.widen_ages(ages, widening), expected)
+        as_tensor = readout.widen_ages(tf.constant(ages), widening)
+        np.testing.assert_allclose(as_tensor.numpy(), expected)
 
 
 def test_the_fitted_widening_undoes_a_pull_to_the_middle():
@@ -154,15 +165,28 @@ def test_the_fitted_widening_undoes_a_pull_to_the_middle():
     noise = generator.normal(0, 3, true.size)
     # Predictions pulled towards 30 years, as a network's are: widening helps.
     pulled = 30 + 0.85 * (true - 30) + noise
-    centre, factor = evaluation.fit_widening(true, pulled)
+    centre, below, above = evaluation.fit_widening(true, pulled)
     assert centre == pytest.approx(np.median(pulled))
-    assert 1.1 <= factor <= evaluation.WIDENING_FACTORS[-1]
-    widened = readout.widen_ages(pulled, (centre, factor))
+    # Both sides widened; the young side less, where ages end at 0.
+    assert 1.0 < below <= above
+    assert 1.1 <= above <= evaluation.WIDENING_FACTORS[-1]
+    widened = readout.widen_ages(pulled, (centre, below, above))
     assert (
         metrics.balanced_mae(true, widened) < metrics.balanced_mae(true, pulled) - 0.5
     )
     # Predictions that are not pulled are left (nearly) as they are.
-    assert evaluation.fit_widening(true, true + noise)[1] <= 1.01
+    assert max(evaluation.fit_widening(true, true + noise)[1:]) <= 1.01
+
+
+def test_the_widening_fits_a_pull_on_one_side_only_on_that_side():
+    generator = np.random.default_rng(1)
+    true = generator.uniform(0, 90, 4000)
+    noise = generator.normal(0, 3, true.size)
+    # The old pulled down towards 30 years, the young as they are.
+    pulled = np.where(true > 30, 30 + 0.85 * (true - 30), true) + noise
+    centre, below, above = evaluation.fit_widening(true, pulled)
+    assert below <= 1.01
+    assert above >= 1.1
 
 
 def test_a_model_keeps_its_widening_when_saved_and_predicts_with_it(tmp_path):
@@ -171,19 +195,31 @@ def test_a_model_keeps_its_widening_when_saved_and_predicts_with_it(tmp_path):
     network = train_loop.make_model(config, initial_age=30.0)
     images = tf.random.stateless_uniform((4, 32, 32, 3), seed=(1, 2))
     plain = evaluation.predict_ages(network, images, tta=True)
-    widened = evaluation.predict_ages(network, images, tta=True, widening=(20.0, 1.5))
-    np.testing.assert_allclose(
-        widened, readout.widen_ages(plain, (20.0, 1.5)), rtol=1e-5
-    )
+    widening = (20.0, 1.2, 1.5)
+    widened = evaluation.predict_ages(network, images, tta=True, widening=widening)
+    np.testing.assert_allclose(widened, readout.widen_ages(plain, widening), rtol=1e-5)
     assert not np.allclose(widened, plain)
-    network.age_widening = (20.0, 1.5)
+    network.age_widening = widening
     network.save(tmp_path / "model.keras")
     reloaded = readout.load_model(tmp_path / "model.keras")
-    assert reloaded.age_widening == (20.0, 1.5)
+    assert reloaded.age_widening == widening
     again = evaluation.predict_ages(
         reloaded, images, tta=True, widening=reloaded.age_widening
     )
     np.testing.assert_allclose(again, widened, rtol=1e-5)
+
+
+def test_a_widening_saved_with_one_factor_loads_with_it_on_both_sides():
+    config = train_loop.TrainConfig(arch="course_cnn", image_size=32)
+    network = train_loop.make_model(config, initial_age=30.0)
+    network.age_widening = None
+    rebuilt = type(network).from_config(
+        {**network.get_config(), "age_widening": [20.0, 1.5]}
+    )
+    assert rebuilt.age_widening == (20.0, 1.5, 1.5)
+    for bad in ([20.0], [20.0, 1.0, 1.0, 1.0], [20.0, 1.0, 0.0]):
+        with pytest.raises(ValueError, match="age_widening"):
+            type(network).from_config({**network.get_config(), "age_widening": bad})
 
 
 def test_predictions_round_trip_with_unknown_labels(tmp_path):
