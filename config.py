@@ -162,6 +162,14 @@ class TrainConfig:
         "a faster step); off or on, the same network",
     )
     augment: Optional[bool] = _option(None, "flip, crop/shift, brightness/contrast")
+    largest_frame: Optional[float] = _option(
+        None,
+        "the augmentation's largest frame, times the image's side: 1.0 only crops "
+        "inside it (0.88 to 1.0 times its side); above 1.0 some frames are larger than "
+        "the image and show the face smaller, as a face found in a photo may be framed "
+        "(the border mirrored from the image)",
+        bounds=Bounds(1.0, 1.5),
+    )
     patience: Optional[int] = _option(
         None, "early stopping: epochs without a better val MAE", bounds=AT_LEAST_ONE
     )
@@ -238,6 +246,7 @@ CPU_PRESET = dict(
     warmup_epochs=1.0,
     weight_decay=5e-4,
     augment=True,
+    largest_frame=1.0,
     patience=10,
     distribution_head=False,
     ema=0.999,

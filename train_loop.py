@@ -233,7 +233,9 @@ class Trainer:
             if self.strategy.num_replicas_in_sync > 1:
                 replica = tf.distribute.get_replica_context().replica_id_in_sync_group
                 seed = tf.random.experimental.stateless_fold_in(seed, replica)
-            images = utk_data.prepare_batch(images, seed, self.config.augment)
+            images = utk_data.prepare_batch(
+                images, seed, self.config.augment, self.config.largest_frame
+            )
         return self._compiled_update(images, labels)
 
     def update(self, images, labels):

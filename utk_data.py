@@ -19,6 +19,7 @@ import argparse
 import collections
 import errno
 import hashlib
+import math
 import os
 import re
 import shlex
@@ -587,8 +588,13 @@ def _batch_seed(seed, epoch, batch_number):
     )
 
 
-def augment_batch(images, seed):
-    """Randomly flip, crop/shift, brighten and contrast a float batch in [0, 1]."""
+def augment_batch(images, seed, largest_frame=1.0):
+    """Randomly flip, crop/shift, brighten and contrast a float batch in [0, 1].
+
+    Each image is framed anew by a square from 88 % of its side up to `largest_frame` times
+    its side (1.0: crops only), anywhere inside the image or, larger than it, anywhere
+    that holds the whole image: such a frame shows the face smaller, as a face found in a
+    photo may be framed, the border filled with the image mirrored."""
     tf = _tf()
     batch, height, width = tf.shape(images)[0], tf.shape(images)[1], tf.shape(images)[2]
     seeds = tf.random.experimental.stateless_split(seed, 6)
@@ -597,15 +603,25 @@ def augment_batch(images, seed):
     )
     flip = uniform(0, 0.0, 1.0) < 0.5
     images = tf.where(flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
-    # A crop of 88-100 % of the side anywhere inside the image: a small zoom and shift of
-    # the aligned face, without black borders.
-    side = uniform(1, 0.88, 1.0)
+    # A small zoom and shift of the aligned face, without black borders.
+    side = uniform(1, 0.88, largest_frame)
     top = uniform(2, 0.0, 1.0) * (1.0 - side)
     left = uniform(3, 0.0, 1.0) * (1.0 - side)
     boxes = tf.stack([top, left, top + side, left + side], axis=1)
-    images = tf.image.crop_and_resize(
-        images, boxes, tf.range(batch), tf.stack([height, width])
-    )
+    output_size = tf.stack([height, width])
+    if largest_frame > 1.0:
+        # The border a frame larger than the image needs, mirrored from the image, and
+        # the boxes moved to the same pixels of the padded image (crop_and_resize puts a
+        # box's 0 and 1 on the first and last pixel).
+        sizes = images.shape[1:3]
+        pad = [math.ceil((largest_frame - 1.0) * size) for size in sizes]
+        images = tf.pad(images, [[0, 0], *([p, p] for p in pad), [0, 0]], "REFLECT")
+        last = tf.constant([size - 1 for size in sizes] * 2, tf.float32)
+        padded_last = tf.constant(
+            [size + 2 * p - 1 for size, p in zip(sizes, pad)] * 2, tf.float32
+        )
+        boxes = (boxes * last + tf.constant(pad * 2, tf.float32)) / padded_last
+    images = tf.image.crop_and_resize(images, boxes, tf.range(batch), output_size)
     brightness = uniform(4, -0.1, 0.1)[:, None, None, None]
     contrast = uniform(5, 0.8, 1.2)[:, None, None, None]
     mean = tf.reduce_mean(images, axis=[1, 2, 3], keepdims=True)
@@ -666,6 +682,7 @@ def make_dataset(
     start_epoch=0,
     epochs=None,
     raw=False,
+    largest_frame=1.0,
 ):
     """A `tf.data.Dataset` of (images float32 [0, 1], ages (batch, 1)) batches.
 
@@ -706,18 +723,19 @@ def make_dataset(
             # of a batch between its replicas, gives each replica the batch's seed.
             seeds = tf.tile(batch_seed[None], [tf.shape(images)[0], 1])
             return images, targets, seeds
-        return prepare_batch(images, batch_seed, augment), targets
+        return prepare_batch(images, batch_seed, augment, largest_frame), targets
 
     dataset = batches.map(to_example, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-def prepare_batch(images, seed, augment):
+def prepare_batch(images, seed, augment, largest_frame=1.0):
     """uint8 images (batch, size, size, 3) as the model takes them: float32 in [0, 1] and,
-    with `augment`, augmented as the stateless `seed` (2,) says (see augment_batch)."""
+    with `augment`, augmented as the stateless `seed` (2,) says, framed up to
+    `largest_frame` (see augment_batch)."""
     tf = _tf()
     images = tf.cast(images, tf.float32) / 255.0  # (batch, size, size, 3)
-    return augment_batch(images, seed) if augment else images
+    return augment_batch(images, seed, largest_frame) if augment else images
 
 
 def _gather_cached(batches, images):

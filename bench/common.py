@@ -170,13 +170,18 @@ def training_batches(decoded, config, kind="raw"):
     dataset = utk_data.make_dataset(
         decoded, config.image_size, config.batch_size, True, augment=config.augment,
         with_attributes=True, seed=0, raw=kind != "pipeline",
+        largest_frame=config.largest_frame,
     )  # fmt: skip
     if kind == "pipeline":
         return lambda: iter(dataset)
     steps = utk_data.steps_per_epoch(len(decoded.records), config.batch_size)
     epoch = list(dataset.take(steps))
     if kind == "prepared":
-        prepare = functools.partial(utk_data.prepare_batch, augment=config.augment)
+        prepare = functools.partial(
+            utk_data.prepare_batch,
+            augment=config.augment,
+            largest_frame=config.largest_frame,
+        )
         epoch = [(prepare(images, seeds[0]), labels) for images, labels, seeds in epoch]
     return lambda: itertools.cycle(epoch)
 

@@ -372,6 +372,37 @@ def test_epochs_depend_only_on_seed_and_epoch(image_folder):
     )
 
 
+def test_frames_larger_than_the_image_show_it_smaller_with_a_mirrored_border():
+    # A ramp from left to right (the brightness and contrast keep it one: they scale it
+    # by a positive factor, and clip nothing here).
+    size, batch = 40, 64
+    ramp = np.broadcast_to(np.linspace(0.35, 0.65, size, dtype=np.float32), (size, size))
+    images = tf.constant(np.stack([ramp] * 3, axis=-1)[None].repeat(batch, axis=0))
+    seed = tf.constant([3, 4], tf.int64)
+    # 1.0 is the augmentation as it was: crops inside the image.
+    crops = utk_data.augment_batch(images, seed).numpy()
+    np.testing.assert_array_equal(
+        crops, utk_data.augment_batch(images, seed, largest_frame=1.0).numpy()
+    )
+    larger = utk_data.augment_batch(images, seed, largest_frame=1.4).numpy()
+
+    def turns(batch):
+        """Whether each image's middle row rises and falls: a mirrored border."""
+        steps = np.diff(batch[:, size // 2, :, 0], axis=1)
+        return (steps > 1e-4).any(axis=1) & (steps < -1e-4).any(axis=1)
+
+    # The frames' sides, drawn as augment_batch draws them.
+    sides = tf.random.stateless_uniform(
+        [batch], tf.random.experimental.stateless_split(seed, 6)[1], 0.88, 1.4
+    ).numpy()
+    assert not turns(crops).any()
+    assert (turns(larger) <= (sides > 1.0)).all()  # only frames larger than the image
+    assert turns(larger)[sides > 1.05].all()  # and every one clearly larger
+    assert 0.6 < (sides > 1.05).mean() < 0.9
+    # Mirrored, not black: no pixel darker than the ramp's darkest could become.
+    assert larger.min() > 0.02 and larger.max() <= 1.0
+
+
 def test_raw_batches_prepared_in_the_step_are_the_datasets_images(image_folder):
     # Training gathers uint8 batches with their augmentation seeds; the train step scales
     # and augments them: the images it sees are those of the prepared dataset, and a
