@@ -31,12 +31,14 @@ predicted age are fitted on its validation faces, then applied to the test faces
 - bias correction: predicted ~ a + b * true by least squares, inverted, as brain-age
   studies remove the age-dependent bias (A.-M. G. de Lange, J. H. Cole, "Commentary:
   Correction procedures in brain-age prediction", NeuroImage: Clinical, 2020);
+- half the bias correction: the mean of the age as predicted and as the bias correction
+  maps it;
 - widening, what `train` fits and saves (evaluation.fit_widening): every age moved away
   from the median prediction, by a factor on each side, the pair with the lowest balanced
   MAE.
 
 It prints each map's test MAE, balanced MAE, and the MAE and mean signed error of the faces
-aged 60 and over (the mean over the models), then each model's signed error by age bin.
+aged `--old` (60) and over (the mean over the models), then each model's signed error by age bin.
 No model is changed.
 """
 
@@ -66,7 +68,6 @@ VIEW_SETS = {
 MIRROR = "mirror images only (zoom 1.0)"
 PRESET = next(name for name, z in VIEW_SETS.items() if z == readout.TTA_ZOOMS)
 SHIFTED = "mirror images, shifted as the zooms shift"
-OLD = 60  # the faces aged this and over are reported apart
 CHUNK = 256  # images zoomed at a time
 
 # ---------------------------------------------------------------------------------------
@@ -113,7 +114,7 @@ def views(arguments, models, splits):
         for split, records in splits.items():
             decoded = utk_data.decode_records(records, model.image_size)
             true = np.array([record.age for record in decoded.records], np.float64)
-            old = true >= OLD
+            old = true >= arguments.old
             readouts = set_readouts(model, decoded)
             mirror, zoomed = (readouts[name][0] for name in (MIRROR, PRESET))
             shifted = np.maximum(mirror + np.mean(zoomed - mirror), 0.0)
@@ -123,7 +124,7 @@ def views(arguments, models, splits):
                 found[name][split].append(error.mean())
                 print(
                     f"{split:>4} | {name:<42} | MAE {error.mean():.3f}, signed "
-                    f"{signed.mean():+.2f} | {OLD}+ ({old.sum()}) {error[old].mean():.3f}"
+                    f"{signed.mean():+.2f} | {arguments.old}+ ({old.sum()}) {error[old].mean():.3f}"
                     f", signed {signed[old].mean():+.2f} | {seconds:4.1f} s"
                 )
     print(f"--- mean over {len(models)} model(s)")
@@ -178,6 +179,9 @@ def fitted_maps(true, predicted, bins):
             intercept + slope * ages, 0.0
         ),
         "bias correction": lambda ages: np.maximum((ages - offset) / scale, 0.0),
+        "half the bias correction": lambda ages: np.maximum(
+            (ages + (ages - offset) / scale) / 2, 0.0
+        ),
         "widening": lambda ages: readout.widen_ages(ages, widening),
     }
 
@@ -198,7 +202,7 @@ def maps(arguments, models, splits):
             f"{path}: widening around {centre:.2f} by {below:.3f} below, "
             f"{above:.3f} above"
         )
-        old = test.true >= OLD
+        old = test.true >= arguments.old
         for name, apply in fitted.items():
             mapped = apply(test.predicted)
             rows.setdefault(name, []).append(
@@ -221,7 +225,8 @@ def maps(arguments, models, splits):
         f"{len(models)} model(s)"
     )
     print(
-        f"{'map':<28}{'MAE':>7}{'balanced':>10}{f'{OLD}+ MAE':>9}{f'{OLD}+ signed':>12}"
+        f"{'map':<28}{'MAE':>7}{'balanced':>10}{f'{arguments.old}+ MAE':>9}"
+        f"{f'{arguments.old}+ signed':>12}"
     )
     for name, found in rows.items():
         values = np.mean(found, axis=0)
@@ -241,6 +246,12 @@ def main(argv=None):
     common.add_model_argument(parser, several=True)
     readout.add_tta_argument(parser)  # the readout the maps are fitted on
     parser.add_argument("--bins", type=common.positive, default=20, help="isotonic map")
+    parser.add_argument(
+        "--old",
+        type=common.positive,
+        default=60,
+        help="the faces aged this and over are reported apart (default: 60)",
+    )
     arguments = parser.parse_args(argv)
     common.header(f"bench_readout {arguments.part}")
     splits = {split: common.faces(arguments, split) for split in ("val", "test")}
