@@ -33,7 +33,7 @@ class Run:
 class Widening(NamedTuple):
     """The widening a run fitted on its validation faces, and its readouts before it."""
 
-    fitted: tuple  # (centre, factor), see readout.widen_ages
+    fitted: tuple  # (centre, factor below, factor above), see readout.widen_ages
     unwidened: evaluation.Readouts
 
 

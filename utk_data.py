@@ -691,7 +691,8 @@ def make_dataset(
     decoded once into memory, held by the dataset; without, each batch is read from disk.
     With `training`, the dataset runs from `start_epoch` up to `epochs` (for ever when None),
     each epoch a permutation of the images and an augmentation that depend only on (`seed`,
-    epoch): a run resumed at epoch k sees what an uninterrupted one sees.
+    epoch): a run resumed at epoch k sees what an uninterrupted one sees. The augmentation
+    frames each face up to `largest_frame` times its side (augment_batch).
 
     With `raw`, the batches are (uint8 images, labels, augmentation seeds (batch, 2), every
     row the batch's seed): the pipeline only gathers them, and `prepare_batch` scales and

@@ -38,8 +38,8 @@ predicted age are fitted on its validation faces, then applied to the test faces
   MAE.
 
 It prints each map's test MAE, balanced MAE, and the MAE and mean signed error of the faces
-aged `--old` (60) and over (the mean over the models), then each model's signed error by age bin.
-No model is changed.
+aged `--old` (60) and over (the mean over the models), then each model's signed error by
+age bin. No model is changed.
 """
 
 import time
@@ -124,8 +124,9 @@ def views(arguments, models, splits):
                 found[name][split].append(error.mean())
                 print(
                     f"{split:>4} | {name:<42} | MAE {error.mean():.3f}, signed "
-                    f"{signed.mean():+.2f} | {arguments.old}+ ({old.sum()}) {error[old].mean():.3f}"
-                    f", signed {signed[old].mean():+.2f} | {seconds:4.1f} s"
+                    f"{signed.mean():+.2f} | {arguments.old}+ ({old.sum()}) "
+                    f"{error[old].mean():.3f}, signed {signed[old].mean():+.2f} | "
+                    f"{seconds:4.1f} s"
                 )
     print(f"--- mean over {len(models)} model(s)")
     best = min(VIEW_SETS, key=lambda name: np.mean(found[name]["val"]))
