@@ -85,8 +85,8 @@ def test_every_result_names_its_command_and_machine():
     for metrics_file in sorted(RESULTS.glob("*/metrics.json")):
         metrics = json.loads(metrics_file.read_text())
         # NAME_mirror_only and NAME_unwidened keep earlier readouts of the run NAME, and
-        # its command.
-        run = re.sub("_(mirror_only|unwidened)", "", metrics_file.parent.name)
+        # NAME_two_sided a later one (a widening factor on each side), with its command.
+        run = re.sub("_(mirror_only|unwidened|two_sided)", "", metrics_file.parent.name)
         assert metrics["command"].endswith(f"--out runs/{run}")
         assert "CPU cores" in metrics["machine"]
         for name in ("history.json", runs.PREDICTIONS):
