@@ -170,6 +170,11 @@ class TrainConfig:
         "(the border mirrored from the image)",
         bounds=Bounds(1.0, 1.5),
     )
+    rotation: Optional[float] = _option(
+        None,
+        "the augmentation's largest turn of a frame, in degrees either way (0: none)",
+        bounds=Bounds(0, 45),
+    )
     patience: Optional[int] = _option(
         None, "early stopping: epochs without a better val MAE", bounds=AT_LEAST_ONE
     )
@@ -247,6 +252,7 @@ CPU_PRESET = dict(
     weight_decay=5e-4,
     augment=True,
     largest_frame=1.0,
+    rotation=0.0,
     patience=10,
     distribution_head=False,
     ema=0.999,

@@ -234,7 +234,11 @@ class Trainer:
                 replica = tf.distribute.get_replica_context().replica_id_in_sync_group
                 seed = tf.random.experimental.stateless_fold_in(seed, replica)
             images = utk_data.prepare_batch(
-                images, seed, self.config.augment, self.config.largest_frame
+                images,
+                seed,
+                self.config.augment,
+                self.config.largest_frame,
+                self.config.rotation,
             )
         return self._compiled_update(images, labels)
 

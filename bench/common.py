@@ -170,7 +170,7 @@ def training_batches(decoded, config, kind="raw"):
     dataset = utk_data.make_dataset(
         decoded, config.image_size, config.batch_size, True, augment=config.augment,
         with_attributes=True, seed=0, raw=kind != "pipeline",
-        largest_frame=config.largest_frame,
+        largest_frame=config.largest_frame, rotation=config.rotation,
     )  # fmt: skip
     if kind == "pipeline":
         return lambda: iter(dataset)
@@ -181,6 +181,7 @@ def training_batches(decoded, config, kind="raw"):
             utk_data.prepare_batch,
             augment=config.augment,
             largest_frame=config.largest_frame,
+            rotation=config.rotation,
         )
         epoch = [(prepare(images, seeds[0]), labels) for images, labels, seeds in epoch]
     return lambda: itertools.cycle(epoch)

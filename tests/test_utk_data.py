@@ -403,6 +403,27 @@ def test_frames_larger_than_the_image_show_it_smaller_with_a_mirrored_border():
     assert larger.min() > 0.02 and larger.max() <= 1.0
 
 
+def test_turned_frames_are_the_crops_turned_about_their_centre():
+    rng = np.random.default_rng(0)
+    images = tf.constant(rng.uniform(0.5, 1.0, (6, 24, 24, 3)).astype(np.float32))
+    seed = tf.constant([3, 4], tf.int64)
+    # Turned by almost nothing, the frames are the crops (one bilinear resampling each),
+    # and the draws without the turn are those of a run without it.
+    crops = utk_data.augment_batch(images, seed).numpy()
+    barely = utk_data.augment_batch(images, seed, rotation=1e-4).numpy()
+    np.testing.assert_allclose(barely, crops, atol=1e-4)
+    turned = utk_data.augment_batch(images, seed, rotation=30.0).numpy()
+    assert np.abs(turned - crops).mean() > 0.02
+    # The whole image turned a quarter: numpy's rot90 (the turn's sign and centre).
+    whole = tf.constant([[0.0, 0.0, 1.0, 1.0]] * 6)
+    quarter = utk_data._turned_frames(images, whole, tf.fill([6], np.pi / 2)).numpy()
+    np.testing.assert_allclose(quarter, np.rot90(images.numpy(), 1, axes=(1, 2)), atol=1e-5)
+    # A frame turned and larger than the image: its corners mirrored, never black.
+    larger = tf.constant([[-0.2, -0.2, 1.2, 1.2]] * 6)
+    wide = utk_data._turned_frames(images, larger, tf.fill([6], 0.6)).numpy()
+    assert wide.min() >= 0.5 - 1e-6 and wide.max() <= 1.0 + 1e-6
+
+
 def test_raw_batches_prepared_in_the_step_are_the_datasets_images(image_folder):
     # Training gathers uint8 batches with their augmentation seeds; the train step scales
     # and augments them: the images it sees are those of the prepared dataset, and a
