@@ -595,8 +595,9 @@ def augment_batch(images, seed, largest_frame=1.0, rotation=0.0):
     its side (1.0: crops only), anywhere inside the image or, larger than it, anywhere
     that holds the whole image: such a frame shows the face smaller, as a face found in a
     photo may be framed, the border filled with the image mirrored. With `rotation`
-    (degrees), the frame is also turned about its centre by an angle drawn from
-    [-rotation, rotation], where it leaves the image the image mirrored."""
+    (degrees), each frame is also turned about its centre by an angle drawn from
+    [-rotation, rotation]; where a turned frame reaches past the image, the image is
+    mirrored."""
     tf = _tf()
     batch, height, width = tf.shape(images)[0], tf.shape(images)[1], tf.shape(images)[2]
     seeds = tf.random.experimental.stateless_split(seed, 6)
@@ -614,23 +615,23 @@ def augment_batch(images, seed, largest_frame=1.0, rotation=0.0):
     if rotation > 0.0:
         # Its own seed, so that the other draws stay those of a run without rotation.
         rotation_seed = tf.random.experimental.stateless_fold_in(seed, 6)
-        degrees = tf.random.stateless_uniform([batch], rotation_seed, -rotation, rotation)
-        angles = degrees * (math.pi / 180.0)
-        images = _turned_frames(images, boxes, angles)
-    elif largest_frame > 1.0:
-        # The border a frame larger than the image needs, mirrored from the image, and
-        # the boxes moved to the same pixels of the padded image (crop_and_resize puts a
-        # box's 0 and 1 on the first and last pixel).
-        sizes = images.shape[1:3]
-        pad = [math.ceil((largest_frame - 1.0) * size) for size in sizes]
-        images = tf.pad(images, [[0, 0], *([p, p] for p in pad), [0, 0]], "REFLECT")
-        last = tf.constant([size - 1 for size in sizes] * 2, tf.float32)
-        padded_last = tf.constant(
-            [size + 2 * p - 1 for size, p in zip(sizes, pad)] * 2, tf.float32
+        degrees = tf.random.stateless_uniform(
+            [batch], rotation_seed, -rotation, rotation
         )
-        boxes = (boxes * last + tf.constant(pad * 2, tf.float32)) / padded_last
-        images = tf.image.crop_and_resize(images, boxes, tf.range(batch), output_size)
+        images = _turned_frames(images, boxes, degrees * (math.pi / 180.0))
     else:
+        if largest_frame > 1.0:
+            # The border a frame larger than the image needs, mirrored from the image, and
+            # the boxes moved to the same pixels of the padded image (crop_and_resize puts
+            # a box's 0 and 1 on the first and last pixel).
+            sizes = images.shape[1:3]
+            pad = [math.ceil((largest_frame - 1.0) * size) for size in sizes]
+            images = tf.pad(images, [[0, 0], *([p, p] for p in pad), [0, 0]], "REFLECT")
+            last = tf.constant([size - 1 for size in sizes] * 2, tf.float32)
+            padded_last = tf.constant(
+                [size + 2 * p - 1 for size, p in zip(sizes, pad)] * 2, tf.float32
+            )
+            boxes = (boxes * last + tf.constant(pad * 2, tf.float32)) / padded_last
         images = tf.image.crop_and_resize(images, boxes, tf.range(batch), output_size)
     brightness = uniform(4, -0.1, 0.1)[:, None, None, None]
     contrast = uniform(5, 0.8, 1.2)[:, None, None, None]
