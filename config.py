@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass, field
 from typing import NamedTuple, Optional
 
+import augmentation
 import devices
 import utk_data
 
@@ -175,6 +176,12 @@ class TrainConfig:
         "the augmentation's largest turn of a frame, in degrees either way (0: none)",
         bounds=Bounds(0, 45),
     )
+    erasing: Optional[float] = _option(
+        None,
+        "the chance that the augmentation replaces a rectangle of a face (2-40 %% of "
+        "its area) by noise: random erasing (0: none)",
+        bounds=Bounds(0, 1),
+    )
     patience: Optional[int] = _option(
         None, "early stopping: epochs without a better val MAE", bounds=AT_LEAST_ONE
     )
@@ -228,6 +235,16 @@ class TrainConfig:
         "runs/default", "folder for model.keras, metrics, history, checkpoints"
     )
 
+    @property
+    def augmentation(self):
+        """The training faces' augmentation (an augmentation.Augmentation), or None for
+        none; from a resolved config."""
+        if not self.augment:
+            return None
+        return augmentation.Augmentation(
+            self.largest_frame, self.rotation, self.erasing
+        )
+
 
 # Everything a preset sets, in one table: the network (its architecture and input size) and
 # how it is trained. A TrainConfig's `None` fields are filled from here.
@@ -253,6 +270,7 @@ CPU_PRESET = dict(
     augment=True,
     largest_frame=1.0,
     rotation=0.0,
+    erasing=0.0,
     patience=10,
     distribution_head=False,
     ema=0.999,

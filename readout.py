@@ -111,7 +111,7 @@ def zoom_matrix(size, side):
 
 def zoom_centre(images, side):
     """A float batch (n, size, size, channels) zoomed in on its centre: the middle `side`
-    fraction of each side, resized back to `size` (as utk_data.augment_batch's crops are,
+    fraction of each side, resized back to `size` (as augmentation.augment_batch's crops are,
     so the views look like training images). Written as two matrix products, which every
     converter (TFLite among them) supports."""
     if side == 1.0:

@@ -36,6 +36,7 @@ import matplotlib
 import numpy as np
 import tensorflow as tf
 
+import augmentation
 import evaluation
 import export
 import finish
@@ -233,13 +234,7 @@ class Trainer:
             if self.strategy.num_replicas_in_sync > 1:
                 replica = tf.distribute.get_replica_context().replica_id_in_sync_group
                 seed = tf.random.experimental.stateless_fold_in(seed, replica)
-            images = utk_data.prepare_batch(
-                images,
-                seed,
-                self.config.augment,
-                self.config.largest_frame,
-                self.config.rotation,
-            )
+            images = augmentation.prepare_batch(images, seed, self.config.augmentation)
         return self._compiled_update(images, labels)
 
     def update(self, images, labels):
@@ -353,7 +348,7 @@ def _training_dataset(train_images, config, seed, start_epoch=0, epochs=None):
         config.image_size,
         config.batch_size,
         True,
-        augment=config.augment,
+        augmentation=config.augmentation,
         with_attributes=True,
         seed=seed,
         start_epoch=start_epoch,

@@ -12,14 +12,16 @@ Typical use:
     folder = locate()                               # a folder, an archive or a URL
     records, skipped = load_records(folder)
     train, val, test = split_records(records)
-    train_dataset = make_dataset(train, image_size=96, batch_size=64, training=True)
+    augmented = augmentation.Augmentation()         # the training augmentation
+    train_dataset = make_dataset(
+        train, image_size=96, batch_size=64, training=True, augmentation=augmented
+    )
 """
 
 import argparse
 import collections
 import errno
 import hashlib
-import math
 import os
 import re
 import shlex
@@ -588,91 +590,6 @@ def _batch_seed(seed, epoch, batch_number):
     )
 
 
-def augment_batch(images, seed, largest_frame=1.0, rotation=0.0):
-    """Randomly flip, crop/shift, brighten and contrast a float batch in [0, 1].
-
-    Each image is framed anew by a square from 88 % of its side up to `largest_frame` times
-    its side (1.0: crops only), anywhere inside the image or, larger than it, anywhere
-    that holds the whole image: such a frame shows the face smaller, as a face found in a
-    photo may be framed, the border filled with the image mirrored. With `rotation`
-    (degrees), each frame is also turned about its centre by an angle drawn from
-    [-rotation, rotation]; where a turned frame reaches past the image, the image is
-    mirrored."""
-    tf = _tf()
-    batch, height, width = tf.shape(images)[0], tf.shape(images)[1], tf.shape(images)[2]
-    seeds = tf.random.experimental.stateless_split(seed, 6)
-    uniform = lambda index, low, high: tf.random.stateless_uniform(  # noqa: E731
-        [batch], seeds[index], low, high
-    )
-    flip = uniform(0, 0.0, 1.0) < 0.5
-    images = tf.where(flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
-    # A small zoom and shift of the aligned face, without black borders.
-    side = uniform(1, 0.88, largest_frame)
-    top = uniform(2, 0.0, 1.0) * (1.0 - side)
-    left = uniform(3, 0.0, 1.0) * (1.0 - side)
-    boxes = tf.stack([top, left, top + side, left + side], axis=1)
-    output_size = tf.stack([height, width])
-    if rotation > 0.0:
-        # Its own seed, so that the other draws stay those of a run without rotation.
-        rotation_seed = tf.random.experimental.stateless_fold_in(seed, 6)
-        degrees = tf.random.stateless_uniform(
-            [batch], rotation_seed, -rotation, rotation
-        )
-        images = _turned_frames(images, boxes, degrees * (math.pi / 180.0))
-    else:
-        if largest_frame > 1.0:
-            # The border a frame larger than the image needs, mirrored from the image, and
-            # the boxes moved to the same pixels of the padded image (crop_and_resize puts
-            # a box's 0 and 1 on the first and last pixel).
-            sizes = images.shape[1:3]
-            pad = [math.ceil((largest_frame - 1.0) * size) for size in sizes]
-            images = tf.pad(images, [[0, 0], *([p, p] for p in pad), [0, 0]], "REFLECT")
-            last = tf.constant([size - 1 for size in sizes] * 2, tf.float32)
-            padded_last = tf.constant(
-                [size + 2 * p - 1 for size, p in zip(sizes, pad)] * 2, tf.float32
-            )
-            boxes = (boxes * last + tf.constant(pad * 2, tf.float32)) / padded_last
-        images = tf.image.crop_and_resize(images, boxes, tf.range(batch), output_size)
-    brightness = uniform(4, -0.1, 0.1)[:, None, None, None]
-    contrast = uniform(5, 0.8, 1.2)[:, None, None, None]
-    mean = tf.reduce_mean(images, axis=[1, 2, 3], keepdims=True)
-    images = (images - mean) * contrast + mean + brightness
-    return tf.clip_by_value(images, 0.0, 1.0)
-
-
-def _turned_frames(images, boxes, angles):
-    """Each image's square frame `boxes` (top, left, bottom, right as crop_and_resize takes
-    them), turned by `angles` (radians) about its centre, resampled to the image's size in
-    one bilinear pass; pixels outside the image are the image mirrored."""
-    tf = _tf()
-    top, left, _, right = tf.unstack(boxes, axis=1)
-    size = tf.cast(tf.shape(images)[1], tf.float32)
-    last = size - 1.0
-    side = right - left  # The frame's side, a fraction of the image's (square images).
-    middle = last / 2.0
-    # An output pixel (x, y) is read at the frame's centre plus its offset from the output's
-    # centre, scaled by the frame's side and turned by the angle.
-    centre_x = left * last + side * middle
-    centre_y = top * last + side * middle
-    cos, sin = side * tf.cos(angles), side * tf.sin(angles)
-    transforms = tf.stack(
-        [
-            cos, -sin, centre_x - (cos - sin) * middle,
-            sin, cos, centre_y - (sin + cos) * middle,
-            tf.zeros_like(cos), tf.zeros_like(cos),
-        ],
-        axis=1,
-    )  # fmt: skip
-    return tf.raw_ops.ImageProjectiveTransformV3(
-        images=images,
-        transforms=transforms,
-        output_shape=tf.shape(images)[1:3],
-        fill_value=0.0,
-        interpolation="BILINEAR",
-        fill_mode="REFLECT",
-    )
-
-
 def steps_per_epoch(num_images, batch_size):
     """Training batches per epoch: the last partial batch is dropped when there is a full one."""
     return max(1, num_images // batch_size)
@@ -719,15 +636,13 @@ def make_dataset(
     image_size,
     batch_size,
     training,
-    augment=None,
+    augmentation=None,
     cache=True,
     with_attributes=False,
     seed=0,
     start_epoch=0,
     epochs=None,
     raw=False,
-    largest_frame=1.0,
-    rotation=0.0,
 ):
     """A `tf.data.Dataset` of (images float32 [0, 1], ages (batch, 1)) batches.
 
@@ -736,18 +651,19 @@ def make_dataset(
     decoded once into memory, held by the dataset; without, each batch is read from disk.
     With `training`, the dataset runs from `start_epoch` up to `epochs` (for ever when None),
     each epoch a permutation of the images and an augmentation that depend only on (`seed`,
-    epoch): a run resumed at epoch k sees what an uninterrupted one sees. The augmentation
-    frames each face up to `largest_frame` times its side, turned up to `rotation` degrees
-    (augment_batch).
+    epoch): a run resumed at epoch k sees what an uninterrupted one sees. The training
+    images are augmented as `augmentation` (an augmentation.Augmentation) says, or not at
+    all when it is None.
 
     With `raw`, the batches are (uint8 images, labels, augmentation seeds (batch, 2), every
-    row the batch's seed): the pipeline only gathers them, and `prepare_batch` scales and
-    augments them where the model runs (inside the compiled train step, on a GPU when
-    there is one) to the same images.
+    row the batch's seed): the pipeline only gathers them, and `augmentation.prepare_batch`
+    scales and augments them where the model runs (inside the compiled train step, on a GPU
+    when there is one) to the same images.
     """
+    import augmentation as augmenting  # Here, not above: it imports TensorFlow (`_tf`).
+
     tf = _tf()
-    augment = training if augment is None else augment
-    if augment and not training:
+    if augmentation is not None and not training:
         raise ValueError("augmentation is for the training set only (training=False)")
     if not records:
         raise ValueError("make_dataset: no records")
@@ -770,22 +686,10 @@ def make_dataset(
             # of a batch between its replicas, gives each replica the batch's seed.
             seeds = tf.tile(batch_seed[None], [tf.shape(images)[0], 1])
             return images, targets, seeds
-        prepared = prepare_batch(images, batch_seed, augment, largest_frame, rotation)
-        return prepared, targets
+        return augmenting.prepare_batch(images, batch_seed, augmentation), targets
 
     dataset = batches.map(to_example, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)
-
-
-def prepare_batch(images, seed, augment, largest_frame=1.0, rotation=0.0):
-    """uint8 images (batch, size, size, 3) as the model takes them: float32 in [0, 1] and,
-    with `augment`, augmented as the stateless `seed` (2,) says, framed up to
-    `largest_frame` and turned up to `rotation` degrees (see augment_batch)."""
-    tf = _tf()
-    images = tf.cast(images, tf.float32) / 255.0  # (batch, size, size, 3)
-    if not augment:
-        return images
-    return augment_batch(images, seed, largest_frame, rotation)
 
 
 def _gather_cached(batches, images):

@@ -25,7 +25,7 @@ fresh iterator (so that none fills its prefetch buffer while another is timed):
 2. augmented: `make_dataset(raw=False)`, scaled to float32 and augmented in tf.data, as
    training did before;
 3. plain: scaled to float32, not augmented;
-4. prepare: the augmentation alone, `tf.function(utk_data.prepare_batch)` on raw batches
+4. prepare: the augmentation alone, `tf.function(augmentation.prepare_batch)` on raw batches
    held in memory: what the train step adds (its largest difference from the augmented
    batches is printed: 0 but for float rounding when both give the same images).
 
@@ -44,6 +44,7 @@ import tensorflow as tf
 from PIL import Image
 
 import utk_data
+from augmentation import Augmentation, prepare_batch
 
 # (image size, batch size) of the memory part: the GPU and the CPU presets'.
 SIZES = ((128, 128), (96, 64))
@@ -169,18 +170,20 @@ def memory_contenders(decoded, batch_size, passes):
     sources = {
         name: utk_data.make_dataset(
             decoded, decoded.image_size, batch_size, training=True,
-            augment=augment, with_attributes=True, seed=0, raw=raw,
+            augmentation=settings, with_attributes=True, seed=0, raw=raw,
         )  # fmt: skip
-        for name, raw, augment in (
-            ("raw", True, True), ("augmented", False, True), ("plain", False, False)
-        )  # fmt: skip
+        for name, raw, settings in (
+            ("raw", True, Augmentation()),
+            ("augmented", False, Augmentation()),
+            ("plain", False, None),
+        )
     }
     contenders = {
         name: contender(time_batches, source, batches)
         for name, source in sources.items()
     }
     prepare = tf.function(
-        lambda images, seeds: utk_data.prepare_batch(images, seeds[0], augment=True)
+        lambda images, seeds: prepare_batch(images, seeds[0], Augmentation())
     )
     raw = iter(sources["raw"])
     cached = [

@@ -34,6 +34,7 @@ import devices  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+import augmentation  # noqa: E402
 import train_loop  # noqa: E402
 import utk_data  # noqa: E402
 from config import AT_LEAST_ONE, add_config_arguments, checked_number  # noqa: E402
@@ -168,22 +169,19 @@ def training_batches(decoded, config, kind="raw"):
     before, held in memory; "pipeline", a fresh iterator of batches augmented in tf.data.
     """
     dataset = utk_data.make_dataset(
-        decoded, config.image_size, config.batch_size, True, augment=config.augment,
-        with_attributes=True, seed=0, raw=kind != "pipeline",
-        largest_frame=config.largest_frame, rotation=config.rotation,
+        decoded, config.image_size, config.batch_size, True,
+        augmentation=config.augmentation, with_attributes=True, seed=0,
+        raw=kind != "pipeline",
     )  # fmt: skip
     if kind == "pipeline":
         return lambda: iter(dataset)
     steps = utk_data.steps_per_epoch(len(decoded.records), config.batch_size)
     epoch = list(dataset.take(steps))
     if kind == "prepared":
-        prepare = functools.partial(
-            utk_data.prepare_batch,
-            augment=config.augment,
-            largest_frame=config.largest_frame,
-            rotation=config.rotation,
-        )
-        epoch = [(prepare(images, seeds[0]), labels) for images, labels, seeds in epoch]
+        epoch = [
+            (augmentation.prepare_batch(images, seeds[0], config.augmentation), labels)
+            for images, labels, seeds in epoch
+        ]
     return lambda: itertools.cycle(epoch)
 
 

@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import augmentation
 import evaluation
 import report
 import devices
 import train_loop
 import readout
 import runs
-import utk_data
 from model import balanced_mse, log_age_prior
 from processes import kill_at_first_checkpoint
 from synthetic import make_folder, write_image
@@ -287,26 +287,26 @@ def test_the_train_step_augments_raw_batches_as_the_config_says(monkeypatch):
     config = train_loop.resolve_config(
         train_loop.TrainConfig(
             out="unused", image_size=32, precision="float32", largest_frame=1.2,
-            rotation=12.0, balanced_mse=0.0,
+            rotation=12.0, erasing=0.3, balanced_mse=0.0,
         )
     )  # fmt: skip
     model = train_loop.make_model(config, initial_age=30.0)
     trainer = train_loop.Trainer(model, train_loop.make_optimizer(config, 10), config)
     seen = []
-    prepare = utk_data.prepare_batch
+    prepare = augmentation.prepare_batch
 
-    def spy(images, seed, *settings):
+    def spy(images, seed, settings):
         seen.append(settings)
-        return prepare(images, seed, *settings)
+        return prepare(images, seed, settings)
 
-    monkeypatch.setattr(utk_data, "prepare_batch", spy)
+    monkeypatch.setattr(augmentation, "prepare_batch", spy)
     images = tf.cast(
         tf.random.stateless_uniform((4, 32, 32, 3), (1, 2), 0, 255), tf.uint8
     )
     seeds = tf.tile(tf.constant([[7, 8]], tf.int64), [4, 1])
     loss = trainer.train_step(images, tf.fill((4, 1), 30.0), seeds)
     assert np.isfinite(float(loss))
-    assert seen == [(True, 1.2, 12.0)]
+    assert seen == [augmentation.Augmentation(1.2, rotation=12.0, erasing=0.3)]
 
 
 def test_mixed_precision_uses_a_loss_scale_optimizer():

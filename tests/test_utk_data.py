@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 import utk_data
+from augmentation import Augmentation, prepare_batch
 from synthetic import make_folder, write_image
 
 # --- file names --------------------------------------------------------------------------
@@ -332,16 +333,16 @@ def test_augmentation_only_when_training(image_folder):
     )
     first, second = plain(), plain()
     np.testing.assert_array_equal(first, second)
-    training = utk_data.make_dataset(records, 32, 40, True, epochs=1, seed=3)
+    training = utk_data.make_dataset(
+        records, 32, 40, True, Augmentation(), epochs=1, seed=3
+    )
     augmented, _ = next(iter(training))
     assert not np.allclose(np.sort(augmented.numpy().ravel()), np.sort(first.ravel()))
-    not_augmented = utk_data.make_dataset(
-        records, 32, 40, True, augment=False, epochs=1
-    )
+    not_augmented = utk_data.make_dataset(records, 32, 40, True, epochs=1)
     images, _ = next(iter(not_augmented))
     np.testing.assert_allclose(np.sort(images.numpy().ravel()), np.sort(first.ravel()))
     with pytest.raises(ValueError, match="training set only"):
-        utk_data.make_dataset(records, 32, 8, training=False, augment=True)
+        utk_data.make_dataset(records, 32, 8, False, Augmentation())
 
 
 def test_epochs_depend_only_on_seed_and_epoch(image_folder):
@@ -349,7 +350,7 @@ def test_epochs_depend_only_on_seed_and_epoch(image_folder):
     batches = lambda **kwargs: [  # noqa: E731
         (images.numpy(), ages.numpy())
         for images, ages in utk_data.make_dataset(
-            records, 32, 8, True, seed=5, **kwargs
+            records, 32, 8, True, Augmentation(1.2, 10.0), seed=5, **kwargs
         )
     ]
     full = batches(epochs=3)
@@ -372,64 +373,13 @@ def test_epochs_depend_only_on_seed_and_epoch(image_folder):
     )
 
 
-def test_frames_larger_than_the_image_show_it_smaller_with_a_mirrored_border():
-    # A ramp from left to right (the brightness and contrast keep it one: they scale it
-    # by a positive factor, and clip nothing here).
-    size, batch = 40, 64
-    ramp = np.broadcast_to(np.linspace(0.35, 0.65, size, dtype=np.float32), (size, size))
-    images = tf.constant(np.stack([ramp] * 3, axis=-1)[None].repeat(batch, axis=0))
-    seed = tf.constant([3, 4], tf.int64)
-    # 1.0 is the augmentation as it was: crops inside the image.
-    crops = utk_data.augment_batch(images, seed).numpy()
-    np.testing.assert_array_equal(
-        crops, utk_data.augment_batch(images, seed, largest_frame=1.0).numpy()
-    )
-    larger = utk_data.augment_batch(images, seed, largest_frame=1.4).numpy()
-
-    def turns(batch):
-        """Whether each image's middle row rises and falls: a mirrored border."""
-        steps = np.diff(batch[:, size // 2, :, 0], axis=1)
-        return (steps > 1e-4).any(axis=1) & (steps < -1e-4).any(axis=1)
-
-    # The frames' sides, drawn as augment_batch draws them.
-    sides = tf.random.stateless_uniform(
-        [batch], tf.random.experimental.stateless_split(seed, 6)[1], 0.88, 1.4
-    ).numpy()
-    assert not turns(crops).any()
-    assert (turns(larger) <= (sides > 1.0)).all()  # only frames larger than the image
-    assert turns(larger)[sides > 1.05].all()  # and every one clearly larger
-    assert 0.6 < (sides > 1.05).mean() < 0.9
-    # Mirrored, not black: no pixel darker than the ramp's darkest could become.
-    assert larger.min() > 0.02 and larger.max() <= 1.0
-
-
-def test_turned_frames_are_the_crops_turned_about_their_centre():
-    rng = np.random.default_rng(0)
-    images = tf.constant(rng.uniform(0.5, 1.0, (6, 24, 24, 3)).astype(np.float32))
-    seed = tf.constant([3, 4], tf.int64)
-    # Turned by almost nothing, the frames are the crops (one bilinear resampling each),
-    # and the draws without the turn are those of a run without it.
-    crops = utk_data.augment_batch(images, seed).numpy()
-    barely = utk_data.augment_batch(images, seed, rotation=1e-4).numpy()
-    np.testing.assert_allclose(barely, crops, atol=1e-4)
-    turned = utk_data.augment_batch(images, seed, rotation=30.0).numpy()
-    assert np.abs(turned - crops).mean() > 0.02
-    # The whole image turned a quarter: numpy's rot90 (the turn's sign and centre).
-    whole = tf.constant([[0.0, 0.0, 1.0, 1.0]] * 6)
-    quarter = utk_data._turned_frames(images, whole, tf.fill([6], np.pi / 2)).numpy()
-    np.testing.assert_allclose(quarter, np.rot90(images.numpy(), 1, axes=(1, 2)), atol=1e-5)
-    # A frame turned and larger than the image: its corners mirrored, never black.
-    larger = tf.constant([[-0.2, -0.2, 1.2, 1.2]] * 6)
-    wide = utk_data._turned_frames(images, larger, tf.fill([6], 0.6)).numpy()
-    assert wide.min() >= 0.5 - 1e-6 and wide.max() <= 1.0 + 1e-6
-
-
 def test_raw_batches_prepared_in_the_step_are_the_datasets_images(image_folder):
     # Training gathers uint8 batches with their augmentation seeds; the train step scales
     # and augments them: the images it sees are those of the prepared dataset, and a
     # resumed run's batches carry the same seeds.
     records, _ = utk_data.load_records(image_folder, verbose=False)
-    options = dict(seed=5, epochs=2, with_attributes=True)
+    settings = Augmentation(largest_frame=1.15)
+    options = dict(augmentation=settings, seed=5, epochs=2, with_attributes=True)
     prepared = list(utk_data.make_dataset(records, 32, 8, True, **options))
     raw = list(utk_data.make_dataset(records, 32, 8, True, raw=True, **options))
     resumed = list(
@@ -439,14 +389,14 @@ def test_raw_batches_prepared_in_the_step_are_the_datasets_images(image_folder):
     for (images, labels), (uint8, raw_labels, seeds) in zip(prepared, raw):
         assert uint8.dtype == tf.uint8 and seeds.shape == (len(uint8), 2)
         assert (seeds.numpy() == seeds.numpy()[0]).all()  # the batch's seed, per image
-        again = utk_data.prepare_batch(uint8, seeds[0], augment=True)
+        again = prepare_batch(uint8, seeds[0], settings)
         np.testing.assert_array_equal(again.numpy(), images.numpy())
         np.testing.assert_array_equal(raw_labels["age"], labels["age"])
     for (uint8, _, seeds), (uint8_again, _, seeds_again) in zip(raw[5:], resumed):
         np.testing.assert_array_equal(uint8, uint8_again)
         np.testing.assert_array_equal(seeds, seeds_again)
     assert len({tuple(seeds.numpy()[0]) for _, _, seeds in raw}) == 10  # one per batch
-    plain = utk_data.prepare_batch(raw[0][0], raw[0][2][0], augment=False)
+    plain = prepare_batch(raw[0][0], raw[0][2][0], None)
     np.testing.assert_array_equal(plain.numpy(), raw[0][0].numpy() / np.float32(255))
 
 

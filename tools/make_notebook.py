@@ -784,7 +784,7 @@ its batch, the mean error in years.
 FEW_STEPS = """
 optimizer = keras.optimizers.RMSprop(learning_rate=1e-3)
 loss_fn = keras.losses.MeanAbsoluteError()  # the L1 loss: the mean error in years
-batches = utk_data.make_dataset(train_records[:384], 200, 64, training=True, augment=False)
+batches = utk_data.make_dataset(train_records[:384], 200, 64, training=True)
 for step, (images, ages) in enumerate(batches.take(6), start=1):
     loss = train_step(course, optimizer, loss_fn, images, ages)
     print(f"step {step}: loss {float(loss):.2f} years")

@@ -1,0 +1,174 @@
+"""The training augmentation: each face flipped, framed anew, turned, brightened,
+contrasted and partly erased at random, all of a batch at once, as a stateless seed says.
+
+    settings = Augmentation(largest_frame=1.15)      # the training run's settings
+    images = prepare_batch(uint8_batch, seed, settings)   # float32 in [0, 1], augmented
+    images = prepare_batch(uint8_batch, seed, None)       # float32 in [0, 1] only
+
+The train step prepares its raw uint8 batches where the model runs (see
+`utk_data.make_dataset(raw=True)`); a dataset that is not raw prepares them in `tf.data`,
+to the same images.
+"""
+
+import math
+from typing import NamedTuple
+
+import tensorflow as tf
+
+
+class Augmentation(NamedTuple):
+    """How the training faces are augmented (see `augment_batch`)."""
+
+    # The largest frame, times the image's side: 1.0 only crops inside the image (0.88 to
+    # 1.0 times its side); above 1.0 some frames show the face smaller, as a face found in
+    # a photo may be framed.
+    largest_frame: float = 1.0
+    # The largest turn of a frame about its centre, in degrees either way (0: none).
+    rotation: float = 0.0
+    # The chance that a rectangle of a face is replaced by noise (random erasing; 0: none).
+    erasing: float = 0.0
+
+
+def prepare_batch(images, seed, augmentation=None):
+    """uint8 images (batch, size, size, 3) as the model takes them: float32 in [0, 1] and,
+    with an `augmentation` (an Augmentation), augmented as the stateless `seed` (2,) says.
+    """
+    images = tf.cast(images, tf.float32) / 255.0  # (batch, size, size, 3)
+    if augmentation is None:
+        return images
+    return augment_batch(images, seed, augmentation)
+
+
+def augment_batch(images, seed, augmentation=Augmentation()):
+    """Randomly flip, frame, turn, brighten, contrast and erase a float batch in [0, 1].
+
+    Each image is framed anew by a square from 88 % of its side up to
+    `augmentation.largest_frame` times its side, anywhere inside the image or, larger than
+    it, anywhere that holds the whole image: such a frame shows the face smaller, the
+    border filled with the image mirrored. With `augmentation.rotation` (degrees), each
+    frame is also turned about its centre by an angle drawn from [-rotation, rotation];
+    where a turned frame reaches past the image, the image is mirrored. With
+    `augmentation.erasing`, a rectangle of each face is replaced by noise with that chance
+    (`_erased`)."""
+    largest_frame, rotation = augmentation.largest_frame, augmentation.rotation
+    batch = tf.shape(images)[0]
+    uniform = _uniform(tf.random.experimental.stateless_split(seed, 6), batch)
+    flip = uniform(0, 0.0, 1.0) < 0.5
+    images = tf.where(flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
+    # A small zoom and shift of the aligned face, without black borders.
+    side = uniform(1, 0.88, largest_frame)
+    top = uniform(2, 0.0, 1.0) * (1.0 - side)
+    left = uniform(3, 0.0, 1.0) * (1.0 - side)
+    boxes = tf.stack([top, left, top + side, left + side], axis=1)
+    if rotation > 0.0:
+        # Its own seed, so that the other draws stay those of a run without rotation.
+        rotation_seed = tf.random.experimental.stateless_fold_in(seed, 6)
+        degrees = tf.random.stateless_uniform(
+            [batch], rotation_seed, -rotation, rotation
+        )
+        images = _turned_frames(images, boxes, degrees * (math.pi / 180.0))
+    else:
+        images = _framed(images, boxes, largest_frame)
+    brightness = uniform(4, -0.1, 0.1)[:, None, None, None]
+    contrast = uniform(5, 0.8, 1.2)[:, None, None, None]
+    mean = tf.reduce_mean(images, axis=[1, 2, 3], keepdims=True)
+    images = (images - mean) * contrast + mean + brightness
+    images = tf.clip_by_value(images, 0.0, 1.0)
+    if augmentation.erasing > 0.0:
+        # Its own seed too, as the rotation's.
+        erasing_seed = tf.random.experimental.stateless_fold_in(seed, 7)
+        images = _erased(images, erasing_seed, augmentation.erasing)
+    return images
+
+
+def _uniform(seeds, batch):
+    """draw(index, low, high): `batch` numbers drawn uniformly from [low, high) with the
+    stateless seed `seeds[index]`."""
+    return lambda index, low, high: tf.random.stateless_uniform(
+        [batch], seeds[index], low, high
+    )
+
+
+def _erased(images, seed, chance):
+    """Each image, with probability `chance`, with a rectangle of 2-40 % of its area,
+    its sides in a ratio from 0.3 to 3.3, anywhere inside it, filled with uniform noise:
+    random erasing (Z. Zhong, L. Zheng, G. Kang, S. Li, Y. Yang, "Random Erasing Data
+    Augmentation", AAAI 2020), a face partly hidden, as by a hand or a shadow."""
+    batch, height, width = tf.shape(images)[0], tf.shape(images)[1], tf.shape(images)[2]
+    seeds = tf.random.experimental.stateless_split(seed, 6)
+    uniform = _uniform(seeds, batch)
+    area = uniform(0, 0.02, 0.4)
+    ratio = tf.exp(uniform(1, math.log(0.3), math.log(1 / 0.3)))  # height / width
+    tall = tf.minimum(tf.sqrt(area * ratio), 1.0)  # fractions of the image's sides
+    wide = tf.minimum(tf.sqrt(area / ratio), 1.0)
+    top = uniform(2, 0.0, 1.0) * (1.0 - tall)
+    left = uniform(3, 0.0, 1.0) * (1.0 - wide)
+
+    def inside(start, extent, pixels):
+        """(batch, pixels): whether each pixel's centre lies in [start, start + extent)."""
+        centres = (tf.range(pixels, dtype=tf.float32) + 0.5) / tf.cast(
+            pixels, tf.float32
+        )
+        return (centres >= start[:, None]) & (centres < (start + extent)[:, None])
+
+    erase = uniform(4, 0.0, 1.0) < chance
+    mask = (
+        inside(top, tall, height)[:, :, None]
+        & inside(left, wide, width)[:, None, :]
+        & erase[:, None, None]
+    )  # (batch, height, width)
+    noise = tf.random.stateless_uniform(tf.shape(images), seeds[5], dtype=images.dtype)
+    return tf.where(mask[..., None], noise, images)
+
+
+def _framed(images, boxes, largest_frame):
+    """Each image's square frame `boxes` (top, left, bottom, right, fractions of its sides,
+    as crop_and_resize takes them) resized to the image's size; frames up to
+    `largest_frame` times the image reach into a border mirrored from the image."""
+    output_size = tf.shape(images)[1:3]
+    if largest_frame > 1.0:
+        # The border, and the boxes moved to the same pixels of the padded image
+        # (crop_and_resize puts a box's 0 and 1 on the first and last pixel).
+        sizes = images.shape[1:3]
+        pad = [math.ceil((largest_frame - 1.0) * size) for size in sizes]
+        images = tf.pad(images, [[0, 0], *([p, p] for p in pad), [0, 0]], "REFLECT")
+        last = tf.constant([size - 1 for size in sizes] * 2, tf.float32)
+        padded_last = tf.constant(
+            [size + 2 * p - 1 for size, p in zip(sizes, pad)] * 2, tf.float32
+        )
+        boxes = (boxes * last + tf.constant(pad * 2, tf.float32)) / padded_last
+    return tf.image.crop_and_resize(
+        images, boxes, tf.range(tf.shape(images)[0]), output_size
+    )
+
+
+def _turned_frames(images, boxes, angles):
+    """Each image's square frame `boxes` (as `_framed` takes them), turned by `angles`
+    (radians) about its centre, resampled to the image's size in one bilinear pass; pixels
+    outside the image are the image mirrored."""
+    top, left, _, right = tf.unstack(boxes, axis=1)
+    size = tf.cast(tf.shape(images)[1], tf.float32)
+    last = size - 1.0
+    side = right - left  # The frame's side, a fraction of the image's (square images).
+    middle = last / 2.0
+    # An output pixel (x, y) is read at the frame's centre plus its offset from the output's
+    # centre, scaled by the frame's side and turned by the angle.
+    centre_x = left * last + side * middle
+    centre_y = top * last + side * middle
+    cos, sin = side * tf.cos(angles), side * tf.sin(angles)
+    transforms = tf.stack(
+        [
+            cos, -sin, centre_x - (cos - sin) * middle,
+            sin, cos, centre_y - (sin + cos) * middle,
+            tf.zeros_like(cos), tf.zeros_like(cos),
+        ],
+        axis=1,
+    )  # fmt: skip
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=images,
+        transforms=transforms,
+        output_shape=tf.shape(images)[1:3],
+        fill_value=0.0,
+        interpolation="BILINEAR",
+        fill_mode="REFLECT",
+    )

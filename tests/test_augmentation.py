@@ -1,0 +1,100 @@
+"""Tests of the training augmentation: frames, turns, and the settings' defaults."""
+
+import numpy as np
+import tensorflow as tf
+
+import augmentation
+from augmentation import Augmentation, augment_batch
+
+
+def test_frames_larger_than_the_image_show_it_smaller_with_a_mirrored_border():
+    # A ramp from left to right (the brightness and contrast keep it one: they scale it
+    # by a positive factor, and clip nothing here).
+    size, batch = 40, 64
+    ramp = np.broadcast_to(
+        np.linspace(0.35, 0.65, size, dtype=np.float32), (size, size)
+    )
+    images = tf.constant(np.stack([ramp] * 3, axis=-1)[None].repeat(batch, axis=0))
+    seed = tf.constant([3, 4], tf.int64)
+    # 1.0 is the augmentation as it was: crops inside the image.
+    crops = augment_batch(images, seed).numpy()
+    np.testing.assert_array_equal(
+        crops, augment_batch(images, seed, Augmentation(largest_frame=1.0)).numpy()
+    )
+    larger = augment_batch(images, seed, Augmentation(largest_frame=1.4)).numpy()
+
+    def turns(batch):
+        """Whether each image's middle row rises and falls: a mirrored border."""
+        steps = np.diff(batch[:, size // 2, :, 0], axis=1)
+        return (steps > 1e-4).any(axis=1) & (steps < -1e-4).any(axis=1)
+
+    # The frames' sides, drawn as augment_batch draws them.
+    sides = tf.random.stateless_uniform(
+        [batch], tf.random.experimental.stateless_split(seed, 6)[1], 0.88, 1.4
+    ).numpy()
+    assert not turns(crops).any()
+    assert (turns(larger) <= (sides > 1.0)).all()  # only frames larger than the image
+    assert turns(larger)[sides > 1.05].all()  # and every one clearly larger
+    assert 0.6 < (sides > 1.05).mean() < 0.9
+    # Mirrored, not black: no pixel darker than the ramp's darkest could become.
+    assert larger.min() > 0.02 and larger.max() <= 1.0
+
+
+def test_turned_frames_are_the_crops_turned_about_their_centre():
+    rng = np.random.default_rng(0)
+    images = tf.constant(rng.uniform(0.5, 1.0, (6, 24, 24, 3)).astype(np.float32))
+    seed = tf.constant([3, 4], tf.int64)
+    # Turned by almost nothing, the frames are the crops (one bilinear resampling each),
+    # and the draws without the turn are those of a run without it.
+    crops = augment_batch(images, seed).numpy()
+    barely = augment_batch(images, seed, Augmentation(rotation=1e-4)).numpy()
+    np.testing.assert_allclose(barely, crops, atol=1e-4)
+    turned = augment_batch(images, seed, Augmentation(rotation=30.0)).numpy()
+    assert np.abs(turned - crops).mean() > 0.02
+    # The whole image turned a quarter: numpy's rot90 (the turn's sign and centre).
+    whole = tf.constant([[0.0, 0.0, 1.0, 1.0]] * 6)
+    quarter = augmentation._turned_frames(
+        images, whole, tf.fill([6], np.pi / 2)
+    ).numpy()
+    np.testing.assert_allclose(
+        quarter, np.rot90(images.numpy(), 1, axes=(1, 2)), atol=1e-5
+    )
+    # A frame turned and larger than the image: its corners mirrored, never black.
+    larger = tf.constant([[-0.2, -0.2, 1.2, 1.2]] * 6)
+    wide = augmentation._turned_frames(images, larger, tf.fill([6], 0.6)).numpy()
+    assert wide.min() >= 0.5 - 1e-6 and wide.max() <= 1.0 + 1e-6
+
+
+def test_erasing_fills_one_rectangle_of_some_faces_with_noise():
+    size, batch = 32, 200
+    images = tf.fill((batch, size, size, 3), 0.5)
+    seed = tf.constant([3, 4], tf.int64)
+    plain = augment_batch(images, seed).numpy()
+    erased = augment_batch(images, seed, Augmentation(erasing=0.5)).numpy()
+    changed = (np.abs(erased - plain) > 1e-6).any(axis=-1)  # (batch, size, size)
+    hit = changed.any(axis=(1, 2))
+    assert 0.35 < hit.mean() < 0.65  # about half the faces, the others untouched
+    for mask in changed[hit]:
+        rows, columns = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+        # One rectangle: every pixel between its first and last row and column is noise
+        # (but for the few that noise happens to leave near their value).
+        box = mask[rows[0] : rows[-1] + 1, columns[0] : columns[-1] + 1]
+        assert box.mean() > 0.95
+        assert 0.01 < box.size / size**2 < 0.45
+    # Its own seed: the frames, flips and colours of the faces not erased are unchanged.
+    np.testing.assert_array_equal(erased[~hit], plain[~hit])
+    assert erased.min() >= 0.0 and erased.max() <= 1.0
+
+
+def test_a_config_gives_its_augmentation_or_none():
+    import config
+
+    settings = dict(
+        out="unused", preset="cpu", largest_frame=1.1, rotation=5.0, erasing=0.25
+    )
+    resolved = config.resolve_config(config.TrainConfig(**settings))
+    assert resolved.augmentation == Augmentation(1.1, 5.0, erasing=0.25)
+    off = config.resolve_config(config.TrainConfig(**settings, augment=False))
+    assert off.augmentation is None
+    course = config.resolve_config(config.TrainConfig(out="unused", arch="course_cnn"))
+    assert course.augmentation is None  # the course trains on the faces as they are
