@@ -8,15 +8,18 @@ predicted ages (the widening among others), each chosen on the validation faces.
     python bench/bench_readout.py maps --model runs/default/model.keras --tta-zooms 1.0
 
 views: training shows the network each face mirrored or not and zoomed in on a crop of
-88-100 % of its side (utk_data.augment_batch). At test time a face can be shown the same
-ways, as it is and zoomed in on its centre (readout.zoom_centre, the crop the augmentation
-would make), each view also mirrored, and the ages averaged. For each model this predicts
-the validation and test faces once per view, without the model's widening, and prints the
-MAE and the mean signed error (predicted - true) of several sets of views on both splits,
-the faces aged 60 and over apart, and the seconds of each set's forward passes. The set to
-keep has the lowest mean validation MAE over the models; the test columns are to be read
-after that choice, not to make it. A last row moves the mirror readout by the mean change
-the preset's zooms make: does their gain come from a shift of every age alone?
+88-100 % of its side, anywhere in the image (augmentation.augment_batch). At test time a
+face can be shown the same ways: as it is, zoomed in on its centre (readout.zoom_centre,
+the crop the augmentation would make) or on a crop moved off the centre, each view also
+mirrored, and the ages averaged. For each model this predicts the validation and test
+faces once per view, without the model's widening, and prints the MAE and the mean signed
+error (predicted - true) of several sets of views on both splits, the faces aged 60 and
+over apart, and the seconds of each set's forward passes; the means over the models add
+the test MAE widened as `train` widens it (fitted on the validation faces of the same
+views). The set to keep has the lowest mean validation MAE over the models; the test
+columns are to be read after that choice, not to make it. A last row moves the mirror
+readout by the mean change the preset's zooms make: does their gain come from a shift of
+every age alone?
 
 maps: a model trained on UTKFace pulls its predictions towards the middle ages (the mean
 signed error is positive for the young, negative for the old). Each model is read out with
@@ -54,19 +57,46 @@ import readout
 import utk_data
 from metrics import balanced_mae, mae_by_age
 
-# The sets of zooms compared (1.0: the whole image); every view is also mirrored, but in
-# the first row, the single image the network is validated on while training.
+
+def centred(*zooms):
+    """Views zoomed in on the centre, (zoom, 0, 0) each (1.0: the whole image)."""
+    return tuple((zoom, 0.0, 0.0) for zoom in zooms)
+
+
+def moved(zoom, shift, corners=False):
+    """Four views zoomed in by `zoom`, their centre moved by `shift` (a fraction of the
+    side) up, down, left and right, or with `corners` towards the four corners."""
+    ways = (
+        ((-1, -1), (-1, 1), (1, -1), (1, 1))
+        if corners
+        else ((-1, 0), (1, 0), (0, -1), (0, 1))
+    )
+    return tuple((zoom, shift * down, shift * right) for down, right in ways)
+
+
+# The sets of views compared, each view (zoom, shift down, shift right): every view is
+# also mirrored, but in the first row, the single image the network is validated on while
+# training.
+THREE = centred(1.0, 0.94, 0.88)
 VIEW_SETS = {
     "one image, no mirror": (),
-    "mirror images only (zoom 1.0)": (1.0,),
-    "zoom 0.94 only": (0.94,),
-    "zoom 0.88 only": (0.88,),
-    "zooms 1.0, 0.94": (1.0, 0.94),
-    "zooms 1.0, 0.94, 0.88": (1.0, 0.94, 0.88),
-    "zooms 1.0, 0.97, 0.94, 0.91, 0.88": (1.0, 0.97, 0.94, 0.91, 0.88),
+    "mirror images only (zoom 1.0)": centred(1.0),
+    "zoom 0.94 only": centred(0.94),
+    "zoom 0.88 only": centred(0.88),
+    "zooms 1.0, 0.94": centred(1.0, 0.94),
+    "zooms 1.0, 0.94, 0.88": THREE,
+    "zooms 1.0, 0.97, 0.94, 0.91, 0.88": centred(1.0, 0.97, 0.94, 0.91, 0.88),
+    "three zooms; 0.94 moved 0.015 four ways": THREE + moved(0.94, 0.015),
+    "three zooms; 0.94 moved 0.03 four ways": THREE + moved(0.94, 0.03),
+    "three zooms; 0.94 moved 0.03 to the corners": THREE + moved(0.94, 0.03, True),
+    "three zooms; 0.88 moved 0.03 four ways": THREE + moved(0.88, 0.03),
+    "three zooms; 0.88 moved 0.06 four ways": THREE + moved(0.88, 0.06),
+    "three zooms; 0.94 and 0.88 moved 0.03 four ways": (
+        THREE + moved(0.94, 0.03) + moved(0.88, 0.03)
+    ),
 }
 MIRROR = "mirror images only (zoom 1.0)"
-PRESET = next(name for name, z in VIEW_SETS.items() if z == readout.TTA_ZOOMS)
+PRESET = next(name for name, v in VIEW_SETS.items() if v == centred(*readout.TTA_ZOOMS))
 SHIFTED = "mirror images, shifted as the zooms shift"
 CHUNK = 256  # images zoomed at a time
 
@@ -75,13 +105,22 @@ CHUNK = 256  # images zoomed at a time
 # ---------------------------------------------------------------------------------------
 
 
-def view_ages(model, images, zoom, mirror):
+def view_ages(model, images, view, mirror):
     """Ages (n,) the model predicts, without its widening, for uint8 images (n, size,
-    size, 3) zoomed in on their centre by `zoom` and mirrored when `mirror`."""
+    size, 3) seen as `view` (zoom, shift down, shift right) and mirrored when `mirror`.
+    """
+    zoom, down, right = view
     ages = []
     for start in range(0, len(images), CHUNK):
         chunk = tf.cast(images[start : start + CHUNK], tf.float32) / 255.0
-        chunk = readout.zoom_centre(chunk, zoom)
+        if down == right == 0.0:
+            chunk = readout.zoom_centre(chunk, zoom)
+        else:
+            top, left = (1.0 - zoom) / 2 + down, (1.0 - zoom) / 2 + right
+            box = tf.constant([[top, left, top + zoom, left + zoom]] * len(chunk))
+            chunk = tf.image.crop_and_resize(
+                chunk, box, tf.range(len(chunk)), chunk.shape[1:3]
+            )
         if mirror:
             chunk = tf.reverse(chunk, axis=[2])
         ages.append(evaluation.predict_ages(model, chunk))
@@ -92,49 +131,61 @@ def set_readouts(model, decoded):
     """{name of VIEW_SETS: (ages (n,), seconds)}: each view and its mirror averaged (the
     plain image alone for an empty set); the seconds, the sum of its views'."""
     views = {}
-    for zoom in sorted({z for zooms in VIEW_SETS.values() for z in zooms} | {1.0}):
+    for view in sorted({v for found in VIEW_SETS.values() for v in found} | {THREE[0]}):
         for mirror in (False, True):
             started = time.perf_counter()
-            ages = view_ages(model, decoded.images, zoom, mirror)
-            views[zoom, mirror] = ages, time.perf_counter() - started
+            ages = view_ages(model, decoded.images, view, mirror)
+            views[view, mirror] = ages, time.perf_counter() - started
     readouts = {}
-    for name, zooms in VIEW_SETS.items():
-        keys = [(zoom, mirror) for zoom in zooms for mirror in (False, True)]
-        keys = keys or [(1.0, False)]
+    for name, found in VIEW_SETS.items():
+        keys = [(view, mirror) for view in found for mirror in (False, True)]
+        keys = keys or [(THREE[0], False)]
         ages = np.mean([views[key][0] for key in keys], axis=0)
         readouts[name] = ages, sum(views[key][1] for key in keys)
     return readouts
 
 
 def views(arguments, models, splits):
-    """The views part: every set's MAEs, model by model, then their means."""
-    found = {name: {"val": [], "test": []} for name in (*VIEW_SETS, SHIFTED)}
+    """The views part: every set's MAEs, model by model, then their means; the test
+    faces also widened as `train` widens them, fitted on the validation faces."""
+    names = (*VIEW_SETS, SHIFTED)
+    found = {name: {"val": [], "test": [], "widened": []} for name in names}
     for path, model in models:
         print(f"--- {path}")
+        readouts, true = {}, {}
         for split, records in splits.items():
             decoded = utk_data.decode_records(records, model.image_size)
-            true = np.array([record.age for record in decoded.records], np.float64)
-            old = true >= arguments.old
-            readouts = set_readouts(model, decoded)
-            mirror, zoomed = (readouts[name][0] for name in (MIRROR, PRESET))
+            true[split] = np.array([r.age for r in decoded.records], np.float64)
+            readouts[split] = set_readouts(model, decoded)
+            mirror, zoomed = (readouts[split][name][0] for name in (MIRROR, PRESET))
             shifted = np.maximum(mirror + np.mean(zoomed - mirror), 0.0)
-            readouts[SHIFTED] = shifted, 0.0
-            for name, (ages, seconds) in readouts.items():
-                error, signed = np.abs(ages - true), ages - true
+            readouts[split][SHIFTED] = shifted, 0.0
+        for split in splits:
+            old = true[split] >= arguments.old
+            for name, (ages, seconds) in readouts[split].items():
+                error, signed = np.abs(ages - true[split]), ages - true[split]
                 found[name][split].append(error.mean())
                 print(
-                    f"{split:>4} | {name:<42} | MAE {error.mean():.3f}, signed "
+                    f"{split:>4} | {name:<48} | MAE {error.mean():.3f}, signed "
                     f"{signed.mean():+.2f} | {arguments.old}+ ({old.sum()}) "
                     f"{error[old].mean():.3f}, signed {signed[old].mean():+.2f} | "
                     f"{seconds:4.1f} s"
                 )
-    print(f"--- mean over {len(models)} model(s)")
+        for name in names:
+            widening = evaluation.fit_widening(true["val"], readouts["val"][name][0])
+            widened = readout.widen_ages(readouts["test"][name][0], widening)
+            found[name]["widened"].append(np.abs(widened - true["test"]).mean())
+    print(
+        f"--- mean over {len(models)} model(s); widened: fitted on the validation faces"
+    )
     best = min(VIEW_SETS, key=lambda name: np.mean(found[name]["val"]))
     for name, maes in found.items():
         mark = "  <- lowest validation MAE" if name == best else ""
+        widened = " ".join(f"{mae:.3f}" for mae in maes["widened"])
         print(
-            f"{name:<42} | validation {np.mean(maes['val']):.3f} | test "
-            f"{np.mean(maes['test']):.3f}{mark}"
+            f"{name:<48} | validation {np.mean(maes['val']):.3f} | test "
+            f"{np.mean(maes['test']):.3f} | test widened {np.mean(maes['widened']):.3f} "
+            f"({widened}){mark}"
         )
 
 
