@@ -266,7 +266,9 @@ CPU_PRESET = dict(
     learning_rate=3e-3,
     schedule="cosine",
     warmup_epochs=1.0,
-    weight_decay=5e-4,
+    # Keras's AdamW shrinks each kernel by weight_decay × learning rate a step, so 5e-4
+    # shrank the kernels by about 1 % over a whole run; 0.05 left the old faces less biased.
+    weight_decay=0.05,
     augment=True,
     largest_frame=1.0,
     rotation=0.0,
@@ -295,8 +297,10 @@ PRESETS = {
         },
         "batch_size": 128,
         "epochs": 60,
-        # Measured on the CPU preset only: the GPU preset trains with the L1 loss alone.
+        # Measured on the CPU preset only: the GPU preset trains with the L1 loss alone,
+        # and the weight decay it had before.
         "balanced_mse": 0.0,
+        "weight_decay": 5e-4,
         "learning_rate": 2e-3,
         "warmup_epochs": 2.0,
         "patience": 12,
