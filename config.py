@@ -30,10 +30,11 @@ WHERE = ("data", "out", "strategy")
 READOUT = ("tta", "widen")
 
 
-def _option(default, help_text, choices=None, bounds=None):
+def _option(default, help_text, choices=None, bounds=None, parse=None):
     """A TrainConfig field: its default, its help, and the values it admits (`choices`,
-    or `bounds`, a Bounds of a number)."""
-    metadata = {"help": help_text, "choices": choices, "bounds": bounds}
+    `bounds`, a Bounds of a number, or `parse`, which raises ValueError for a text it
+    does not admit)."""
+    metadata = {"help": help_text, "choices": choices, "bounds": bounds, "parse": parse}
     return field(default=default, metadata=metadata)
 
 
@@ -65,6 +66,24 @@ class Bounds(NamedTuple):
         return f"must lie in {opening}{self.low:g}, {self.high:g}{closing}"
 
 
+# The stages of the network (age_cnn): their widths and blocks, in each preset.
+STAGES = 4
+
+
+def blocks_per_stage(text):
+    """The residual blocks of each stage from --blocks ("1,1,2,2" gives (1, 1, 2, 2));
+    ValueError for anything but four whole numbers from 1 to 8."""
+    parts = [part.strip() for part in str(text).split(",")]
+    if len(parts) != STAGES or not all(
+        p.isascii() and p.isdigit() and 1 <= int(p) <= 8 for p in parts
+    ):
+        raise ValueError(
+            f"must be {STAGES} whole numbers from 1 to 8 separated by commas, "
+            f"one for each stage (e.g. 1,1,2,2), got {text!r}"
+        )
+    return tuple(int(part) for part in parts)
+
+
 # The ranges of the numeric settings.
 AT_LEAST_ONE = Bounds(1)
 POSITIVE = Bounds(0, low_included=False)
@@ -91,6 +110,17 @@ class TrainConfig:
         "network; course_cnn comes with the course's settings (200 px, RMSprop 1e-3, "
         "batch 64, 20 epochs, no augmentation), which other flags override",
         ("course_cnn", "age_cnn"),
+    )
+    width: Optional[float] = _option(
+        None,
+        "the network's channels times this, in every stage, rounded to a multiple of 16 "
+        "(1: the preset's; 1.25: a wider, slower network)",
+        bounds=Bounds(0.25, 4),
+    )
+    blocks: Optional[str] = _option(
+        None,
+        "residual blocks in each of the network's four stages, e.g. 1,1,2,2",
+        parse=blocks_per_stage,
     )
     head: str = _option(
         "regression", "output head", ("regression", "classification", "ordinal")
@@ -253,9 +283,10 @@ CPU_PRESET = dict(
     # average, the widening) and answers.md, Task 2 (the straight-through ReLU output).
     arch="age_cnn",
     image_size=96,
+    width=1.0,
+    blocks="1,1,1,1",
     network=dict(
         widths=(32, 64, 128, 256),
-        blocks_per_stage=(1, 1, 1, 1),
         stem_stride=2,
         head_units=128,
         dropout=0.3,
@@ -292,9 +323,9 @@ PRESETS = {
         "network": {
             **CPU_PRESET["network"],
             "widths": (64, 128, 256, 512),
-            "blocks_per_stage": (2, 2, 2, 2),
             "head_units": 256,
         },
+        "blocks": "2,2,2,2",
         "batch_size": 128,
         "epochs": 60,
         # Measured on the CPU preset only: the GPU preset trains with the L1 loss alone,
@@ -455,12 +486,31 @@ def checked_number(kind, bounds):
     return parse
 
 
+def checked_text(parse):
+    """A flag's argparse type: the text, refused unless `parse` admits it."""
+
+    def check(text):
+        try:
+            parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+        return text
+
+    check.__name__ = parse.__name__
+    return check
+
+
 def check_config(config):
     """Raise ValueError, naming the flag, for a setting out of its range (a TrainConfig
     made in Python, as the notebook makes it, is checked as the flags are)."""
     for config_field in dataclasses.fields(TrainConfig):
         value = getattr(config, config_field.name)
-        bounds = config_field.metadata["bounds"]
+        bounds, parse = config_field.metadata["bounds"], config_field.metadata["parse"]
+        if value is not None and parse is not None:
+            try:
+                parse(value)
+            except ValueError as error:
+                raise ValueError(f"{_flag(config_field.name)} {error}") from None
         if value is None or bounds is None:
             continue
         problem = bounds.problem(value)
@@ -486,10 +536,14 @@ def add_config_arguments(parser):
             )
             continue
         kind = _value_type(config_field.type)
-        bounds = config_field.metadata["bounds"]
+        bounds, parse = config_field.metadata["bounds"], config_field.metadata["parse"]
         parser.add_argument(
             _flag(config_field.name),
-            type=checked_number(kind, bounds) if kind is not str else str,
+            type=(
+                checked_text(parse)
+                if parse
+                else checked_number(kind, bounds) if kind is not str else str
+            ),
             choices=config_field.metadata["choices"],
             default=None,
             help=help_text,

@@ -45,7 +45,7 @@ import report
 import runs
 import serve
 import utk_data
-from config import PRESETS, add_config_arguments
+from config import PRESETS, add_config_arguments, blocks_per_stage
 from config import TrainConfig  # noqa: F401 (the notebook)
 from config import check_config, check_loss_weighting_epochs, config_from_arguments
 from config import resolve_config, resumed_config, run_name  # noqa: F401 (the notebook)
@@ -90,9 +90,16 @@ def make_model(config, initial_age=None, synchronized=False):
     )
     if config.arch == "course_cnn":
         return build_model("course_cnn", **options)
+    network = dict(PRESETS[config.preset]["network"])
+    # --width scales every stage's channels, in multiples of 16 (at least 16): the
+    # processor's vector kernels run other counts far slower.
+    network["widths"] = tuple(
+        max(16, round(width * config.width / 16) * 16) for width in network["widths"]
+    )
     return build_model(
         "age_cnn",
-        **PRESETS[config.preset]["network"],
+        **network,
+        blocks_per_stage=blocks_per_stage(config.blocks),
         head=config.head,
         max_age=utk_data.MAX_AGE,
         gender_head=config.gender_head,

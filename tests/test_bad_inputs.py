@@ -34,6 +34,10 @@ def _error_line(capsys):
         ("--epochs", "0"),
         ("--epochs", "-1"),
         ("--image-size", "0"),
+        ("--width", "0"),
+        ("--blocks", "1,2"),
+        ("--blocks", "1,1,0,2"),
+        ("--blocks", "one"),
         ("--limit", "-5"),
         ("--limit", "0"),
         ("--ema", "2"),
@@ -59,6 +63,13 @@ def test_a_setting_out_of_range_made_in_python_is_refused_by_name(tmp_path):
     config = train_loop.TrainConfig(batch_size=0, out=str(tmp_path))
     with pytest.raises(ValueError, match="--batch-size must lie in"):
         train_loop.train(config)
+
+
+def test_blocks_made_in_python_are_refused_by_name(tmp_path):
+    config = train_loop.TrainConfig(blocks="1,1,2", out=str(tmp_path))
+    with pytest.raises(ValueError, match="--blocks must be 4 whole numbers"):
+        train_loop.train(config)
+    assert not tmp_path.joinpath("model.keras").exists()
 
 
 def test_predict_refuses_a_zoom_out_of_range(capsys):

@@ -35,6 +35,7 @@ OPTIONS = {
     "widen": {"widen": True},
     "widened_classification": {"head": "classification", "widen": True},
     "bfloat16": {"precision": "mixed_bfloat16"},
+    "wider_deeper": {"width": 1.25, "blocks": "1,1,2,2"},
 }
 # Each option alone, on the network without the preset's teacher head, EMA, TTA and
 # widening.
@@ -112,6 +113,15 @@ def test_each_option_trains_and_is_kept_in_the_model_or_the_settings(trained, na
     for option, value in OPTIONS[name].items():
         holder = run.model if hasattr(run.model, option) else run.config
         assert getattr(holder, option) == value
+
+
+@each_option("wider_deeper")
+def test_width_and_blocks_shape_the_network(trained, name):
+    model = trained(name).model
+    # The preset's widths (32, 64, 128, 256) times 1.25, in multiples of 16.
+    assert model.widths == (32, 80, 160, 320)
+    assert model.blocks_per_stage == (1, 1, 2, 2)
+    assert "stage4_block2" in [layer.name for layer in model.body]
 
 
 @each_option()
