@@ -340,6 +340,9 @@ PRESETS = {
 # The course's network and settings, used when --arch course_cnn is asked for without more
 # flags: 200 px, RMSprop 1e-3, batch 64, 20 epochs, no augmentation.
 COURSE_SETTINGS = dict(
+    # The course network has its own layers: --width and --blocks shape age_cnn only.
+    width=None,
+    blocks=None,
     image_size=200,
     batch_size=64,
     epochs=20,
@@ -368,6 +371,11 @@ def resolve_config(config):
     arch = config.arch or values["arch"]
     if arch == "course_cnn":
         values.update(COURSE_SETTINGS)
+        if config.width is not None or config.blocks is not None:
+            raise ValueError(
+                "--width and --blocks shape the network of --arch age_cnn; the course "
+                "network (--arch course_cnn) has the course's layers"
+            )
     values.update(jit_compile=gpu)
     explicit = {
         name: value

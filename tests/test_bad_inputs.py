@@ -91,6 +91,16 @@ def _train(data, out, *flags):
     return train_loop.main([*arguments, "--image-size", "32", "--limit", "8", *flags])
 
 
+def test_the_course_network_refuses_width_and_blocks(tiny_data, tmp_path, capsys):
+    for flag, value in (("--width", "2"), ("--blocks", "1,1,2,2")):
+        assert (
+            _train(tiny_data, tmp_path / "run", "--arch", "course_cnn", flag, value)
+            == 1
+        )
+        assert flag in _error_line(capsys)
+        assert not (tmp_path / "run").exists()
+
+
 def test_out_naming_a_file_is_refused(tiny_data, tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("mine")
     assert _train(tiny_data, tmp_path / "notes.txt") == 1
