@@ -66,7 +66,7 @@ class Bounds(NamedTuple):
         return f"must lie in {opening}{self.low:g}, {self.high:g}{closing}"
 
 
-# The stages of the network (age_cnn): their widths and blocks, in each preset.
+# The stages of the network (age_cnn): each preset gives four widths and four block counts.
 STAGES = 4
 
 
