@@ -19,7 +19,7 @@ import numpy as np
 import utk_data
 from plots import plot_evaluation, plot_history, save_fig
 from runs import INTERVALS, PREDICTIONS, quantile_column, read_history, read_metrics
-from runs import read_predictions, run_predictions
+from runs import aligned_predictions, read_predictions, run_predictions
 
 # ---------------------------------------------------------------------------------------
 # Runs grouped by seed, and the bootstrap
@@ -147,32 +147,14 @@ def _seeds(variant):
     return [read_metrics(f).get("config", {}).get("seed") for f in variant.folders]
 
 
-class TestFaces(NamedTuple):
-    """A variant's test predictions, the faces in the same order for every seed."""
-
-    true: np.ndarray  # (faces,) ages
-    predicted: np.ndarray  # (seeds, faces)
-    gender: np.ndarray  # (faces,) 0 male, 1 female, NaN unknown
-
-
 def _test_predictions(variant):
-    """The TestFaces of a variant; None when a run has no predictions file."""
+    """The runs.AlignedPredictions of a variant's seeds; None when a run has no
+    predictions file."""
     if not variant.has_test:
         return None
-    found = []
-    for folder in variant.folders:
-        if not (Path(folder) / PREDICTIONS).exists():
-            return None
-        found.append(run_predictions(folder, variant.test))
-    first = found[0]
-    order = np.argsort(first.face)
-    predicted = []
-    for other in found:
-        other_order = np.argsort(other.face)  # sorted once, to compare and to reorder
-        if not np.array_equal(other.face[other_order], first.face[order]):
-            raise ValueError(f"the runs of {variant.label!r} predicted different faces")
-        predicted.append(other.predicted[other_order])
-    return TestFaces(first.true[order], np.stack(predicted), first.gender[order])
+    if not all((Path(folder) / PREDICTIONS).exists() for folder in variant.folders):
+        return None
+    return aligned_predictions(variant.folders, variant.test)
 
 
 def _needed_test_predictions(variant):

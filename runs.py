@@ -383,6 +383,34 @@ def run_predictions(folder, column=None):
     return RunPredictions(table["face"], table["age"], table[column], table["gender"])
 
 
+class AlignedPredictions(NamedTuple):
+    """Several runs' predictions of the same test faces, the faces in one order."""
+
+    true: np.ndarray  # (faces,) ages
+    predicted: np.ndarray  # (runs, faces)
+    gender: np.ndarray  # (faces,) 0 male, 1 female, NaN unknown
+
+
+def aligned_predictions(folders, column=None):
+    """The AlignedPredictions of finished runs (run_predictions of each, `column` as
+    there); ValueError, naming the folder, unless every run predicted the same faces."""
+    found = [run_predictions(folder, column) for folder in folders]
+    first = found[0]
+    order = np.argsort(first.face)
+    predicted = []
+    for folder, other in zip(folders, found):
+        other_order = np.argsort(other.face)  # sorted once, to compare and to reorder
+        if not np.array_equal(other.face[other_order], first.face[order]):
+            raise ValueError(
+                f"{folder}: its test faces are not those of {folders[0]}: the runs must "
+                "share one split"
+            )
+        predicted.append(other.predicted[other_order])
+    return AlignedPredictions(
+        first.true[order], np.stack(predicted), first.gender[order]
+    )
+
+
 # ---------------------------------------------------------------------------------------
 # TensorBoard curves
 # ---------------------------------------------------------------------------------------

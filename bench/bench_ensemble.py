@@ -23,22 +23,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import runs  # noqa: E402 (after the repository's path)
 
 
-def aligned_predictions(folders):
-    """The true ages (faces,) and each run's predicted ages (runs, faces), the faces in one
-    order; ValueError unless every run predicted the same faces."""
-    found = [runs.run_predictions(folder) for folder in folders]
-    order = [np.argsort(run.face) for run in found]
-    faces = found[0].face[order[0]]
-    for folder, run, sort in zip(folders, found, order):
-        if len(run.face) != len(faces) or (run.face[sort] != faces).any():
-            raise ValueError(
-                f"{folder}: its test faces are not those of {folders[0]}: the runs must "
-                "share one split"
-            )
-    true = found[0].true[order[0]]
-    return true, np.stack([run.predicted[sort] for run, sort in zip(found, order)])
-
-
 def ensemble_rows(true, predicted, old):
     """One row for each number of runs averaged: (runs, subsets, MAE, the old faces' MAE,
     their mean signed error), each the mean over every subset of that size."""
@@ -69,7 +53,7 @@ def main(argv=None):
     )
     arguments = parser.parse_args(argv)
     try:
-        true, predicted = aligned_predictions(arguments.runs)
+        true, predicted, _ = runs.aligned_predictions(arguments.runs)
     except (OSError, ValueError) as error:
         parser.exit(2, f"bench_ensemble: {error}\n")
     old = arguments.old

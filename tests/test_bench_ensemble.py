@@ -10,6 +10,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
 import bench_ensemble  # noqa: E402
+import runs  # noqa: E402
 
 
 def write_run(folder, faces, ages, predicted):
@@ -26,7 +27,7 @@ def test_the_average_is_taken_face_by_face_whatever_the_order(tmp_path):
     # Two runs, one too young and one too old on every face: their average is exact.
     one = write_run(tmp_path / "one", ["a", "b", "c"], [10, 80, 30], [8, 76, 29])
     two = write_run(tmp_path / "two", ["c", "a", "b"], [30, 10, 80], [31, 12, 84])
-    true, predicted = bench_ensemble.aligned_predictions([one, two])
+    true, predicted, _ = runs.aligned_predictions([one, two])
     rows = bench_ensemble.ensemble_rows(true, predicted, old=70)
     single, pair = rows
     assert single[:2] == (1, 2) and pair[:2] == (2, 1)
@@ -44,4 +45,4 @@ def test_runs_of_other_faces_are_refused_by_folder(tmp_path, capsys):
     assert exit_info.value.code == 2
     error = capsys.readouterr().err.strip()
     assert error.count("\n") == 0 and str(other) in error and "one split" in error
-    assert np.isfinite(bench_ensemble.aligned_predictions([one, one])[1]).all()
+    assert np.isfinite(runs.aligned_predictions([one, one]).predicted).all()
