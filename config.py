@@ -122,6 +122,13 @@ class TrainConfig:
         "residual blocks in each of the network's four stages, e.g. 1,1,2,2",
         parse=blocks_per_stage,
     )
+    members: Optional[int] = _option(
+        None,
+        "train this many networks of the chosen shape at once, each from its own random "
+        "weights and held to the ages by its own loss, and predict the ReLU of their mean "
+        "output (1: one network; regression head only)",
+        bounds=Bounds(1, 8),
+    )
     head: str = _option(
         "regression", "output head", ("regression", "classification", "ordinal")
     )
@@ -285,6 +292,7 @@ CPU_PRESET = dict(
     image_size=96,
     width=1.0,
     blocks="1,1,1,1",
+    members=1,
     network=dict(
         widths=(32, 64, 128, 256),
         stem_stride=2,
@@ -340,9 +348,11 @@ PRESETS = {
 # The course's network and settings, used when --arch course_cnn is asked for without more
 # flags: 200 px, RMSprop 1e-3, batch 64, 20 epochs, no augmentation.
 COURSE_SETTINGS = dict(
-    # The course network has its own layers: --width and --blocks shape age_cnn only.
+    # The course network has its own layers: --width, --blocks and --members shape
+    # age_cnn only.
     width=None,
     blocks=None,
+    members=None,
     image_size=200,
     batch_size=64,
     epochs=20,
@@ -371,10 +381,10 @@ def resolve_config(config):
     arch = config.arch or values["arch"]
     if arch == "course_cnn":
         values.update(COURSE_SETTINGS)
-        if config.width is not None or config.blocks is not None:
+        if any(v is not None for v in (config.width, config.blocks, config.members)):
             raise ValueError(
-                "--width and --blocks shape the network of --arch age_cnn; the course "
-                "network (--arch course_cnn) has the course's layers"
+                "--width, --blocks and --members shape the network of --arch age_cnn; "
+                "the course network (--arch course_cnn) has the course's layers"
             )
     values.update(jit_compile=gpu)
     explicit = {
@@ -385,7 +395,7 @@ def resolve_config(config):
     precision = explicit.pop("precision", "auto")
     if precision == "auto":
         precision = devices.auto_precision(gpu)
-    return dataclasses.replace(
+    resolved = dataclasses.replace(
         config,
         **{
             **values,
@@ -395,6 +405,26 @@ def resolve_config(config):
             "precision": precision,
         },
     )
+    _check_members(resolved)
+    return resolved
+
+
+def _check_members(config):
+    """Raise ValueError when several --members come with an output they cannot average."""
+    if config.arch == "course_cnn" or config.members is None or config.members <= 1:
+        return
+    others = {
+        f"--head {config.head}": config.head != "regression",
+        "--gender-head": config.gender_head,
+        "--attribute-inputs": config.attribute_inputs,
+        "--distribution-head": config.distribution_head,
+    }
+    clashing = [flag for flag, given in others.items() if given]
+    if clashing:
+        raise ValueError(
+            f"--members {config.members} averages the members' regression outputs alone; "
+            f"it does not go with {', '.join(clashing)}"
+        )
 
 
 def run_name(config):

@@ -17,7 +17,8 @@ insensitive to the scale). With `attribute_inputs=True` the input is a dict
 
 Output contract:
 - `head="regression"` without `gender_head`: a (batch, 1) float32 tensor, the age, so
-  `model.predict(images)` gives ages as in the course code.
+  `model.predict(images)` gives ages as in the course code (an AgeCNN of several
+  `members` outputs each member's age, (batch, members), while training only).
 - Any other configuration: a dict with "age" (batch, 1) float32, the age estimate,
   plus "logits" ((batch, max_age + 1) for "classification", (batch, max_age) for
   "ordinal") and
@@ -43,6 +44,8 @@ from keras import layers, ops
 
 HUBER_DELTA = 5.0  # Years: errors below this are squared, larger ones count linearly.
 HEADS = ("regression", "classification", "ordinal")
+# The most networks an AgeCNN may average (its `members`).
+MAX_MEMBERS = 8
 OUTPUT_ACTIVATIONS = ("relu", "linear")
 # The gradient of the ReLU output below 0 while training (its output is max(0, z) always).
 RELU_GRADIENTS = ("zero", "straight_through")
@@ -353,9 +356,18 @@ class OrdinalThresholds(keras.layers.Layer):
 
 def _check_age_cnn_arguments(
     widths, blocks_per_stage, head, max_age, output_activation,
-    gender_head, attribute_inputs, distribution_head,
+    gender_head, attribute_inputs, distribution_head, members=1,
 ):  # fmt: skip
     """Raise ValueError for AgeCNN arguments that do not fit together."""
+    if not (isinstance(members, int) and 1 <= members <= MAX_MEMBERS):
+        raise ValueError(f"members must be a whole number from 1 to {MAX_MEMBERS}")
+    if members > 1 and (
+        head != "regression" or gender_head or attribute_inputs or distribution_head
+    ):
+        raise ValueError(
+            "several members average the regression output alone: no classification "
+            "or ordinal head, gender head, attribute inputs or teacher head"
+        )
     _check_choice("head", head, HEADS)
     _check_choice("output_activation", output_activation, OUTPUT_ACTIVATIONS)
     if len(widths) != len(blocks_per_stage):
@@ -373,7 +385,13 @@ def _check_age_cnn_arguments(
 
 @keras.saving.register_keras_serializable(package="age_regression")
 class AgeCNN(keras.Model):
-    """A residual CNN from scratch with a regression, classification or ordinal head."""
+    """A residual CNN from scratch with a regression, classification or ordinal head.
+
+    With `members` above 1, the model is that many networks of this shape (regression head
+    only), each from its own random weights, and its age is the ReLU of their mean output:
+    an ensemble in one model and one train step. While training each member is held to
+    the ages by its own loss (the model outputs (batch, members) then), as if trained
+    alone, so that their errors differ and partly cancel in the mean."""
 
     def __init__(
         self,
@@ -393,6 +411,7 @@ class AgeCNN(keras.Model):
         relu_gradient="zero",
         synchronized_batch_norm=False,
         fused_batch_norm=False,
+        members=1,
         age_widening=None,
         **kwargs,
     ):
@@ -401,7 +420,7 @@ class AgeCNN(keras.Model):
         self.age_widening = _widening(age_widening)
         _check_age_cnn_arguments(
             widths, blocks_per_stage, head, max_age, output_activation,
-            gender_head, attribute_inputs, distribution_head,
+            gender_head, attribute_inputs, distribution_head, members,
         )  # fmt: skip
         _check_choice("relu_gradient", relu_gradient, RELU_GRADIENTS)
         self.image_size = image_size
@@ -423,6 +442,10 @@ class AgeCNN(keras.Model):
         self.gender_head = gender_head
         self.attribute_inputs = attribute_inputs
         self.distribution_head = distribution_head
+        self.members = members
+        if members > 1:
+            self._make_members()
+            return
 
         self.body = self._make_body()
         if attribute_inputs:
@@ -437,6 +460,46 @@ class AgeCNN(keras.Model):
         self.dropout_layer = layers.Dropout(dropout, name="dropout")
         self.head_layers = self._make_head_layers()
         self._make_side_outputs()
+
+    def _make_members(self):
+        """`members` networks of this shape, each from its own random weights, whose
+        outputs before the ReLU the model averages (see forward)."""
+        self.member_networks = [
+            AgeCNN(
+                self.image_size,
+                self.widths,
+                self.blocks_per_stage,
+                self.stem_stride,
+                self.head_units,
+                self.dropout_rate,
+                initial_age=self.initial_age,
+                output_activation="linear",
+                synchronized_batch_norm=self.synchronized_batch_norm,
+                fused_batch_norm=self.fused_batch_norm,
+                name=f"member{member + 1}",
+            )
+            for member in range(self.members)
+        ]
+        self.age_activation = output_activation_function(
+            self.output_activation, self.relu_gradient
+        )
+
+    def _forward_members(self, inputs, training, trace):
+        """The members' ages: while training, each member's own ReLU output (batch,
+        members), which the loss holds each member to, so that each learns as if alone;
+        otherwise the ReLU of the members' mean output (batch, 1), one age."""
+        outputs = ops.concatenate(
+            [
+                _apply(member, inputs, trace, training)
+                for member in self.member_networks
+            ],
+            axis=-1,
+        )  # (batch, members), before the ReLU
+        if not training:
+            outputs = ops.mean(outputs, axis=-1, keepdims=True)  # (batch, 1)
+        ages = keras.activations.get(self.age_activation)(outputs)
+        _note(trace, "age", ages)
+        return ages
 
     def _make_side_outputs(self):
         """The gender output and the teacher head, when asked for."""
@@ -524,6 +587,8 @@ class AgeCNN(keras.Model):
 
     def forward(self, inputs, training=False, trace=None):
         """Run the network; when trace is a list, note every stage's output in it."""
+        if self.members > 1:
+            return self._forward_members(inputs, training, trace)
         images = inputs["image"] if self.attribute_inputs else inputs
         features = images  # (batch, size, size, 3)
         for layer in self.body:
@@ -587,6 +652,7 @@ class AgeCNN(keras.Model):
             relu_gradient=self.relu_gradient,
             synchronized_batch_norm=self.synchronized_batch_norm,
             fused_batch_norm=self.fused_batch_norm,
+            members=self.members,
         )
 
 
@@ -683,7 +749,9 @@ def soft_age_labels(ages, num_classes, sigma):
 def _age_losses(head, outputs, ages, loss):
     """The age term of the loss of a head for each image (batch,), from ages (batch, 1)."""
     if head == "regression":
-        predicted = ops.cast(outputs["age"], "float32")  # (batch, 1)
+        # (batch, 1), or (batch, members) of an AgeCNN's members while training: each
+        # loss below is then the mean of the members' losses.
+        predicted = ops.cast(outputs["age"], "float32")
         if loss == "l1":
             return keras.losses.mean_absolute_error(ages, predicted)
         if loss == "l2":
@@ -744,15 +812,17 @@ def balanced_mse(predicted, ages, log_prior, sigma=BALANCED_MSE_SIGMA):
     gradient is twice the posterior mean minus the true age: an old face's output is
     pushed up to where the many middle-aged faces no longer outweigh its age, instead of
     being pulled towards the middle ages as by a plain squared error."""
-    predicted = ops.cast(predicted, "float32")  # (batch, 1)
+    predicted = ops.cast(predicted, "float32")  # (batch, outputs), outputs usually 1
     ages = ops.cast(ages, "float32")  # (batch, 1)
     log_prior = ops.cast(log_prior, "float32")  # (ages,)
     variance = 2.0 * sigma**2
     classes = ops.arange(ops.shape(log_prior)[0], dtype="float32")  # (ages,)
-    logits = -ops.square(predicted - classes) / variance + log_prior  # (batch, ages)
-    evidence = ops.logsumexp(logits, axis=-1)  # (batch,)
-    likelihood = -ops.square(predicted[:, 0] - ages[:, 0]) / variance  # (batch,)
-    return variance * (evidence - likelihood)
+    # (batch, outputs, ages)
+    logits = -ops.square(predicted[..., None] - classes) / variance + log_prior
+    evidence = ops.logsumexp(logits, axis=-1)  # (batch, outputs)
+    likelihood = -ops.square(predicted - ages) / variance  # (batch, outputs)
+    # Several outputs (an AgeCNN's members while training): the mean of their terms.
+    return ops.mean(variance * (evidence - likelihood), axis=-1)  # (batch,)
 
 
 def loss_terms(
@@ -865,6 +935,9 @@ def forward_flops(model, input_shape=None):
     """Count forward FLOPs per image of conv and dense layers (a multiply-add is 2)."""
     flops = 0
     for _, shape, layer in _trace(model, input_shape):
+        if isinstance(layer, AgeCNN):  # A member of an AgeCNN: its own layers.
+            flops += forward_flops(layer, input_shape)
+            continue
         for weight in layer.trainable_weights if layer else []:
             if weight.name != "kernel":
                 continue

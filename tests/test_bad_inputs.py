@@ -35,6 +35,8 @@ def _error_line(capsys):
         ("--epochs", "-1"),
         ("--image-size", "0"),
         ("--width", "0"),
+        ("--members", "0"),
+        ("--members", "9"),
         ("--blocks", "1,2"),
         ("--blocks", "1,1,0,2"),
         ("--blocks", "one"),
@@ -91,14 +93,26 @@ def _train(data, out, *flags):
     return train_loop.main([*arguments, "--image-size", "32", "--limit", "8", *flags])
 
 
-def test_the_course_network_refuses_width_and_blocks(tiny_data, tmp_path, capsys):
-    for flag, value in (("--width", "2"), ("--blocks", "1,1,2,2")):
+def test_the_course_network_refuses_width_blocks_and_members(
+    tiny_data, tmp_path, capsys
+):
+    for flag, value in (("--width", "2"), ("--blocks", "1,1,2,2"), ("--members", "2")):
         assert (
             _train(tiny_data, tmp_path / "run", "--arch", "course_cnn", flag, value)
             == 1
         )
         assert flag in _error_line(capsys)
         assert not (tmp_path / "run").exists()
+
+
+def test_members_with_an_output_they_cannot_average_are_refused(
+    tiny_data, tmp_path, capsys
+):
+    assert (
+        _train(tiny_data, tmp_path / "run", "--members", "2", "--head", "ordinal") == 1
+    )
+    assert "--members 2" in _error_line(capsys)
+    assert not (tmp_path / "run").exists()
 
 
 def test_out_naming_a_file_is_refused(tiny_data, tmp_path, capsys):

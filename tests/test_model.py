@@ -221,6 +221,7 @@ def test_ordinal_targets_and_ages():
         ("age_cnn", {"fused_batch_norm": True, **SMALL}),
         ("age_cnn", {"head": "ordinal", "gender_head": True, **SMALL}),
         ("age_cnn", {"distribution_head": True, **SMALL}),
+        ("age_cnn", {"members": 2, "relu_gradient": "straight_through", **SMALL}),
         (
             "age_cnn",
             {
@@ -500,3 +501,60 @@ def test_lds_weights_favour_rare_ages_and_average_1():
     weighted = loss_terms("regression", predicted, true, age_weights=weights)["total"]
     expected = (5 * weights[25] + 10 * weights[80]) / 2
     assert float(weighted) == pytest.approx(expected, rel=1e-6)
+
+
+def test_members_are_held_to_the_ages_alone_and_averaged_before_the_relu():
+    model = build_model("age_cnn", members=3, initial_age=30.0, **SMALL)
+    images = random_images(4, 32)
+    ages = np.array([[1.0], [25.0], [60.0], [90.0]], "float32")
+    # Each member starts from its own weights.
+    first, second = (member.get_weights()[0] for member in model.member_networks[:2])
+    assert not np.allclose(first, second)
+    outputs = model(images, training=True)  # each member's own age while training
+    assert outputs.shape == (4, 3)
+    # The loss is the mean of the members' own losses, the Balanced MSE term's as well.
+    prior = log_age_prior(np.random.randint(0, 80, 500), MAX_AGE)
+    terms = loss_terms(model, outputs, ages, balanced_mse_weight=0.5, age_prior=prior)
+    alone = [
+        loss_terms(
+            model, outputs[:, m : m + 1], ages, balanced_mse_weight=0.5, age_prior=prior
+        )
+        for m in range(3)
+    ]
+    for name in ("age", "balanced_mse", "total"):
+        expected = np.mean([float(terms_of_one[name]) for terms_of_one in alone])
+        assert float(terms[name]) == pytest.approx(expected, rel=1e-5)
+    # Inference: one age, the ReLU of the members' mean output (their own heads are
+    # linear, so below 0 the mean is cut at 0 once).
+    before_relu = np.concatenate(
+        [ops.convert_to_numpy(member(images)) for member in model.member_networks], -1
+    )
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(model(images)),
+        np.maximum(before_relu.mean(-1, keepdims=True), 0.0),
+        rtol=1e-5,
+    )
+    # Three networks of this shape cost three times one network's FLOPs.
+    one = build_model("age_cnn", **SMALL)
+    assert forward_flops(model) == 3 * forward_flops(one) > 0
+    # Every member's output gets its gradients from the loss.
+    with tf.GradientTape() as tape:
+        loss = loss_terms(model, model(images, training=True), ages + 50.0)["total"]
+    gradients = tape.gradient(loss, model.trainable_variables)
+    outputs = [
+        gradient
+        for gradient, variable in zip(gradients, model.trainable_variables)
+        if variable.path.endswith("age/bias")
+    ]
+    assert len(outputs) == 3 and all(float(g[0]) < 0 for g in outputs)
+
+
+def test_members_refuse_what_they_cannot_average():
+    for options in (
+        {"head": "classification"},
+        {"gender_head": True},
+        {"distribution_head": True},
+        {"members": 0},
+    ):
+        with pytest.raises(ValueError, match="members"):
+            AgeCNN(**{**SMALL, "members": 2, **options})

@@ -36,6 +36,7 @@ OPTIONS = {
     "widened_classification": {"head": "classification", "widen": True},
     "bfloat16": {"precision": "mixed_bfloat16"},
     "wider_deeper": {"width": 1.25, "blocks": "1,1,2,2"},
+    "members": {"members": 2},
 }
 # Each option alone, on the network without the preset's teacher head, EMA, TTA and
 # widening.
@@ -122,6 +123,15 @@ def test_width_and_blocks_shape_the_network(trained, name):
     assert model.widths == (32, 80, 160, 320)
     assert model.blocks_per_stage == (1, 1, 2, 2)
     assert "stage4_block2" in [layer.name for layer in model.body]
+
+
+@each_option("members")
+def test_members_train_together_and_predict_one_age(trained, name):
+    model = trained(name).model
+    assert [member.name for member in model.member_networks] == ["member1", "member2"]
+    images = np.random.rand(3, 32, 32, 3).astype("float32")
+    assert model(images).shape == (3, 1)
+    assert model(images, training=True).shape == (3, 2)
 
 
 @each_option()
