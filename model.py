@@ -488,15 +488,22 @@ class AgeCNN(keras.Model):
         """The members' ages: while training, each member's own ReLU output (batch,
         members), which the loss holds each member to, so that each learns as if alone;
         otherwise the ReLU of the members' mean output (batch, 1), one age."""
-        outputs = ops.concatenate(
-            [
-                _apply(member, inputs, trace, training)
-                for member in self.member_networks
-            ],
-            axis=-1,
-        )  # (batch, members), before the ReLU
+        outputs = []
+        for member in self.member_networks:
+            if trace is None:
+                outputs.append(member(inputs, training=training))  # (batch, 1)
+                continue
+            # Traced, every layer of every member, named "member1/stem_conv" and so on.
+            member_trace = []
+            outputs.append(member.forward(inputs, training, member_trace))
+            trace.extend(
+                (f"{member.name}/{name}", shape, layer)
+                for name, shape, layer in member_trace
+            )
+        outputs = ops.concatenate(outputs, axis=-1)  # (batch, members), before the ReLU
         if not training:
             outputs = ops.mean(outputs, axis=-1, keepdims=True)  # (batch, 1)
+            _note(trace, "mean", outputs)
         ages = keras.activations.get(self.age_activation)(outputs)
         _note(trace, "age", ages)
         return ages
@@ -935,9 +942,6 @@ def forward_flops(model, input_shape=None):
     """Count forward FLOPs per image of conv and dense layers (a multiply-add is 2)."""
     flops = 0
     for _, shape, layer in _trace(model, input_shape):
-        if isinstance(layer, AgeCNN):  # A member of an AgeCNN: its own layers.
-            flops += forward_flops(layer, input_shape)
-            continue
         for weight in layer.trainable_weights if layer else []:
             if weight.name != "kernel":
                 continue
