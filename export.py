@@ -107,8 +107,9 @@ def _check_saved_model_folder(folder):
 
 
 def _check_file_path(path, suffix):
-    """Refuse (ValueError) an --out that export may not write: a folder, or an existing
-    file that is not a `suffix` file."""
+    """Refuse (ValueError) an --out that export may not write: a folder, an existing
+    file that is not a `suffix` file, or a name without `suffix` (Keras' writers need
+    it)."""
     if path.is_dir():
         raise ValueError(f"--out {path}: a folder; give the {suffix} file to write")
     if path.exists() and path.suffix != suffix:
@@ -116,6 +117,8 @@ def _check_file_path(path, suffix):
             f"--out {path}: an existing file that is not a {suffix} file; export "
             "replaces only an earlier export"
         )
+    if path.suffix != suffix:
+        raise ValueError(f"--out {path}: the file's name must end in {suffix}")
 
 
 def _export_file(model, path, form, tta, crop_size, **options):

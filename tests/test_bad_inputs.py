@@ -243,6 +243,18 @@ def test_export_never_removes_a_folder_it_did_not_write(model_file, tmp_path, ca
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
+def test_export_refuses_a_file_name_without_its_format_suffix(
+    model_file, tmp_path, capsys
+):
+    for form, name in (("tflite", "age"), ("onnx", "age.tflite")):
+        out = tmp_path / name
+        arguments = ["export", "--model", model_file, "--format", form, "--out", out]
+        assert train_loop.main(arguments) == 1
+        error = _error_line(capsys)
+        assert error.startswith(f"error: --out {out}:") and "must end in ." in error
+        assert list(tmp_path.iterdir()) == []
+
+
 # --- Pictures for predict ---------------------------------------------------------------
 
 
