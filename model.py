@@ -489,11 +489,13 @@ class AgeCNN(keras.Model):
         members), which the loss holds each member to, so that each learns as if alone;
         otherwise the ReLU of the members' mean output (batch, 1), one age."""
         outputs = []
-        for member in self.member_networks:
-            if trace is None:
-                outputs.append(member(inputs, training=training))  # (batch, 1)
+        for index, member in enumerate(self.member_networks):
+            if trace is None or index > 0:
+                # Traced, each member after the first is one row: its layers are the
+                # first's.
+                outputs.append(_apply(member, inputs, trace, training))  # (batch, 1)
                 continue
-            # Traced, every layer of every member, named "member1/stem_conv" and so on.
+            # Traced, every layer of the first member, named "member1/stem_conv" and so on.
             member_trace = []
             outputs.append(member.forward(inputs, training, member_trace))
             trace.extend(
@@ -942,6 +944,9 @@ def forward_flops(model, input_shape=None):
     """Count forward FLOPs per image of conv and dense layers (a multiply-add is 2)."""
     flops = 0
     for _, shape, layer in _trace(model, input_shape):
+        if isinstance(layer, AgeCNN):  # A member of an AgeCNN, as one row: its layers.
+            flops += forward_flops(layer, input_shape)
+            continue
         for weight in layer.trainable_weights if layer else []:
             if weight.name != "kernel":
                 continue
