@@ -105,6 +105,19 @@ def test_the_course_network_refuses_width_blocks_and_members(
         assert not (tmp_path / "run").exists()
 
 
+def test_the_presets_members_become_one_network_with_another_output():
+    cpu = dict(preset="cpu", out="unused")
+    assert train_loop.resolve_config(train_loop.TrainConfig(**cpu)).members > 1
+    for option in (
+        {"head": "classification"},
+        {"gender_head": True},
+        {"attribute_inputs": True},
+        {"distribution_head": True},
+    ):
+        config = train_loop.TrainConfig(**cpu, **option)
+        assert train_loop.resolve_config(config).members == 1, option
+
+
 def test_members_with_an_output_they_cannot_average_are_refused(
     tiny_data, tmp_path, capsys
 ):

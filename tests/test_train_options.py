@@ -38,9 +38,9 @@ OPTIONS = {
     "wider_deeper": {"width": 1.25, "blocks": "1,1,2,2"},
     "members": {"members": 2},
 }
-# Each option alone, on the network without the preset's teacher head, EMA, TTA and
+# Each option alone, on one network without the preset's teacher head, EMA, TTA and
 # widening.
-PLAIN = dict(distribution_head=False, ema=0.0, tta=False, widen=False)
+PLAIN = dict(members=1, distribution_head=False, ema=0.0, tta=False, widen=False)
 QUANTILES = ("q05", "q25", "q75", "q95")
 # The readouts that only some options write, to metrics.json or as prediction columns.
 OWN_READOUTS = {
@@ -119,8 +119,8 @@ def test_each_option_trains_and_is_kept_in_the_model_or_the_settings(trained, na
 @each_option("wider_deeper")
 def test_width_and_blocks_shape_the_network(trained, name):
     model = trained(name).model
-    # The preset's widths (32, 64, 128, 256) times 1.25, in multiples of 16.
-    assert model.widths == (32, 80, 160, 320)
+    # The preset's widths (16, 32, 80, 160) times 1.25, in multiples of 16.
+    assert model.widths == (16, 32, 96, 192)
     assert model.blocks_per_stage == (1, 1, 2, 2)
     assert "stage4_block2" in [layer.name for layer in model.body]
 

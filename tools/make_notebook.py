@@ -823,8 +823,10 @@ print(
 OURS_TEXT = """
 `AgeCNN` is ours: residual blocks with batch normalisation, global average pooling and
 dropout, ending in the same one-unit ReLU output. Its sizes come from the preset of this
-machine (a smaller one on a CPU), which `train_loop.make_model` reads; the input size is
-the model's own `image_size`. Its feature maps:
+machine, which `train_loop.make_model` reads; the input size is the model's own
+`image_size`. On a CPU it is three small networks of one shape, trained together, each
+held to the ages by its own loss; its age is the ReLU of their mean output (the table lists
+the first network's layers, and the others in a row each). Its feature maps:
 """
 
 OURS = """
