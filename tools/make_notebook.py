@@ -925,10 +925,11 @@ single = evaluation.predict_records(run.model, run.test.records, config.batch_si
 int((single.predicted == 0).sum()), int((single.predicted < 0).sum()), len(single.predicted)
 """
 
-OPTIONAL_TEXT = "The multi-task model has two outputs:"
+OPTIONAL_TEXT = "The multi-task model, one network, has two outputs:"
 
 OPTIONAL = """
-multi = train_loop.make_model(dataclasses.replace(config, gender_head=True), initial_age=33.0)
+multi_config = dataclasses.replace(config, gender_head=True, members=1)
+multi = train_loop.make_model(multi_config, initial_age=33.0)
 {name: tuple(output.shape) for name, output in multi(model.example_inputs(multi)).items()}
 """
 
