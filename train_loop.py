@@ -49,8 +49,8 @@ from config import PRESETS, add_config_arguments, blocks_per_stage
 from config import TrainConfig  # noqa: F401 (the notebook)
 from config import check_config, check_loss_weighting_epochs, config_from_arguments
 from config import resolve_config, resumed_config, run_name  # noqa: F401 (the notebook)
-from model import age_labels, ages_from_outputs, build_model, loss_terms
-from model import lds_age_weights, log_age_prior, model_head, model_inputs
+from losses import lds_age_weights, log_age_prior, loss_terms
+from model import age_labels, ages_from_outputs, build_model, model_head, model_inputs
 from runs import progress
 
 
@@ -189,9 +189,9 @@ class Trainer:
     """The model, its optimizer, metrics and the compiled train and test steps, on the
     replicas of a tf.distribute strategy (TensorFlow's default: one device).
 
-    `age_weights`, a loss weight for every age (model.lds_age_weights), weighs each face's
+    `age_weights`, a loss weight for every age (losses.lds_age_weights), weighs each face's
     loss by its age; None: every face weighs the same. `age_prior`, the log probability
-    of every age among the training faces (model.log_age_prior), is what the Balanced MSE
+    of every age among the training faces (losses.log_age_prior), is what the Balanced MSE
     term divides out (needed when config.balanced_mse is on). The model and the optimizer
     must have been made in `strategy.scope()`."""
 
@@ -266,7 +266,7 @@ class Trainer:
         return loss
 
     def loss(self, outputs, labels):
-        """The training loss of a replica's batch (model.loss_terms): the images' losses
+        """The training loss of a replica's batch (losses.loss_terms): the images' losses
         summed and divided by the global batch size, so that the replicas' gradients add
         up to those of the global batch's mean loss (with one replica: the mean). With
         config.balanced_mse, plus that weight times the Balanced MSE."""

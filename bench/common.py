@@ -39,7 +39,8 @@ import train_loop  # noqa: E402
 import utk_data  # noqa: E402
 from config import AT_LEAST_ONE, add_config_arguments, checked_number  # noqa: E402
 from config import config_from_arguments  # noqa: E402
-from model import forward_flops, log_age_prior  # noqa: E402
+from losses import log_age_prior  # noqa: E402
+from model import forward_flops  # noqa: E402
 
 # The model the examples of the docstrings read: what `python train_loop.py train --out
 # runs/default` writes.

@@ -1,4 +1,4 @@
-"""Fast checks of model.py: shapes, parameters, heads, losses, .keras round trips."""
+"""Fast checks of model.py and losses.py: shapes, parameters, heads, losses, .keras round trips."""
 
 import keras
 import numpy as np
@@ -6,6 +6,14 @@ import pytest
 import tensorflow as tf
 from keras import ops
 
+from losses import (
+    balanced_mse,
+    lds_age_weights,
+    log_age_prior,
+    loss_terms,
+    ordinal_targets,
+    soft_age_labels,
+)
 from model import (
     HEADS,
     AgeCNN,
@@ -13,19 +21,13 @@ from model import (
     FusedBatchNormalization,
     age_quantiles,
     ages_from_outputs,
-    balanced_mse,
     build_model,
     example_inputs,
     feature_map_table,
     format_feature_map_table,
     forward_flops,
-    lds_age_weights,
-    log_age_prior,
-    loss_terms,
     model_inputs,
-    ordinal_targets,
     relu_straight_through,
-    soft_age_labels,
 )
 
 MAX_AGE = 116  # The oldest age of UTKFace, which the data module defines.

@@ -24,7 +24,7 @@ import devices
 import train_loop
 import readout
 import runs
-from model import balanced_mse, log_age_prior
+from losses import balanced_mse, log_age_prior
 from processes import kill_at_first_checkpoint
 from synthetic import make_folder, write_image
 
