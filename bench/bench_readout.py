@@ -38,7 +38,10 @@ predicted age are fitted on its validation faces, then applied to the test faces
   maps it;
 - widening, what `train` fits and saves (evaluation.fit_widening): every age moved away
   from the median prediction, by a factor on each side, the pair with the lowest balanced
-  MAE.
+  MAE;
+- widening above a knee: only the ages above a knee k moved up, a -> a + g (a - k), the
+  pair (k from 30 to 75 years in steps of 2.5, g from 0 to 1 in steps of 0.01) with the
+  lowest balanced MAE: the old faces moved without the middle-aged ones.
 
 It prints each map's test MAE, balanced MAE, and the MAE and mean signed error of the faces
 aged `--old` (60) and over (the mean over the models), then each model's signed error by
@@ -208,6 +211,23 @@ def pool_adjacent_violators(values, weights):
     return np.concatenate([np.full(length, value) for value, _, length in blocks])
 
 
+KNEES = np.arange(30.0, 75.01, 2.5)
+KNEE_SLOPES = np.round(np.arange(0.0, 1.0001, 0.01), 2)
+
+
+def fit_knee(true, predicted):
+    """(knee, slope) of a -> a + slope * max(a - knee, 0) with the lowest balanced MAE
+    of these ages (the first among equals: the lowest knee, then the smallest slope)."""
+    best = None
+    for knee in KNEES:
+        above = np.maximum(predicted - knee, 0.0)
+        for slope in KNEE_SLOPES:
+            error = balanced_mae(true, predicted + slope * above)
+            if best is None or error < best[0]:
+                best = (error, float(knee), float(slope))
+    return best[1:]
+
+
 def fitted_maps(true, predicted, bins):
     """{name: a function of predicted ages}, each fitted on (true, predicted) ages of the
     validation faces."""
@@ -224,6 +244,7 @@ def fitted_maps(true, predicted, bins):
     _, intercept, slope = best
     scale, offset = np.polyfit(true, predicted, 1)  # predicted ~ offset + scale * true
     widening = evaluation.fit_widening(true, predicted)
+    knee, knee_slope = fit_knee(true, predicted)
     return {
         "as predicted": lambda ages: ages,
         "isotonic": lambda ages: np.interp(ages, knots, values),
@@ -235,6 +256,8 @@ def fitted_maps(true, predicted, bins):
             (ages + (ages - offset) / scale) / 2, 0.0
         ),
         "widening": lambda ages: readout.widen_ages(ages, widening),
+        "widening above a knee": lambda ages: ages
+        + knee_slope * np.maximum(ages - knee, 0.0),
     }
 
 
@@ -250,9 +273,10 @@ def maps(arguments, models, splits):
         )
         fitted = fitted_maps(val.true, val.predicted, arguments.bins)
         centre, below, above = evaluation.fit_widening(val.true, val.predicted)
+        knee, slope = fit_knee(val.true, val.predicted)
         details.append(
             f"{path}: widening around {centre:.2f} by {below:.3f} below, "
-            f"{above:.3f} above"
+            f"{above:.3f} above; above a knee at {knee:.1f} by {slope:.2f}"
         )
         old = test.true >= arguments.old
         for name, apply in fitted.items():
