@@ -39,7 +39,8 @@ def _arguments(data, out, epochs=2, *more):
     return [
         "train", "--data", str(data), "--out", str(out), "--preset", "cpu",
         "--image-size", "32", "--batch-size", "8", "--epochs", str(epochs),
-        "--precision", "float32", "--no-jit-compile", "--ema", "0.9", *more,
+        "--precision", "float32", "--no-jit-compile", "--ema", "0.9", "--members", "1",
+        *more,
     ]  # fmt: skip
 
 
