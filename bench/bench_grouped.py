@@ -15,8 +15,8 @@ feature maps, its gradient taken of every kernel: "separate" runs each member's 
 alone, "grouped" one stack whose every convolution holds all members' kernels side by
 side. Batch norm, the stem, the shortcuts and the heads are left out: they are the same
 either way. The two compute the same features from the same kernels (a test holds them
-to it); only the ops differ. It prints the milliseconds of a step of
-each, the median over the rounds, and the ratio within rounds.
+to it); only the ops differ. It prints the milliseconds of a step of each, the median over
+the rounds, and the ratio within rounds.
 """
 
 import common  # first: the repository's path and TensorFlow's environment
@@ -68,16 +68,10 @@ def features(inputs, stacks, dtype=tf.float32):
 class Contender:
     """A train step's convolutions, each member's apart or grouped, timed over --steps."""
 
-    def __init__(self, arguments, stacks):
-        preset = PRESETS["cpu"]
-        widths, members = preset["network"]["widths"], preset["members"]
-        size = preset["image_size"] // preset["network"]["stem_stride"]
+    def __init__(self, arguments, stacks, inputs):
         self.dtype = tf.bfloat16 if arguments.precision == "bfloat16" else tf.float32
         self.steps, self.batch, self.stacks = arguments.steps, arguments.batch, stacks
-        shape = (arguments.batch, size, size, widths[0] * members)
-        self.inputs = tf.cast(
-            tf.random.stateless_normal(shape, (arguments.seed, 1)), self.dtype
-        )
+        self.inputs = tf.cast(inputs, self.dtype)
         self.step = tf.function(self._step, jit_compile=arguments.jit_compile)
         self.step()  # traced and warmed up, untimed
 
@@ -109,13 +103,16 @@ def main(argv=None):
     arguments = parser.parse_args(argv)
     common.header("bench_grouped")
     print(f"{arguments.precision}, XLA {'on' if arguments.jit_compile else 'off'}")
-    preset = PRESETS["cpu"]
-    stacks = member_stacks(
-        preset["network"]["widths"], preset["members"], arguments.seed
+    preset, network = PRESETS["cpu"], PRESETS["cpu"]["network"]
+    widths, members = network["widths"], preset["members"]
+    size = preset["image_size"] // network["stem_stride"]  # after the stem
+    stacks = member_stacks(widths, members, arguments.seed)
+    inputs = tf.random.stateless_normal(
+        (arguments.batch, size, size, widths[0] * members), (arguments.seed, 1)
     )
     contenders = {
-        "separate": Contender(arguments, stacks),
-        "grouped": Contender(arguments, [grouped_stack(stacks)]),
+        "separate": Contender(arguments, stacks, inputs),
+        "grouped": Contender(arguments, [grouped_stack(stacks)], inputs),
     }
 
     def milliseconds(timing):
