@@ -229,8 +229,9 @@ def fit_knee(true, predicted):
 
 
 def fitted_maps(true, predicted, bins):
-    """{name: a function of predicted ages}, each fitted on (true, predicted) ages of the
-    validation faces."""
+    """({name: a function of predicted ages}, each fitted on (true, predicted) ages of the
+    validation faces; the fitted widening (centre, below, above) and knee (knee, slope)).
+    """
     groups = np.array_split(np.argsort(predicted), bins)
     knots = np.array([np.median(predicted[group]) for group in groups])
     medians = np.array([np.median(true[group]) for group in groups])
@@ -245,7 +246,7 @@ def fitted_maps(true, predicted, bins):
     scale, offset = np.polyfit(true, predicted, 1)  # predicted ~ offset + scale * true
     widening = evaluation.fit_widening(true, predicted)
     knee, knee_slope = fit_knee(true, predicted)
-    return {
+    maps = {
         "as predicted": lambda ages: ages,
         "isotonic": lambda ages: np.interp(ages, knots, values),
         "least absolute deviations": lambda ages: np.maximum(
@@ -259,6 +260,7 @@ def fitted_maps(true, predicted, bins):
         "widening above a knee": lambda ages: ages
         + knee_slope * np.maximum(ages - knee, 0.0),
     }
+    return maps, widening, (knee, knee_slope)
 
 
 def maps(arguments, models, splits):
@@ -271,9 +273,10 @@ def maps(arguments, models, splits):
             evaluation.predict_records(model, records, tta=tta)  # not widened
             for records in splits.values()
         )
-        fitted = fitted_maps(val.true, val.predicted, arguments.bins)
-        centre, below, above = evaluation.fit_widening(val.true, val.predicted)
-        knee, slope = fit_knee(val.true, val.predicted)
+        fitted, widening, (knee, slope) = fitted_maps(
+            val.true, val.predicted, arguments.bins
+        )
+        centre, below, above = widening
         details.append(
             f"{path}: widening around {centre:.2f} by {below:.3f} below, "
             f"{above:.3f} above; above a knee at {knee:.1f} by {slope:.2f}"

@@ -17,7 +17,8 @@ def test_the_knee_is_found_where_the_old_faces_start_to_be_pulled():
     predicted = np.where(true > 55, 55 + 0.5 * (true - 55), true)
     knee, slope = bench_readout.fit_knee(true, predicted)
     assert (knee, slope) == (55.0, 1.0)
-    fitted = bench_readout.fitted_maps(true, predicted, bins=10)
+    fitted, _, fitted_knee = bench_readout.fitted_maps(true, predicted, bins=10)
+    assert fitted_knee == (knee, slope)
     assert fitted["widening above a knee"](predicted) == pytest.approx(true)
 
 
