@@ -130,6 +130,13 @@ class TrainConfig:
         "network with another head or output)",
         bounds=Bounds(1, 8),
     )
+    members_share: Optional[str] = _option(
+        None,
+        "what several members share of the network, from its input: none, the stem, or "
+        "the stem and the stages up to stage1, stage2 or stage3 (one pass over the "
+        "largest feature maps instead of one a member; the rest of each is its own)",
+        ("none", "stem", "stage1", "stage2", "stage3"),
+    )
     head: str = _option(
         "regression", "output head", ("regression", "classification", "ordinal")
     )
@@ -297,6 +304,7 @@ CPU_PRESET = dict(
     # Three networks trained at once and averaged: EXPERIMENTS.md, "Several networks in
     # one model".
     members=3,
+    members_share="none",
     network=dict(
         widths=(16, 32, 80, 160),
         stem_stride=2,
@@ -340,6 +348,7 @@ PRESETS = {
         "blocks": "2,2,2,2",
         # One network: the members were measured on the CPU preset only.
         "members": 1,
+        "members_share": "none",
         "batch_size": 128,
         "epochs": 60,
         # Measured on the CPU preset only: the GPU preset trains with the L1 loss alone,
@@ -359,6 +368,7 @@ COURSE_SETTINGS = dict(
     width=None,
     blocks=None,
     members=None,
+    members_share=None,
     image_size=200,
     batch_size=64,
     epochs=20,
@@ -387,9 +397,11 @@ def resolve_config(config):
     arch = config.arch or values["arch"]
     if arch == "course_cnn":
         values.update(COURSE_SETTINGS)
-        if any(v is not None for v in (config.width, config.blocks, config.members)):
+        network = (config.width, config.blocks, config.members, config.members_share)
+        if any(v is not None for v in network):
             raise ValueError(
-                "--width, --blocks and --members shape the network of --arch age_cnn; "
+                "--width, --blocks, --members and --members-share shape the network of "
+                "--arch age_cnn; "
                 "the course network (--arch course_cnn) has the course's layers"
             )
     values.update(jit_compile=gpu)
@@ -411,7 +423,22 @@ def resolve_config(config):
             "precision": precision,
         },
     )
-    return _members_for_the_outputs(resolved, asked=config.members)
+    resolved = _members_for_the_outputs(resolved, asked=config.members)
+    return _members_share(resolved, asked=config.members_share)
+
+
+def _members_share(config, asked):
+    """The config with what its members share checked: one network shares nothing, so
+    the preset's sharing is dropped, and sharing asked for (`asked`, the --members-share
+    given) raises ValueError."""
+    if config.arch == "course_cnn" or config.members is None or config.members > 1:
+        return config
+    if asked not in (None, "none"):
+        raise ValueError(
+            f"--members-share {asked} needs several members (--members 2 or more), "
+            f"the network has {config.members}"
+        )
+    return dataclasses.replace(config, members_share="none")
 
 
 def _members_for_the_outputs(config, asked):

@@ -45,6 +45,9 @@ from keras import layers, ops
 HEADS = ("regression", "classification", "ordinal")
 # The most networks an AgeCNN may average (its `members`).
 MAX_MEMBERS = 8
+# What several members share of the body, from its input: nothing, the stem, or the stem
+# and the stages up to the one named; the rest of each member is its own.
+MEMBERS_SHARE = ("none", "stem", "stage1", "stage2", "stage3")
 OUTPUT_ACTIVATIONS = ("relu", "linear")
 # The gradient of the ReLU output below 0 while training (its output is max(0, z) always).
 RELU_GRADIENTS = ("zero", "straight_through")
@@ -355,11 +358,19 @@ class OrdinalThresholds(keras.layers.Layer):
 
 def _check_age_cnn_arguments(
     widths, blocks_per_stage, head, max_age, output_activation,
-    gender_head, attribute_inputs, distribution_head, members=1,
+    gender_head, attribute_inputs, distribution_head, members=1, members_share="none",
 ):  # fmt: skip
     """Raise ValueError for AgeCNN arguments that do not fit together."""
     if not (isinstance(members, int) and 1 <= members <= MAX_MEMBERS):
         raise ValueError(f"members must be a whole number from 1 to {MAX_MEMBERS}")
+    _check_choice("members_share", members_share, MEMBERS_SHARE)
+    if members_share != "none" and members == 1:
+        raise ValueError("members_share needs several members to share layers")
+    if members_share not in ("none", "stem") and int(members_share[5:]) >= len(widths):
+        raise ValueError(
+            f"members_share {members_share!r} leaves the members no stage of their own "
+            f"(the network has {len(widths)} stages)"
+        )
     if members > 1 and (
         head != "regression" or gender_head or attribute_inputs or distribution_head
     ):
@@ -390,7 +401,10 @@ class AgeCNN(keras.Model):
     only), each from its own random weights, and its age is the ReLU of their mean output:
     an ensemble in one model and one train step. While training each member is held to
     the ages by its own loss (the model outputs (batch, members) then), as if trained
-    alone, so that their errors differ and partly cancel in the mean."""
+    alone, so that their errors differ and partly cancel in the mean. With
+    `members_share` they share the first layers (the stem, or the stem and the first
+    stages: one pass over the largest feature maps instead of one a member), and each
+    has the rest of the body and a head of its own."""
 
     def __init__(
         self,
@@ -411,7 +425,9 @@ class AgeCNN(keras.Model):
         synchronized_batch_norm=False,
         fused_batch_norm=False,
         members=1,
+        members_share="none",
         age_widening=None,
+        first_part=0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -419,7 +435,7 @@ class AgeCNN(keras.Model):
         self.age_widening = _widening(age_widening)
         _check_age_cnn_arguments(
             widths, blocks_per_stage, head, max_age, output_activation,
-            gender_head, attribute_inputs, distribution_head, members,
+            gender_head, attribute_inputs, distribution_head, members, members_share,
         )  # fmt: skip
         _check_choice("relu_gradient", relu_gradient, RELU_GRADIENTS)
         self.image_size = image_size
@@ -442,11 +458,15 @@ class AgeCNN(keras.Model):
         self.attribute_inputs = attribute_inputs
         self.distribution_head = distribution_head
         self.members = members
+        self.members_share = members_share
+        # The first part of the body this network has (0: the stem; a member whose first
+        # parts the members share starts later, at their output).
+        self.first_part = first_part
         if members > 1:
             self._make_members()
             return
 
-        self.body = self._make_body()
+        self.body = self._make_body(first_part)
         if attribute_inputs:
             # Index 0 is "unknown" (label -1), so missing labels get a learned vector.
             self.gender_embedding = layers.Embedding(3, 4, name="gender_embedding")
@@ -462,7 +482,10 @@ class AgeCNN(keras.Model):
 
     def _make_members(self):
         """`members` networks of this shape, each from its own random weights, whose
-        outputs before the ReLU the model averages (see forward)."""
+        outputs before the ReLU the model averages (see forward), after the parts of the
+        body they share (none, or the stem and the stages members_share names)."""
+        shared = MEMBERS_SHARE.index(self.members_share)
+        self.shared_body = self._make_body(0, shared) if shared else []
         self.member_networks = [
             AgeCNN(
                 self.image_size,
@@ -475,6 +498,7 @@ class AgeCNN(keras.Model):
                 output_activation="linear",
                 synchronized_batch_norm=self.synchronized_batch_norm,
                 fused_batch_norm=self.fused_batch_norm,
+                first_part=shared,
                 name=f"member{member + 1}",
             )
             for member in range(self.members)
@@ -487,6 +511,8 @@ class AgeCNN(keras.Model):
         """The members' ages: while training, each member's own ReLU output (batch,
         members), which the loss holds each member to, so that each learns as if alone;
         otherwise the ReLU of the members' mean output (batch, 1), one age."""
+        for layer in self.shared_body:
+            inputs = _apply(layer, inputs, trace, training)
         outputs = []
         for index, member in enumerate(self.member_networks):
             if trace is None or index > 0:
@@ -520,10 +546,12 @@ class AgeCNN(keras.Model):
                 self.max_age + 1, dtype="float32", name="age_distribution"
             )
 
-    def _make_body(self):
-        """The stem and the residual stages, ending in global average pooling."""
+    def _make_body(self, first_part=0, end_part=None):
+        """The stem and the residual stages, ending in global average pooling; with
+        first_part and end_part, the parts from first_part up to before end_part alone
+        (part 0 is the stem, part k stage k, the last the pooling)."""
         # Plain convolutions only: depthwise ones are slow in TensorFlow on a CPU.
-        body = [
+        stem = [
             layers.Conv2D(
                 self.widths[0],
                 3,
@@ -537,11 +565,12 @@ class AgeCNN(keras.Model):
             ),
             layers.ReLU(name="stem_relu"),
         ]
+        parts = [stem]
         stages = zip(self.widths, self.blocks_per_stage)
         for stage, (width, blocks) in enumerate(stages):
-            for block in range(blocks):
-                # Each stage halves the resolution in its first block.
-                body.append(
+            # Each stage halves the resolution in its first block.
+            parts.append(
+                [
                     ResidualBlock(
                         width,
                         strides=2 if block == 0 else 1,
@@ -550,9 +579,11 @@ class AgeCNN(keras.Model):
                         fused_batch_norm=self.fused_batch_norm,
                         name=f"stage{stage + 1}_block{block + 1}",
                     )
-                )
-        body.append(layers.GlobalAveragePooling2D(name="pool"))
-        return body
+                    for block in range(blocks)
+                ]
+            )
+        parts.append([layers.GlobalAveragePooling2D(name="pool")])
+        return [layer for part in parts[first_part:end_part] for layer in part]
 
     def _make_head_layers(self):
         """Create the float32 output layers of the chosen head."""
@@ -661,6 +692,8 @@ class AgeCNN(keras.Model):
             synchronized_batch_norm=self.synchronized_batch_norm,
             fused_batch_norm=self.fused_batch_norm,
             members=self.members,
+            members_share=self.members_share,
+            first_part=self.first_part,
         )
 
 
@@ -779,10 +812,15 @@ def format_feature_map_table(rows):
 def forward_flops(model, input_shape=None):
     """Count forward FLOPs per image of conv and dense layers (a multiply-add is 2)."""
     flops = 0
-    for _, shape, layer in _trace(model, input_shape):
+    # The members' input: the image, or the output of the layers they share (the last
+    # row before the first member's own, "member1/...").
+    members_input = None
+    for name, shape, layer in _trace(model, input_shape):
         if isinstance(layer, AgeCNN):  # A member of an AgeCNN, as one row: its layers.
-            flops += forward_flops(layer, input_shape)
+            flops += forward_flops(layer, members_input)
             continue
+        if not name.startswith("member"):
+            members_input = shape
         for weight in layer.trainable_weights if layer else []:
             if weight.name != "kernel":
                 continue

@@ -224,6 +224,7 @@ def test_ordinal_targets_and_ages():
         ("age_cnn", {"head": "ordinal", "gender_head": True, **SMALL}),
         ("age_cnn", {"distribution_head": True, **SMALL}),
         ("age_cnn", {"members": 2, "relu_gradient": "straight_through", **SMALL}),
+        ("age_cnn", {"members": 2, "members_share": "stage1", **SMALL}),
         (
             "age_cnn",
             {
@@ -563,6 +564,90 @@ def test_members_are_held_to_the_ages_alone_and_averaged_before_the_relu():
         if variable.path.endswith("age/bias")
     ]
     assert len(outputs) == 3 and all(float(g[0]) < 0 for g in outputs)
+
+
+def test_members_share_their_first_layers_and_keep_the_rest_their_own():
+    model = build_model(
+        "age_cnn", members=3, members_share="stage1", initial_age=30.0, **SMALL
+    )
+    images = random_images(4, 32)
+    # The stem and the first stage once, then each member's second stage and head.
+    assert [layer.name for layer in model.shared_body] == [
+        "stem_conv",
+        "stem_norm",
+        "stem_relu",
+        "stage1_block1",
+    ]
+    for member in model.member_networks:
+        assert [layer.name for layer in member.body] == ["stage2_block1", "pool"]
+    shared = images
+    for layer in model.shared_body:
+        shared = layer(shared)
+    before_relu = np.concatenate(
+        [ops.convert_to_numpy(member(shared)) for member in model.member_networks], -1
+    )
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(model(images)),
+        np.maximum(before_relu.mean(-1, keepdims=True), 0.0),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    assert model(images, training=True).shape == (4, 3)
+    # The shared layers' weights are counted once, in the table as in the model.
+    one = build_model("age_cnn", **SMALL)
+    shared_parameters = sum(layer.count_params() for layer in model.shared_body)
+    assert 0 < shared_parameters < one.count_params()
+    assert model.count_params() == shared_parameters + 3 * (
+        one.count_params() - shared_parameters
+    )
+    rows = feature_map_table(model)
+    assert [row.name for row in rows[:6]] == [
+        "input",
+        "stem_conv",
+        "stem_norm",
+        "stem_relu",
+        "stage1_block1",
+        "member1/stage2_block1",
+    ]
+    assert sum(row.parameters for row in rows) == model.count_params()
+    # Sharing the stem saves two of the three stem convolutions: 3 × 3 × 3 inputs to
+    # 8 channels at 16 × 16 positions, a multiply-add 2 FLOPs.
+    separate = build_model("age_cnn", members=3, **SMALL)
+    stem = build_model("age_cnn", members=3, members_share="stem", **SMALL)
+    assert forward_flops(separate) - forward_flops(stem) == 2 * (2 * 27 * 8 * 16 * 16)
+    assert forward_flops(separate) > forward_flops(stem) > forward_flops(model)
+    # The shared stem learns from every member's loss.
+    ages = np.array([[1.0], [25.0], [60.0], [90.0]], "float32")
+    with tf.GradientTape(persistent=True) as tape:
+        outputs = model(images, training=True)
+        losses = [
+            loss_terms(model, outputs[:, m : m + 1], ages)["total"] for m in range(3)
+        ]
+    kernel = model.shared_body[0].kernel
+    for m in range(3):
+        assert np.abs(ops.convert_to_numpy(tape.gradient(losses[m], kernel))).sum() > 0
+    with tf.GradientTape() as tape:
+        alone = loss_terms(model, model(images, training=True)[:, :1], ages)["total"]
+    # (At the start each block's residual branch is off, its last gamma 0: the
+    # shortcut's convolution learns.)
+    kernels = [member.body[0].shortcut_conv.kernel for member in model.member_networks]
+    gradients = [
+        np.abs(ops.convert_to_numpy(g)).sum() for g in tape.gradient(alone, kernels)
+    ]
+    assert gradients[0] > 0 and gradients[1] == gradients[2] == 0
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"members": 1, "members_share": "stem"}, "several members"),
+        ({"members": 2, "members_share": "stage2"}, "no stage of their own"),
+        ({"members": 2, "members_share": "stage9"}, "members_share"),
+    ],
+)
+def test_members_share_only_what_leaves_each_its_own_layers(options, message):
+    with pytest.raises(ValueError, match=message):
+        AgeCNN(**{**SMALL, **options})
 
 
 def test_members_refuse_what_they_cannot_average():
