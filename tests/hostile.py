@@ -384,7 +384,9 @@ def legacy_h5(folder):
     once, when Keras builds the model; the marker that leaves is removed.)"""
     import keras
 
-    function = eval(f"lambda x: ({_touch_source(folder)}, x)[1]")  # noqa: S307 - made here
+    function = eval(
+        f"lambda x: ({_touch_source(folder)}, x)[1]"
+    )  # noqa: S307 - made here
     model = keras.Sequential([keras.Input((1,)), keras.layers.Lambda(function)])
     path = Path(folder) / "model.h5"
     model.save(path)

@@ -11,6 +11,7 @@ import keras
 import numpy as np
 import pytest
 
+import config
 import runs
 import train_loop
 from synthetic import make_folder, write_image
@@ -37,6 +38,7 @@ def _error_line(capsys):
         ("--width", "0"),
         ("--members", "0"),
         ("--members", "9"),
+        ("--members-share", "stage4"),
         ("--blocks", "1,2"),
         ("--blocks", "1,1,0,2"),
         ("--blocks", "one"),
@@ -96,7 +98,12 @@ def _train(data, out, *flags):
 def test_the_course_network_refuses_width_blocks_and_members(
     tiny_data, tmp_path, capsys
 ):
-    for flag, value in (("--width", "2"), ("--blocks", "1,1,2,2"), ("--members", "2")):
+    for flag, value in (
+        ("--width", "2"),
+        ("--blocks", "1,1,2,2"),
+        ("--members", "2"),
+        ("--members-share", "stem"),
+    ):
         assert (
             _train(tiny_data, tmp_path / "run", "--arch", "course_cnn", flag, value)
             == 1
@@ -116,6 +123,26 @@ def test_the_presets_members_become_one_network_with_another_output():
     ):
         config = train_loop.TrainConfig(**cpu, **option)
         assert train_loop.resolve_config(config).members == 1, option
+
+
+def test_sharing_asked_of_one_network_is_refused_and_a_presets_sharing_dropped(
+    tiny_data, tmp_path, capsys, monkeypatch
+):
+    flags = ("--members", "1", "--members-share", "stage2")
+    assert _train(tiny_data, tmp_path / "run", *flags) == 1
+    line = _error_line(capsys)
+    assert "--members-share stage2" in line and "several members" in line
+    assert not (tmp_path / "run").exists()
+    # A preset's members become one network with another head: sharing asked for is
+    # refused, the preset's own sharing dropped.
+    cpu = dict(preset="cpu", out="unused", head="classification")
+    with pytest.raises(ValueError, match="--members-share stem"):
+        train_loop.resolve_config(train_loop.TrainConfig(**cpu, members_share="stem"))
+    monkeypatch.setitem(config.PRESETS["cpu"], "members_share", "stage2")
+    resolved = train_loop.resolve_config(train_loop.TrainConfig(**cpu))
+    assert (resolved.members, resolved.members_share) == (1, "none")
+    shared = train_loop.resolve_config(train_loop.TrainConfig(preset="cpu", out="x"))
+    assert shared.members > 1 and shared.members_share == "stage2"
 
 
 def test_members_with_an_output_they_cannot_average_are_refused(

@@ -79,7 +79,9 @@ def test_the_course_network_and_the_train_step_are_code_cells_of_the_modules_sou
     assert "def get_config" not in course and "with tf.GradientTape() as tape:" in step
     # The notebook uses both on the course network before train_loop.train trains it.
     uses = [i for i, cell in enumerate(cells) if "train_step(course," in cell]
-    trains = [i for i, cell in enumerate(cells) if "train_loop.train(course_config)" in cell]
+    trains = [
+        i for i, cell in enumerate(cells) if "train_loop.train(course_config)" in cell
+    ]
     assert uses and trains and uses[0] < trains[0]
     assert any("CourseCNN(image_size=200" in cell for cell in cells)
 
@@ -200,7 +202,8 @@ def test_no_code_cell_is_longer_than_15_lines_but_the_course_network():
     long = [
         cell.splitlines()[0]
         for cell in _code_cells()
-        if len(cell.splitlines()) > GENERATOR.MAX_CODE_LINES and course not in cell + "\n"
+        if len(cell.splitlines()) > GENERATOR.MAX_CODE_LINES
+        and course not in cell + "\n"
     ]
     assert long == []
 
@@ -220,7 +223,15 @@ def test_every_technical_term_is_explained_near_the_top_or_avoided():
     # Explained in "Words used here", the second cell, before any other cell uses them.
     assert _source(CELLS[1]).startswith("## Words used here")
     glossary = _source(CELLS[1])
-    for term in ("MAE", "Seed", "Interval", "Widening", "Mixed precision", "XLA", "Replica"):
+    for term in (
+        "MAE",
+        "Seed",
+        "Interval",
+        "Widening",
+        "Mixed precision",
+        "XLA",
+        "Replica",
+    ):
         assert f"**{term}**" in glossary, term
     assert "*bfloat16*" in glossary
     first = _source(CELLS[0]).lower()

@@ -37,10 +37,12 @@ OPTIONS = {
     "bfloat16": {"precision": "mixed_bfloat16"},
     "wider_deeper": {"width": 1.25, "blocks": "1,1,2,2"},
     "members": {"members": 2},
+    "shared_members": {"members": 2, "members_share": "stage1"},
 }
 # Each option alone, on one network without the preset's teacher head, EMA, TTA and
 # widening.
 PLAIN = dict(members=1, distribution_head=False, ema=0.0, tta=False, widen=False)
+STEM = ["stem_conv", "stem_norm", "stem_relu"]
 QUANTILES = ("q05", "q25", "q75", "q95")
 # The readouts that only some options write, to metrics.json or as prediction columns.
 OWN_READOUTS = {
@@ -125,10 +127,12 @@ def test_width_and_blocks_shape_the_network(trained, name):
     assert "stage4_block2" in [layer.name for layer in model.body]
 
 
-@each_option("members")
+@each_option("members", "shared_members")
 def test_members_train_together_and_predict_one_age(trained, name):
     model = trained(name).model
     assert [member.name for member in model.member_networks] == ["member1", "member2"]
+    shared = [layer.name for layer in model.shared_body]
+    assert shared == ([] if name == "members" else [*STEM, "stage1_block1"])
     images = np.random.rand(3, 32, 32, 3).astype("float32")
     assert model(images).shape == (3, 1)
     assert model(images, training=True).shape == (3, 2)
