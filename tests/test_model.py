@@ -506,6 +506,24 @@ def test_lds_weights_favour_rare_ages_and_average_1():
     assert float(weighted) == pytest.approx(expected, rel=1e-6)
 
 
+def assert_age_is_the_relu_of_the_members_mean(model, images, members_input):
+    """The model's age for images is the ReLU of the mean of its members' outputs on
+    members_input (the images, or the output of the layers they share)."""
+    before_relu = np.concatenate(
+        [
+            ops.convert_to_numpy(member(members_input))
+            for member in model.member_networks
+        ],
+        -1,
+    )
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(model(images)),
+        np.maximum(before_relu.mean(-1, keepdims=True), 0.0),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+
+
 def test_members_are_held_to_the_ages_alone_and_averaged_before_the_relu():
     model = build_model("age_cnn", members=3, initial_age=30.0, **SMALL)
     images = random_images(4, 32)
@@ -529,14 +547,7 @@ def test_members_are_held_to_the_ages_alone_and_averaged_before_the_relu():
         assert float(terms[name]) == pytest.approx(expected, rel=1e-5)
     # Inference: one age, the ReLU of the members' mean output (their own heads are
     # linear, so below 0 the mean is cut at 0 once).
-    before_relu = np.concatenate(
-        [ops.convert_to_numpy(member(images)) for member in model.member_networks], -1
-    )
-    np.testing.assert_allclose(
-        ops.convert_to_numpy(model(images)),
-        np.maximum(before_relu.mean(-1, keepdims=True), 0.0),
-        rtol=1e-5,
-    )
+    assert_age_is_the_relu_of_the_members_mean(model, images, images)
     # Task 1's table lists the first member's layers, then the others, alike, a row
     # each; three networks of this shape cost three times one network's FLOPs.
     one = build_model("age_cnn", **SMALL)
@@ -583,15 +594,7 @@ def test_members_share_their_first_layers_and_keep_the_rest_their_own():
     shared = images
     for layer in model.shared_body:
         shared = layer(shared)
-    before_relu = np.concatenate(
-        [ops.convert_to_numpy(member(shared)) for member in model.member_networks], -1
-    )
-    np.testing.assert_allclose(
-        ops.convert_to_numpy(model(images)),
-        np.maximum(before_relu.mean(-1, keepdims=True), 0.0),
-        rtol=1e-5,
-        atol=1e-6,
-    )
+    assert_age_is_the_relu_of_the_members_mean(model, images, shared)
     assert model(images, training=True).shape == (4, 3)
     # The shared layers' weights are counted once, in the table as in the model.
     one = build_model("age_cnn", **SMALL)
