@@ -366,7 +366,8 @@ def _check_age_cnn_arguments(
     _check_choice("members_share", members_share, MEMBERS_SHARE)
     if members_share != "none" and members == 1:
         raise ValueError("members_share needs several members to share layers")
-    if members_share not in ("none", "stem") and int(members_share[5:]) >= len(widths):
+    # MEMBERS_SHARE's index is the number of the body's parts shared, the stem first.
+    if MEMBERS_SHARE.index(members_share) - 1 >= len(widths):
         raise ValueError(
             f"members_share {members_share!r} leaves the members no stage of their own "
             f"(the network has {len(widths)} stages)"
