@@ -551,40 +551,44 @@ class AgeCNN(keras.Model):
         """The stem and the residual stages, ending in global average pooling; with
         first_part and end_part, the parts from first_part up to before end_part alone
         (part 0 is the stem, part k stage k, the last the pooling)."""
-        # Plain convolutions only: depthwise ones are slow in TensorFlow on a CPU.
-        stem = [
-            layers.Conv2D(
-                self.widths[0],
-                3,
-                strides=self.stem_stride,
-                padding="same",
-                use_bias=False,
-                name="stem_conv",
-            ),
-            batch_norm(
-                self.synchronized_batch_norm, self.fused_batch_norm, name="stem_norm"
-            ),
-            layers.ReLU(name="stem_relu"),
-        ]
-        parts = [stem]
-        stages = zip(self.widths, self.blocks_per_stage)
-        for stage, (width, blocks) in enumerate(stages):
-            # Each stage halves the resolution in its first block.
-            parts.append(
-                [
-                    ResidualBlock(
-                        width,
-                        strides=2 if block == 0 else 1,
-                        projection=block == 0,
-                        synchronized=self.synchronized_batch_norm,
-                        fused_batch_norm=self.fused_batch_norm,
-                        name=f"stage{stage + 1}_block{block + 1}",
-                    )
-                    for block in range(blocks)
-                ]
+        parts = range(len(self.widths) + 2)[first_part:end_part]
+        return [layer for part in parts for layer in self._make_part(part)]
+
+    def _make_part(self, part):
+        """The layers of one part of the body: 0 the stem, k stage k, the last the
+        pooling."""
+        if part == 0:
+            # Plain convolutions only: depthwise ones are slow in TensorFlow on a CPU.
+            return [
+                layers.Conv2D(
+                    self.widths[0],
+                    3,
+                    strides=self.stem_stride,
+                    padding="same",
+                    use_bias=False,
+                    name="stem_conv",
+                ),
+                batch_norm(
+                    self.synchronized_batch_norm,
+                    self.fused_batch_norm,
+                    name="stem_norm",
+                ),
+                layers.ReLU(name="stem_relu"),
+            ]
+        if part > len(self.widths):
+            return [layers.GlobalAveragePooling2D(name="pool")]
+        # Each stage halves the resolution in its first block.
+        return [
+            ResidualBlock(
+                self.widths[part - 1],
+                strides=2 if block == 0 else 1,
+                projection=block == 0,
+                synchronized=self.synchronized_batch_norm,
+                fused_batch_norm=self.fused_batch_norm,
+                name=f"stage{part}_block{block + 1}",
             )
-        parts.append([layers.GlobalAveragePooling2D(name="pool")])
-        return [layer for part in parts[first_part:end_part] for layer in part]
+            for block in range(self.blocks_per_stage[part - 1])
+        ]
 
     def _make_head_layers(self):
         """Create the float32 output layers of the chosen head."""
