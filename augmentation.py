@@ -29,18 +29,22 @@ class Augmentation(NamedTuple):
     erasing: float = 0.0
 
 
-def prepare_batch(images, seed, augmentation=None):
-    """uint8 images (batch, size, size, 3) as the model takes them: float32 in [0, 1] and,
-    with an `augmentation` (an Augmentation), augmented as the stateless `seed` (2,) says.
-    """
-    images = tf.cast(images, tf.float32) / 255.0  # (batch, size, size, 3)
+def prepare_batch(images, seed, augmentation=None, size=None):
+    """uint8 images (batch, side, side, 3) as the model takes them: float32 in [0, 1] and,
+    with an `augmentation` (an Augmentation), augmented as the stateless `seed` (2,) says;
+    with a `size`, (batch, size, size, 3), the faces framed as at their own side and
+    resized (progressive resizing trains its first epochs so)."""
+    images = tf.cast(images, tf.float32) / 255.0  # (batch, side, side, 3)
+    if size == images.shape[1]:
+        size = None
     if augmentation is None:
-        return images
-    return augment_batch(images, seed, augmentation)
+        return images if size is None else tf.image.resize(images, [size, size])
+    return augment_batch(images, seed, augmentation, size)
 
 
-def augment_batch(images, seed, augmentation=Augmentation()):
-    """Randomly flip, frame, turn, brighten, contrast and erase a float batch in [0, 1].
+def augment_batch(images, seed, augmentation=Augmentation(), size=None):
+    """Randomly flip, frame, turn, brighten, contrast and erase a float batch in [0, 1]:
+    images of their own side or, with a `size`, of that side (the frames are the same).
 
     Each image is framed anew by a square from 88 % of its side up to
     `augmentation.largest_frame` times its side, anywhere inside the image or, larger than
@@ -66,9 +70,9 @@ def augment_batch(images, seed, augmentation=Augmentation()):
         degrees = tf.random.stateless_uniform(
             [batch], rotation_seed, -rotation, rotation
         )
-        images = _turned_frames(images, boxes, degrees * (math.pi / 180.0))
+        images = _turned_frames(images, boxes, degrees * (math.pi / 180.0), size)
     else:
-        images = _framed(images, boxes, largest_frame)
+        images = _framed(images, boxes, largest_frame, size)
     brightness = uniform(4, -0.1, 0.1)[:, None, None, None]
     contrast = uniform(5, 0.8, 1.2)[:, None, None, None]
     mean = tf.reduce_mean(images, axis=[1, 2, 3], keepdims=True)
@@ -121,11 +125,11 @@ def _erased(images, seed, chance):
     return tf.where(mask[..., None], noise, images)
 
 
-def _framed(images, boxes, largest_frame):
+def _framed(images, boxes, largest_frame, size=None):
     """Each image's square frame `boxes` (top, left, bottom, right, fractions of its sides,
-    as crop_and_resize takes them) resized to the image's size; frames up to
-    `largest_frame` times the image reach into a border mirrored from the image."""
-    output_size = tf.shape(images)[1:3]
+    as crop_and_resize takes them) resized to `size` (None: the image's size); frames up
+    to `largest_frame` times the image reach into a border mirrored from the image."""
+    output_size = tf.shape(images)[1:3] if size is None else [size, size]
     if largest_frame > 1.0:
         # The border, and the boxes moved to the same pixels of the padded image
         # (crop_and_resize puts a box's 0 and 1 on the first and last pixel).
@@ -142,20 +146,22 @@ def _framed(images, boxes, largest_frame):
     )
 
 
-def _turned_frames(images, boxes, angles):
+def _turned_frames(images, boxes, angles, size=None):
     """Each image's square frame `boxes` (as `_framed` takes them), turned by `angles`
-    (radians) about its centre, resampled to the image's size in one bilinear pass; pixels
-    outside the image are the image mirrored."""
+    (radians) about its centre, resampled to `size` (None: the image's size) in one
+    bilinear pass; pixels outside the image are the image mirrored."""
     top, left, _, right = tf.unstack(boxes, axis=1)
-    size = tf.cast(tf.shape(images)[1], tf.float32)
-    last = size - 1.0
+    last = tf.cast(tf.shape(images)[1], tf.float32) - 1.0
+    output_shape = tf.shape(images)[1:3] if size is None else tf.constant([size, size])
+    output_last = tf.cast(output_shape[0], tf.float32) - 1.0
     side = right - left  # The frame's side, a fraction of the image's (square images).
-    middle = last / 2.0
+    middle = output_last / 2.0
     # An output pixel (x, y) is read at the frame's centre plus its offset from the output's
-    # centre, scaled by the frame's side and turned by the angle.
-    centre_x = left * last + side * middle
-    centre_y = top * last + side * middle
-    cos, sin = side * tf.cos(angles), side * tf.sin(angles)
+    # centre, scaled by the frame's side (in the image's pixels) and turned by the angle.
+    centre_x = (left + side / 2.0) * last
+    centre_y = (top + side / 2.0) * last
+    scale = side * last / output_last
+    cos, sin = scale * tf.cos(angles), scale * tf.sin(angles)
     transforms = tf.stack(
         [
             cos, -sin, centre_x - (cos - sin) * middle,
@@ -167,7 +173,7 @@ def _turned_frames(images, boxes, angles):
     return tf.raw_ops.ImageProjectiveTransformV3(
         images=images,
         transforms=transforms,
-        output_shape=tf.shape(images)[1:3],
+        output_shape=output_shape,
         fill_value=0.0,
         interpolation="BILINEAR",
         fill_mode="REFLECT",

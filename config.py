@@ -162,6 +162,18 @@ class TrainConfig:
     image_size: Optional[int] = _option(
         None, "input side in pixels", bounds=Bounds(32, 512)
     )
+    start_image_size: Optional[int] = _option(
+        None,
+        "progressive resizing: train the first --start-fraction of the epochs on the "
+        "faces framed as ever but resized to this side, a faster step, and the rest "
+        "on --image-size (0: off)",
+        bounds=Bounds(0, 512),
+    )
+    start_fraction: Optional[float] = _option(
+        None,
+        "with --start-image-size: the share of the epochs trained at that size",
+        bounds=Bounds(0, 1),
+    )
     # Optimisation.
     batch_size: Optional[int] = _option(None, "images per step", bounds=Bounds(1, 4096))
     epochs: Optional[int] = _option(
@@ -290,6 +302,13 @@ class TrainConfig:
             self.largest_frame, self.rotation, self.erasing
         )
 
+    def train_image_size(self, epoch):
+        """The side of the training images in `epoch` (from 0) of a resolved config: the
+        start size for the first start_fraction of the epochs, then image_size."""
+        if self.start_image_size and epoch < round(self.start_fraction * self.epochs):
+            return self.start_image_size
+        return self.image_size
+
 
 # Everything a preset sets, in one table: the network (its architecture and input size) and
 # how it is trained. A TrainConfig's `None` fields are filled from here.
@@ -299,6 +318,9 @@ CPU_PRESET = dict(
     # ReLU output).
     arch="age_cnn",
     image_size=96,
+    # Progressive resizing, off: EXPERIMENTS.md, "Smaller images first".
+    start_image_size=0,
+    start_fraction=0.65,
     width=1.0,
     blocks="1,1,1,1",
     # Three networks trained at once and averaged: EXPERIMENTS.md, "Several networks in
@@ -370,6 +392,8 @@ COURSE_SETTINGS = dict(
     members=None,
     members_share=None,
     image_size=200,
+    # Its flatten layer takes images of one size.
+    start_image_size=0,
     batch_size=64,
     epochs=20,
     optimizer="rmsprop",
@@ -592,6 +616,26 @@ def check_config(config):
         problem = bounds.problem(value)
         if problem:
             raise ValueError(f"{_flag(config_field.name)} {problem}, got {value}")
+    _check_start_image_size(config)
+
+
+def _check_start_image_size(config):
+    """Raise ValueError for a start size that is not smaller than the image size, too
+    small for the network, or given to the course network (its flatten layer takes one
+    image size)."""
+    size = config.start_image_size
+    if not size or config.image_size is None:
+        return
+    if config.arch == "course_cnn":
+        raise ValueError(
+            "--start-image-size: the course network (--arch course_cnn) takes images of "
+            "one size (its flatten layer); progressive resizing needs --arch age_cnn"
+        )
+    if not 32 <= size < config.image_size:
+        raise ValueError(
+            f"--start-image-size must be from 32 up to below --image-size "
+            f"({config.image_size}), got {size} (0: off)"
+        )
 
 
 def add_config_arguments(parser):

@@ -228,22 +228,29 @@ class Trainer:
         self.train_step = tf.function(self._train_on_replicas)
         self.test_step = tf.function(self._predict, jit_compile=config.jit_compile)
 
-    def _train_on_replicas(self, images, labels, seeds=None):
+    def _train_on_replicas(self, images, labels, seeds=None, size=None):
         """A train step of every replica on its share of a global batch; returns the
         global batch's loss. A batch of make_dataset(raw=True) holds uint8 images and
-        their augmentation seeds; float images prepared before come without seeds."""
-        losses = self.strategy.run(self._train_on_replica, args=(images, labels, seeds))
+        their augmentation seeds, which the step resizes to `size` (None: as they are);
+        float images prepared before come without seeds."""
+        losses = self.strategy.run(
+            lambda *batch: self._train_on_replica(*batch, size=size),
+            args=(images, labels, seeds),
+        )
         return self.strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
 
-    def _train_on_replica(self, images, labels, seeds=None):
-        """One replica's step: its images scaled and augmented where the model runs (on the
-        GPU, outside XLA, which has no kernel for crop-and-resize), then the update."""
+    def _train_on_replica(self, images, labels, seeds=None, size=None):
+        """One replica's step: its images scaled, augmented and resized to `size` where the
+        model runs (on the GPU, outside XLA, which has no kernel for crop-and-resize), then
+        the update."""
         if seeds is not None:
             seed = seeds[0]  # Every row of a batch carries the batch's seed.
             if self.strategy.num_replicas_in_sync > 1:
                 replica = tf.distribute.get_replica_context().replica_id_in_sync_group
                 seed = tf.random.experimental.stateless_fold_in(seed, replica)
-            images = augmentation.prepare_batch(images, seed, self.config.augmentation)
+            images = augmentation.prepare_batch(
+                images, seed, self.config.augmentation, size
+            )
         return self._compiled_update(images, labels)
 
     def update(self, images, labels):
@@ -373,11 +380,27 @@ def _measure_seconds_per_step(config, train_images, initial_age, batches=8):
     age_prior = _age_prior(config, train_images.records)
     trainer = Trainer(model, make_optimizer(config, 1), config, age_prior=age_prior)
     iterator = iter(_training_dataset(train_images, config, seed=config.seed + 1))
-    trainer.train_step(*next(iterator))  # Traces and compiles.
-    start = time.perf_counter()
-    for _ in range(batches):
-        float(trainer.train_step(*next(iterator)))
-    return (time.perf_counter() - start) / batches
+
+    def seconds_per_step(size):
+        trainer.train_step(*next(iterator), size=size)  # Traces and compiles.
+        start = time.perf_counter()
+        for _ in range(batches):
+            float(trainer.train_step(*next(iterator), size=size))
+        return (time.perf_counter() - start) / batches
+
+    return schedule_seconds(config, seconds_per_step)
+
+
+def schedule_seconds(config, seconds_per_step):
+    """The mean seconds of a train step over config's epochs, from seconds_per_step(side):
+    with progressive resizing, its share of steps on smaller images counted as such."""
+    seconds = seconds_per_step(config.image_size)
+    if not config.start_image_size:
+        return seconds
+    fraction = config.start_fraction
+    return (
+        fraction * seconds_per_step(config.start_image_size) + (1 - fraction) * seconds
+    )
 
 
 # The measured steps of the throwaway model run a little faster than the steady state of
@@ -622,8 +645,9 @@ def _train_steps(trainer, epochs, epoch, progress_bar):
     """Train an epoch's steps; return the loss of every LOG_EVERY-th step (runs.Curves)
     by step number."""
     losses = {}
+    size = trainer.config.train_image_size(epoch)
     for step in range(epochs.steps):
-        loss = float(trainer.train_step(*next(epochs.batches)))
+        loss = float(trainer.train_step(*next(epochs.batches), size=size))
         if not math.isfinite(loss):
             raise TrainingDiverged(
                 f"the loss became {loss} at epoch {epoch + 1}, step {step + 1}"
@@ -665,6 +689,8 @@ def _run_epoch(trainer, epochs, epoch, verbose):
     }
     if trained_mae is not None:
         row["val_mae_without_ema"] = trained_mae
+    if trainer.config.start_image_size:  # progressive resizing: this epoch's side
+        row["train_image_size"] = trainer.config.train_image_size(epoch)
     if verbose:
         without = f" (without EMA {trained_mae:.3f})" if trained_mae is not None else ""
         print(

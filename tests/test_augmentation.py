@@ -98,3 +98,31 @@ def test_a_config_gives_its_augmentation_or_none():
     assert off.augmentation is None
     course = config.resolve_config(config.TrainConfig(out="unused", arch="course_cnn"))
     assert course.augmentation is None  # the course trains on the faces as they are
+
+
+def test_smaller_images_show_the_same_frames_resized():
+    # A smooth picture, so that resizing hardly changes it: a frame drawn at a smaller
+    # size must be the full-size frame, resized, whatever the framing.
+    side, small = 48, 32
+    rows, columns = np.mgrid[0:side, 0:side] / (side - 1)
+    picture = np.stack([columns, rows, columns * rows], axis=-1) * 255
+    images = tf.constant(picture[None].repeat(8, axis=0).astype(np.uint8))
+    seed = tf.constant([5, 6], tf.int64)
+    for settings in (
+        Augmentation(),
+        Augmentation(largest_frame=1.2),
+        Augmentation(rotation=15.0),
+        None,
+    ):
+        full = augmentation.prepare_batch(images, seed, settings)
+        smaller = augmentation.prepare_batch(images, seed, settings, small)
+        assert smaller.shape == (8, small, small, 3)
+        resized = tf.image.resize(full, [small, small])
+        assert np.abs(resized - smaller).max() < 0.02, settings
+        # Their own side is no resizing at all.
+        same = augmentation.prepare_batch(images, seed, settings, side)
+        np.testing.assert_array_equal(same, full)
+    # Frames that differ from image to image: the check above compares unlike frames
+    # unless the draws are the same at both sizes.
+    framed = augmentation.prepare_batch(images, seed, Augmentation())
+    assert np.abs(framed[0] - framed[1]).max() > 0.05

@@ -39,6 +39,8 @@ def _error_line(capsys):
         ("--members", "0"),
         ("--members", "9"),
         ("--members-share", "stage4"),
+        ("--start-image-size", "-8"),
+        ("--start-fraction", "1.5"),
         ("--blocks", "1,2"),
         ("--blocks", "1,1,0,2"),
         ("--blocks", "one"),
@@ -103,6 +105,7 @@ def test_the_course_network_refuses_width_blocks_and_members(
         ("--blocks", "1,1,2,2"),
         ("--members", "2"),
         ("--members-share", "stem"),
+        ("--start-image-size", "64"),
     ):
         assert (
             _train(tiny_data, tmp_path / "run", "--arch", "course_cnn", flag, value)
@@ -110,6 +113,17 @@ def test_the_course_network_refuses_width_blocks_and_members(
         )
         assert flag in _error_line(capsys)
         assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("size", ["32", "48", "16"])
+def test_a_start_size_not_below_the_image_size_is_refused(
+    size, tiny_data, tmp_path, capsys
+):
+    # --image-size 32 (_train): a start size must be from 32 up to below it.
+    assert _train(tiny_data, tmp_path / "run", "--start-image-size", size) == 1
+    line = _error_line(capsys)
+    assert "--start-image-size" in line and size in line and "32" in line
+    assert not (tmp_path / "run").exists()
 
 
 def test_the_presets_members_become_one_network_with_another_output():

@@ -300,9 +300,9 @@ def test_the_train_step_augments_raw_batches_as_the_config_says(monkeypatch):
     seen = []
     prepare = augmentation.prepare_batch
 
-    def spy(images, seed, settings):
-        seen.append(settings)
-        return prepare(images, seed, settings)
+    def spy(images, seed, settings, size):
+        seen.append((settings, size))
+        return prepare(images, seed, settings, size)
 
     monkeypatch.setattr(augmentation, "prepare_batch", spy)
     images = tf.cast(
@@ -310,8 +310,53 @@ def test_the_train_step_augments_raw_batches_as_the_config_says(monkeypatch):
     )
     seeds = tf.tile(tf.constant([[7, 8]], tf.int64), [4, 1])
     loss = trainer.train_step(images, tf.fill((4, 1), 30.0), seeds)
-    assert np.isfinite(float(loss))
-    assert seen == [augmentation.Augmentation(1.2, rotation=12.0, erasing=0.3)]
+    # Progressive resizing's first epochs: the same faces, smaller.
+    smaller = trainer.train_step(images, tf.fill((4, 1), 30.0), seeds, size=24)
+    assert np.isfinite(float(loss)) and np.isfinite(float(smaller))
+    settings = augmentation.Augmentation(1.2, rotation=12.0, erasing=0.3)
+    assert seen == [(settings, None), (settings, 24)]
+
+
+def test_progressive_resizing_trains_the_first_epochs_on_smaller_images():
+    def sizes(**settings):
+        config = train_loop.TrainConfig(out="x", image_size=96, epochs=10, **settings)
+        config = train_loop.resolve_config(config)
+        return [config.train_image_size(epoch) for epoch in range(config.epochs)]
+
+    assert sizes(start_image_size=0) == [96] * 10  # off
+    assert sizes(start_image_size=64, start_fraction=0.6) == [64] * 6 + [96] * 4
+    assert sizes(start_image_size=64, start_fraction=0.0) == [96] * 10
+    assert sizes(start_image_size=48, start_fraction=1.0) == [48] * 10
+    # A time budget plans with the schedule's mean step.
+    config = train_loop.resolve_config(
+        train_loop.TrainConfig(out="x", start_image_size=64, start_fraction=0.6)
+    )
+    seconds = {64: 1.0, config.image_size: 2.0}
+    assert train_loop.schedule_seconds(config, seconds.get) == pytest.approx(1.4)
+    off = dataclasses.replace(config, start_image_size=0)
+    assert train_loop.schedule_seconds(off, seconds.get) == 2.0
+
+
+@pytest.mark.slow
+def test_a_progressive_run_switches_size_and_resumes_exactly(
+    tiny_data, tmp_path, monkeypatch
+):
+    changes = dict(image_size=40, start_image_size=32, start_fraction=0.5)
+    whole = train_loop.train(tiny_config(tiny_data, tmp_path / "a", **changes), 0)
+    assert [row["train_image_size"] for row in whole.history] == [32, 40]
+    plain = tiny_config(tiny_data, tmp_path / "b", image_size=40)
+    plain = train_loop.train(plain, verbose=0)
+    assert "train_image_size" not in plain.history[0]
+    assert plain.history[0]["val_mae"] != whole.history[0]["val_mae"]
+    config = tiny_config(tiny_data, tmp_path / "resumed", **changes)
+    with monkeypatch.context() as patch:
+        _interrupt_after_first_checkpoint(patch)
+        with pytest.raises(KeyboardInterrupt):
+            train_loop.train(config, verbose=0)
+    resumed = train_loop.train(config, verbose=0)
+    assert [row["val_mae"] for row in resumed.history] == [
+        row["val_mae"] for row in whole.history
+    ]
 
 
 def test_mixed_precision_uses_a_loss_scale_optimizer():
