@@ -302,10 +302,17 @@ class TrainConfig:
             self.largest_frame, self.rotation, self.erasing
         )
 
+    @property
+    def start_epochs(self):
+        """The epochs that progressive resizing trains on smaller images (0: none)."""
+        if not self.start_image_size:
+            return 0
+        return round(self.start_fraction * self.epochs)
+
     def train_image_size(self, epoch):
         """The side of the training images in `epoch` (from 0) of a resolved config: the
         start size for the first start_fraction of the epochs, then image_size."""
-        if self.start_image_size and epoch < round(self.start_fraction * self.epochs):
+        if epoch < self.start_epochs:
             return self.start_image_size
         return self.image_size
 

@@ -164,7 +164,7 @@ class Progress(NamedTuple):
     epochs_run: int
     best_epoch: Optional[int]
     best_val_mae: Optional[float]
-    bad_epochs: int  # epochs since the best one
+    bad_epochs: int  # epochs since the best one (or since the first at full size)
     train_seconds: float
     finished: bool
 
@@ -174,7 +174,9 @@ def progress(history, config):
     if not history:
         return Progress(0, None, None, 0, 0.0, False)
     best = min(history, key=lambda row: row["val_mae"])  # The first of equal ones.
-    bad_epochs = len(history) - best["epoch"]
+    # Epochs trained on smaller images (progressive resizing) are validated at full size,
+    # which they are not yet trained for: patience counts from the first full-size epoch.
+    bad_epochs = max(0, len(history) - max(best["epoch"], config.start_epochs))
     return Progress(
         epochs_run=len(history),
         best_epoch=best["epoch"],

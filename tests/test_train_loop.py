@@ -740,6 +740,12 @@ def test_progress_is_derived_from_the_history():
     assert (state.best_epoch, state.best_val_mae, state.bad_epochs) == (2, 7.0, 2)
     assert state.finished and state.train_seconds == 40.0
     assert not train_loop.progress([], config).finished
+    # Progressive resizing: the epochs on smaller images cannot stop a run.
+    config = dataclasses.replace(config, start_image_size=32, start_fraction=0.5)
+    state = train_loop.progress(rows, config)
+    assert (state.best_epoch, state.bad_epochs, state.finished) == (2, 1, False)
+    more = [*rows, {"epoch": 5, "val_mae": 8.0, "seconds": 10.0}]
+    assert train_loop.progress(more, config).finished
 
 
 def test_presets_build_and_cost():
