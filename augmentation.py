@@ -29,22 +29,33 @@ class Augmentation(NamedTuple):
     erasing: float = 0.0
 
 
-def prepare_batch(images, seed, augmentation=None, size=None):
+# How a smaller training image shows a face (progressive resizing's first epochs): the
+# whole frame resized, the face smaller; or a part of the frame, the face at its scale.
+VIEWS = ("resized", "cropped")
+
+
+def prepare_batch(images, seed, augmentation=None, size=None, view="resized"):
     """uint8 images (batch, side, side, 3) as the model takes them: float32 in [0, 1] and,
-    with an `augmentation` (an Augmentation), augmented as the stateless `seed` (2,) says;
-    with a `size`, (batch, size, size, 3), the faces framed as at their own side and
-    resized (progressive resizing trains its first epochs so)."""
+    with an `augmentation` (an Augmentation), augmented as the stateless `seed` (2,) says.
+    With a `size`, (batch, size, size, 3) as `view` says: "resized", each face framed as
+    at its own side, then resized; "cropped", a frame size / side as large (without an
+    augmentation, the middle), so that the face keeps its scale in pixels."""
     images = tf.cast(images, tf.float32) / 255.0  # (batch, side, side, 3)
     if size == images.shape[1]:
         size = None
     if augmentation is None:
-        return images if size is None else tf.image.resize(images, [size, size])
-    return augment_batch(images, seed, augmentation, size)
+        if size is None:
+            return images
+        if view == "cropped":
+            return tf.image.resize_with_crop_or_pad(images, size, size)
+        return tf.image.resize(images, [size, size])
+    return augment_batch(images, seed, augmentation, size, view)
 
 
-def augment_batch(images, seed, augmentation=Augmentation(), size=None):
+def augment_batch(images, seed, augmentation=Augmentation(), size=None, view="resized"):
     """Randomly flip, frame, turn, brighten, contrast and erase a float batch in [0, 1]:
-    images of their own side or, with a `size`, of that side (the frames are the same).
+    images of their own side or, with a `size`, of that side, as `view` says (the frames
+    resized, or frames size / side as large, see `prepare_batch`).
 
     Each image is framed anew by a square from 88 % of its side up to
     `augmentation.largest_frame` times its side, anywhere inside the image or, larger than
@@ -61,6 +72,8 @@ def augment_batch(images, seed, augmentation=Augmentation(), size=None):
     images = tf.where(flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
     # A small zoom and shift of the aligned face, without black borders.
     side = uniform(1, 0.88, largest_frame)
+    if size is not None and view == "cropped":
+        side = side * (size / images.shape[1])
     top = uniform(2, 0.0, 1.0) * (1.0 - side)
     left = uniform(3, 0.0, 1.0) * (1.0 - side)
     boxes = tf.stack([top, left, top + side, left + side], axis=1)

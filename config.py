@@ -164,15 +164,21 @@ class TrainConfig:
     )
     start_image_size: Optional[int] = _option(
         None,
-        "progressive resizing: train the first --start-fraction of the epochs on the "
-        "faces framed as ever but resized to this side, a faster step, and the rest "
-        "on --image-size (0: off)",
+        "progressive resizing: train the first --start-fraction of the epochs on "
+        "images of this side (--start-view), a faster step, and the rest on "
+        "--image-size (0: off)",
         bounds=Bounds(0, 512),
     )
     start_fraction: Optional[float] = _option(
         None,
         "with --start-image-size: the share of the epochs trained at that size",
         bounds=Bounds(0, 1),
+    )
+    start_view: Optional[str] = _option(
+        None,
+        "with --start-image-size: what its smaller images show, each face's frame "
+        "resized (the face smaller) or a part of it cropped (the face at its scale)",
+        augmentation.VIEWS,
     )
     # Optimisation.
     batch_size: Optional[int] = _option(None, "images per step", bounds=Bounds(1, 4096))
@@ -328,6 +334,7 @@ CPU_PRESET = dict(
     # Progressive resizing, off: EXPERIMENTS.md, "Smaller images first".
     start_image_size=0,
     start_fraction=0.65,
+    start_view="cropped",
     width=1.0,
     blocks="1,1,1,1",
     # Three networks trained at once and averaged: EXPERIMENTS.md, "Several networks in

@@ -249,7 +249,7 @@ class Trainer:
                 replica = tf.distribute.get_replica_context().replica_id_in_sync_group
                 seed = tf.random.experimental.stateless_fold_in(seed, replica)
             images = augmentation.prepare_batch(
-                images, seed, self.config.augmentation, size
+                images, seed, self.config.augmentation, size, self.config.start_view
             )
         return self._compiled_update(images, labels)
 

@@ -126,3 +126,35 @@ def test_smaller_images_show_the_same_frames_resized():
     # unless the draws are the same at both sizes.
     framed = augmentation.prepare_batch(images, seed, Augmentation())
     assert np.abs(framed[0] - framed[1]).max() > 0.05
+
+
+def test_cropped_smaller_images_keep_the_faces_scale():
+    # A ramp from left to right: its step from pixel to pixel is the scale at which a
+    # view shows the picture (each image's contrast scales it alike in every view).
+    side, small = 48, 32
+    ramp = np.broadcast_to(np.linspace(0, 255, side), (side, side))
+    images = tf.constant(
+        np.stack([ramp] * 3, axis=-1)[None].repeat(16, axis=0).astype(np.uint8)
+    )
+    seed = tf.constant([7, 8], tf.int64)
+    settings = Augmentation()
+
+    def steps(view, size=None):
+        batch = augmentation.prepare_batch(images, seed, settings, size, view).numpy()
+        middle = batch[:, batch.shape[1] // 2, 4:-4, 0]  # clear of clipped ends
+        return np.abs(np.diff(middle, axis=1)).mean(axis=1)
+
+    full = steps("resized")
+    # Cropped: the same scale as at full size, the frame size / side as large (the
+    # pixel grid's ends make the ratio (side - 1) / side * small / (small - 1)).
+    grid = (side - 1) / side * small / (small - 1)
+    np.testing.assert_allclose(steps("cropped", small) / full, grid, rtol=0.02)
+    # Resized: the face side / small times smaller.
+    resized = steps("resized", small) / full
+    np.testing.assert_allclose(resized, (side - 1) / (small - 1), rtol=0.02)
+    # Without an augmentation, the middle of the image.
+    middle = augmentation.prepare_batch(images, seed, None, small, "cropped")
+    offset = (side - small) // 2
+    np.testing.assert_array_equal(
+        middle, images[:, offset : offset + small, offset : offset + small] / 255
+    )

@@ -300,9 +300,9 @@ def test_the_train_step_augments_raw_batches_as_the_config_says(monkeypatch):
     seen = []
     prepare = augmentation.prepare_batch
 
-    def spy(images, seed, settings, size):
-        seen.append((settings, size))
-        return prepare(images, seed, settings, size)
+    def spy(images, seed, settings, size, view):
+        seen.append((settings, size, view))
+        return prepare(images, seed, settings, size, view)
 
     monkeypatch.setattr(augmentation, "prepare_batch", spy)
     images = tf.cast(
@@ -314,7 +314,7 @@ def test_the_train_step_augments_raw_batches_as_the_config_says(monkeypatch):
     smaller = trainer.train_step(images, tf.fill((4, 1), 30.0), seeds, size=24)
     assert np.isfinite(float(loss)) and np.isfinite(float(smaller))
     settings = augmentation.Augmentation(1.2, rotation=12.0, erasing=0.3)
-    assert seen == [(settings, None), (settings, 24)]
+    assert seen == [(settings, None, "cropped"), (settings, 24, "cropped")]
 
 
 def test_progressive_resizing_trains_the_first_epochs_on_smaller_images():
