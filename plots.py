@@ -15,6 +15,12 @@ def save_fig(figure, file_name):
     figure.savefig(file_name, dpi=120, bbox_inches="tight")
 
 
+def _number(value):
+    """A history's value for a curve: NaN, a gap, where the epoch has none (not
+    validated)."""
+    return float("nan") if value is None else value
+
+
 def plot_history(history, file_name=None):
     """Training and validation MAE per epoch; with an average of the weights, the
     validation MAE of the average and of the weights it averages."""
@@ -27,13 +33,13 @@ def plot_history(history, file_name=None):
     if averaged:
         axes.plot(
             epochs,
-            [row.get("val_mae_without_ema") for row in history],
+            [_number(row.get("val_mae_without_ema")) for row in history],
             label="validation MAE, trained weights",
             alpha=0.6,
         )
     axes.plot(
         epochs,
-        [row["val_mae"] for row in history],
+        [_number(row["val_mae"]) for row in history],
         label=(
             "validation MAE, average of the weights" if averaged else "validation MAE"
         ),

@@ -454,7 +454,10 @@ def plot_variants(variants, file_name=None, x_axis="epoch", top=None):
                 steps = np.cumsum([row["seconds"] for row in history]) / 60
             axes.plot(
                 steps,
-                [row["val_mae"] for row in history],
+                [
+                    np.nan if row["val_mae"] is None else row["val_mae"]
+                    for row in history
+                ],
                 color=color,
                 alpha=0.9 if number == 0 else 0.45,
                 label=variant.label if number == 0 else None,

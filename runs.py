@@ -164,25 +164,29 @@ class Progress(NamedTuple):
     epochs_run: int
     best_epoch: Optional[int]
     best_val_mae: Optional[float]
-    bad_epochs: int  # epochs since the best one (or since the first at full size)
+    bad_epochs: int  # epochs since the best one
     train_seconds: float
     finished: bool
 
 
 def progress(history, config):
-    """The run's progress from its history: best epoch, patience used, finished or not."""
-    if not history:
-        return Progress(0, None, None, 0, 0.0, False)
-    best = min(history, key=lambda row: row["val_mae"])  # The first of equal ones.
-    # Epochs trained on smaller images (progressive resizing) are validated at full size,
-    # which they are not yet trained for: patience counts from the first full-size epoch.
-    bad_epochs = max(0, len(history) - max(best["epoch"], config.start_epochs))
+    """The run's progress from its history: best epoch, patience used, finished or not.
+    Epochs without a validation (progressive resizing's, on smaller images) count
+    towards the epochs run, and neither as the best nor against the patience."""
+    validated = [row for row in history if row["val_mae"] is not None]
+    seconds = sum(row["seconds"] for row in history)
+    if not validated:
+        return Progress(
+            len(history), None, None, 0, seconds, len(history) >= config.epochs
+        )
+    best = min(validated, key=lambda row: row["val_mae"])  # The first of equal ones.
+    bad_epochs = len(history) - best["epoch"]
     return Progress(
         epochs_run=len(history),
         best_epoch=best["epoch"],
         best_val_mae=best["val_mae"],
         bad_epochs=bad_epochs,
-        train_seconds=sum(row["seconds"] for row in history),
+        train_seconds=seconds,
         finished=len(history) >= config.epochs or bad_epochs >= config.patience,
     )
 
@@ -478,6 +482,6 @@ class Curves:
             for step, loss in step_losses.items():
                 tf.summary.scalar(STEP_LOSS, loss, step=step)
             for name, tag in CURVES.items():
-                if name in row:
+                if row.get(name) is not None:  # not validated: no validation curves
                     tf.summary.scalar(tag, row[name], step=row["epoch"])
         self.writer.flush()

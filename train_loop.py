@@ -674,7 +674,11 @@ def _run_epoch(trainer, epochs, epoch, verbose):
         print(f"epoch {epoch + 1}/{trainer.config.epochs}")
     step_losses = _train_steps(trainer, epochs, epoch, progress_bar)
     train_seconds = time.perf_counter() - epoch_start
-    val_mae, val_rmse, trained_mae = trainer.validate(epochs.val_dataset)
+    # Progressive resizing's epochs on smaller images are not validated: the faces are
+    # validated at full size, which those epochs do not train for yet.
+    val_mae = val_rmse = trained_mae = None
+    if epoch >= trainer.config.start_epochs:
+        val_mae, val_rmse, trained_mae = trainer.validate(epochs.val_dataset)
     seconds = time.perf_counter() - epoch_start
     row = {
         "epoch": epoch + 1,
@@ -691,7 +695,9 @@ def _run_epoch(trainer, epochs, epoch, verbose):
         row["val_mae_without_ema"] = trained_mae
     if trainer.config.start_image_size:  # progressive resizing: this epoch's side
         row["train_image_size"] = trainer.config.train_image_size(epoch)
-    if verbose:
+    if verbose and val_mae is None:
+        print(f"not validated: trained on smaller images  ({seconds:.0f} s)")
+    elif verbose:
         without = f" (without EMA {trained_mae:.3f})" if trained_mae is not None else ""
         print(
             f"val_mae {val_mae:.3f}{without}  val_rmse {val_rmse:.3f}  ({seconds:.0f} s)"

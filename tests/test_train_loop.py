@@ -19,6 +19,7 @@ import tensorflow as tf
 
 import augmentation
 import evaluation
+import plots
 import report
 import devices
 import train_loop
@@ -344,10 +345,18 @@ def test_a_progressive_run_switches_size_and_resumes_exactly(
     changes = dict(image_size=40, start_image_size=32, start_fraction=0.5)
     whole = train_loop.train(tiny_config(tiny_data, tmp_path / "a", **changes), 0)
     assert [row["train_image_size"] for row in whole.history] == [32, 40]
+    # The epoch on smaller images is not validated; the best model is of the last.
+    assert [row["val_mae"] is None for row in whole.history] == [True, False]
+    assert whole.metrics["best_epoch"] == 2 and np.isfinite(whole.metrics["val_mae"])
+    curves = runs.Curves._written(tmp_path / "a" / runs.LOGS, 10**6, 2)
+    validated = [step for tag, step, _ in curves if tag == runs.CURVES["val_mae"]]
+    assert validated == [2]
+    plots.plot_history(whole.history, tmp_path / "history.png")  # a gap, no error
+    assert (tmp_path / "history.png").stat().st_size > 0
     plain = tiny_config(tiny_data, tmp_path / "b", image_size=40)
     plain = train_loop.train(plain, verbose=0)
     assert "train_image_size" not in plain.history[0]
-    assert plain.history[0]["val_mae"] != whole.history[0]["val_mae"]
+    assert plain.history[1]["val_mae"] != whole.history[1]["val_mae"]
     config = tiny_config(tiny_data, tmp_path / "resumed", **changes)
     with monkeypatch.context() as patch:
         _interrupt_after_first_checkpoint(patch)
@@ -740,12 +749,14 @@ def test_progress_is_derived_from_the_history():
     assert (state.best_epoch, state.best_val_mae, state.bad_epochs) == (2, 7.0, 2)
     assert state.finished and state.train_seconds == 40.0
     assert not train_loop.progress([], config).finished
-    # Progressive resizing: the epochs on smaller images cannot stop a run.
-    config = dataclasses.replace(config, start_image_size=32, start_fraction=0.5)
-    state = train_loop.progress(rows, config)
-    assert (state.best_epoch, state.bad_epochs, state.finished) == (2, 1, False)
-    more = [*rows, {"epoch": 5, "val_mae": 8.0, "seconds": 10.0}]
-    assert train_loop.progress(more, config).finished
+    # Epochs not validated (progressive resizing's first) are neither the best nor
+    # count against the patience.
+    unvalidated = [{**row, "val_mae": None} for row in rows[:2]] + rows[2:]
+    state = train_loop.progress(unvalidated[:2], config)
+    assert (state.best_epoch, state.bad_epochs, state.finished) == (None, 0, False)
+    assert state.epochs_run == 2 and state.train_seconds == 20.0
+    state = train_loop.progress(unvalidated, config)
+    assert (state.best_epoch, state.bad_epochs, state.finished) == (3, 1, False)
 
 
 def test_presets_build_and_cost():
