@@ -418,11 +418,15 @@ def _epoch_seconds(seconds_per_step, steps, val_steps, val_passes=1):
 
 
 def _epoch_steps(config, train_count, val_count):
-    """(train steps, validation steps, validation passes) of an epoch of `config`."""
+    """(train steps, validation steps, validation passes) of an epoch of `config`: the
+    passes an epoch's mean (progressive resizing does not validate its first epochs)."""
+    passes = 2 if config.ema else 1
+    if config.start_image_size:
+        passes *= 1 - config.start_fraction
     return (
         utk_data.steps_per_epoch(train_count, config.batch_size),
         math.ceil(val_count / config.batch_size),
-        2 if config.ema else 1,
+        passes,
     )
 
 

@@ -459,6 +459,11 @@ def test_an_estimate_times_a_sample_and_plans_as_a_budget_does(monkeypatch):
     assert (
         budgeted.minutes == pytest.approx(fitted * epoch / 60) and budgeted.minutes < 60
     )
+    # Progressive resizing: 60 % of the epochs at a step timed as 2 s too here, and not
+    # validated.
+    progressive = estimate(start_image_size=64, start_fraction=0.6)
+    epoch = 2.0 * margin * (100 + 0.4 * 2 * 47 / 3)
+    assert progressive.minutes == pytest.approx(50 * epoch / 60)
 
 
 def test_bfloat16_units_are_read_from_the_processor_flags(monkeypatch):
