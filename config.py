@@ -171,8 +171,9 @@ class TrainConfig:
     )
     start_fraction: Optional[float] = _option(
         None,
-        "with --start-image-size: the share of the epochs trained at that size",
-        bounds=Bounds(0, 1),
+        "with --start-image-size: the share of the epochs trained at that size (the "
+        "last epoch is always at full size)",
+        bounds=Bounds(0, 1, high_included=False),
     )
     start_view: Optional[str] = _option(
         None,
@@ -310,10 +311,11 @@ class TrainConfig:
 
     @property
     def start_epochs(self):
-        """The epochs that progressive resizing trains on smaller images (0: none)."""
+        """The epochs that progressive resizing trains on smaller images (0: none): never
+        the last, which is validated, so that a run has a best epoch."""
         if not self.start_image_size:
             return 0
-        return round(self.start_fraction * self.epochs)
+        return min(round(self.start_fraction * self.epochs), self.epochs - 1)
 
     def train_image_size(self, epoch):
         """The side of the training images in `epoch` (from 0) of a resolved config: the

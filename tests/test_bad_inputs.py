@@ -41,6 +41,7 @@ def _error_line(capsys):
         ("--members-share", "stage4"),
         ("--start-image-size", "-8"),
         ("--start-fraction", "1.5"),
+        ("--start-fraction", "1"),
         ("--blocks", "1,2"),
         ("--blocks", "1,1,0,2"),
         ("--blocks", "one"),
