@@ -34,7 +34,7 @@ class Augmentation(NamedTuple):
 VIEWS = ("resized", "cropped")
 
 
-def prepare_batch(images, seed, augmentation=None, size=None, view="resized"):
+def prepare_batch(images, seed, augmentation=None, size=None, view="cropped"):
     """uint8 images (batch, side, side, 3) as the model takes them: float32 in [0, 1] and,
     with an `augmentation` (an Augmentation), augmented as the stateless `seed` (2,) says.
     With a `size`, (batch, size, size, 3) as `view` says: "resized", each face framed as
@@ -52,7 +52,7 @@ def prepare_batch(images, seed, augmentation=None, size=None, view="resized"):
     return augment_batch(images, seed, augmentation, size, view)
 
 
-def augment_batch(images, seed, augmentation=Augmentation(), size=None, view="resized"):
+def augment_batch(images, seed, augmentation=Augmentation(), size=None, view="cropped"):
     """Randomly flip, frame, turn, brighten, contrast and erase a float batch in [0, 1]:
     images of their own side or, with a `size`, of that side, as `view` says (the frames
     resized, or frames size / side as large, see `prepare_batch`).

@@ -15,7 +15,7 @@ def save_fig(figure, file_name):
     figure.savefig(file_name, dpi=120, bbox_inches="tight")
 
 
-def _number(value):
+def curve_value(value):
     """A history's value for a curve: NaN, a gap, where the epoch has none (not
     validated)."""
     return float("nan") if value is None else value
@@ -33,13 +33,13 @@ def plot_history(history, file_name=None):
     if averaged:
         axes.plot(
             epochs,
-            [_number(row.get("val_mae_without_ema")) for row in history],
+            [curve_value(row.get("val_mae_without_ema")) for row in history],
             label="validation MAE, trained weights",
             alpha=0.6,
         )
     axes.plot(
         epochs,
-        [_number(row["val_mae"]) for row in history],
+        [curve_value(row["val_mae"]) for row in history],
         label=(
             "validation MAE, average of the weights" if averaged else "validation MAE"
         ),

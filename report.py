@@ -17,7 +17,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 import utk_data
-from plots import plot_evaluation, plot_history, save_fig
+from plots import curve_value, plot_evaluation, plot_history, save_fig
 from runs import INTERVALS, PREDICTIONS, quantile_column, read_history, read_metrics
 from runs import aligned_predictions, read_predictions, run_predictions
 
@@ -454,10 +454,7 @@ def plot_variants(variants, file_name=None, x_axis="epoch", top=None):
                 steps = np.cumsum([row["seconds"] for row in history]) / 60
             axes.plot(
                 steps,
-                [
-                    np.nan if row["val_mae"] is None else row["val_mae"]
-                    for row in history
-                ],
+                [curve_value(row["val_mae"]) for row in history],
                 color=color,
                 alpha=0.9 if number == 0 else 0.45,
                 label=variant.label if number == 0 else None,

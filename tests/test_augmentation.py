@@ -115,12 +115,12 @@ def test_smaller_images_show_the_same_frames_resized():
         None,
     ):
         full = augmentation.prepare_batch(images, seed, settings)
-        smaller = augmentation.prepare_batch(images, seed, settings, small)
+        smaller = augmentation.prepare_batch(images, seed, settings, small, "resized")
         assert smaller.shape == (8, small, small, 3)
         resized = tf.image.resize(full, [small, small])
         assert np.abs(resized - smaller).max() < 0.02, settings
         # Their own side is no resizing at all.
-        same = augmentation.prepare_batch(images, seed, settings, side)
+        same = augmentation.prepare_batch(images, seed, settings, side, "resized")
         np.testing.assert_array_equal(same, full)
     # Frames that differ from image to image: the check above compares unlike frames
     # unless the draws are the same at both sizes.
