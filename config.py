@@ -221,6 +221,13 @@ class TrainConfig:
         "the old and young faces towards the middle ages); 0: off",
         bounds=Bounds(0, 10),
     )
+    rank_sim: Optional[float] = _option(
+        None,
+        "weight of a RankSim term (Gong et al., 2022): each face's neighbours ranked by "
+        "their features' similarity should come in the order of their ages' closeness, "
+        "the old faces' included; 0: off",
+        bounds=Bounds(0, 1000),
+    )
     fused_batch_norm: Optional[bool] = _option(
         None,
         "batch norm's training pass as TensorFlow's fused kernel (the same statistics, "
@@ -370,6 +377,8 @@ CPU_PRESET = dict(
     relu_gradient="straight_through",
     loss_weighting="none",
     balanced_mse=0.05,
+    # Off: EXPERIMENTS.md, "Ranked features".
+    rank_sim=0.0,
     fused_batch_norm=True,
 )
 PRESETS = {
@@ -426,6 +435,7 @@ COURSE_SETTINGS = dict(
     relu_gradient="zero",
     loss_weighting="none",
     balanced_mse=0.0,
+    rank_sim=0.0,
 )
 
 
@@ -633,6 +643,11 @@ def check_config(config):
         if problem:
             raise ValueError(f"{_flag(config_field.name)} {problem}, got {value}")
     _check_start_image_size(config)
+    if config.rank_sim and config.arch == "course_cnn":
+        raise ValueError(
+            "--rank-sim: the course network (--arch course_cnn) does not give its "
+            "features to the loss; RankSim needs --arch age_cnn"
+        )
 
 
 def _check_start_image_size(config):

@@ -18,6 +18,7 @@ for an AgeCNN of several members while training, or a dict with "age", "logits",
 
 import keras
 import numpy as np
+import tensorflow as tf
 from keras import ops
 
 from model import HEADS, _check_choice, ages_from_outputs
@@ -115,6 +116,66 @@ def balanced_mse(predicted, ages, log_prior, sigma=BALANCED_MSE_SIGMA):
     likelihood = -ops.square(predicted - ages) / variance  # (batch, outputs)
     # Several outputs (an AgeCNN's members while training): the mean of their terms.
     return ops.mean(variance * (evidence - likelihood), axis=-1)  # (batch,)
+
+
+# RankSim's interpolation: how far the ranking's gradient looks, in units of the scores.
+RANK_SIM_INTERPOLATION = 2.0
+
+
+def _normalised_ranks(scores, count):
+    """Each row's ranks among its scores (batch, n), the largest first: 1/count for the
+    largest, 2/count for the next, and so on (count: the columns that take part, the
+    others ranking after them)."""
+    order = tf.argsort(scores, axis=-1, direction="DESCENDING", stable=True)
+    ranks = tf.argsort(order, axis=-1, stable=True)
+    return (tf.cast(ranks, "float32") + 1.0) / count
+
+
+def _ranks_with_gradient(scores, count, interpolation):
+    """_normalised_ranks with the gradient of "blackbox differentiation" (Vlastelica et
+    al., ICLR 2020): the ranks are steps, so the gradient compares them with the ranks of
+    the scores moved `interpolation` times the upstream gradient."""
+
+    @tf.custom_gradient
+    def ranks(scores):
+        forward = _normalised_ranks(scores, count)
+
+        def gradient(upstream):
+            moved = _normalised_ranks(scores + interpolation * upstream, count)
+            return (moved - forward) / interpolation
+
+        return forward, gradient
+
+    return ranks(scores)
+
+
+def rank_similarity(features, ages, interpolation=RANK_SIM_INTERPOLATION):
+    """The RankSim term of a batch, a float32 scalar (Gong et al., "RankSim: Ranking
+    Similarity Regularization for Deep Imbalanced Regression", ICML 2022): for each face,
+    its neighbours ranked by the cosine similarity of their features (batch, units)
+    should come in the order of their ages' closeness (ages (batch, 1)); the mean squared
+    difference of the two rankings. It orders the features by age across the whole range,
+    the few old faces included, where a loss on each face alone sees them one at a time.
+
+    Ties among equal ages would rank arbitrarily: as in the paper, one face of each age
+    takes part, here the first of that age in the batch (the batches are shuffled)."""
+    features = tf.math.l2_normalize(tf.cast(features, "float32"), axis=-1)
+    ages = tf.reshape(tf.cast(ages, "float32"), (-1,))
+    same_age = ages[:, None] == ages[None, :]  # (batch, batch)
+    count = tf.shape(ages)[0]
+    earlier = tf.linalg.band_part(tf.ones((count, count), "bool"), -1, 0)
+    earlier = tf.logical_and(earlier, tf.logical_not(tf.eye(count, dtype="bool")))
+    first = tf.logical_not(tf.reduce_any(same_age & earlier, axis=-1))  # (batch,)
+    taking_part = tf.cast(tf.reduce_sum(tf.cast(first, "int32")), "float32")
+    columns = tf.broadcast_to(first[None, :], (count, count))
+    # The faces left out rank after every face that takes part: cosines are above -1.
+    similarity = tf.where(columns, features @ tf.transpose(features), -2.0)
+    closeness = tf.where(columns, -tf.abs(ages[:, None] - ages[None, :]), -1e9)
+    feature_ranks = _ranks_with_gradient(similarity, taking_part, interpolation)
+    age_ranks = tf.stop_gradient(_normalised_ranks(closeness, taking_part))
+    both = tf.cast(columns & first[:, None], "float32")
+    squared = tf.reduce_sum(both * tf.square(feature_ranks - age_ranks))
+    return squared / tf.square(taking_part)
 
 
 def loss_terms(

@@ -508,14 +508,18 @@ class AgeCNN(keras.Model):
             self.output_activation, self.relu_gradient
         )
 
-    def _forward_members(self, inputs, training, trace):
+    def _forward_members(self, inputs, training, trace, embeddings=None):
         """The members' ages: while training, each member's own ReLU output (batch,
         members), which the loss holds each member to, so that each learns as if alone;
-        otherwise the ReLU of the members' mean output (batch, 1), one age."""
+        otherwise the ReLU of the members' mean output (batch, 1), one age. With
+        `embeddings` (a list), each member's features before its head are appended."""
         for layer in self.shared_body:
             inputs = _apply(layer, inputs, trace, training)
         outputs = []
         for index, member in enumerate(self.member_networks):
+            if embeddings is not None:
+                outputs.append(member.forward(inputs, training, embeddings=embeddings))
+                continue
             if trace is None or index > 0:
                 # Traced, each member after the first is one row: its layers are the
                 # first's.
@@ -629,10 +633,13 @@ class AgeCNN(keras.Model):
             ),
         ]
 
-    def forward(self, inputs, training=False, trace=None):
-        """Run the network; when trace is a list, note every stage's output in it."""
+    def forward(self, inputs, training=False, trace=None, embeddings=None):
+        """Run the network; when trace is a list, note every stage's output in it; when
+        embeddings is a list, append the features the head reads, (batch, units) before
+        the dropout, one tensor a member (what a loss on the features, such as
+        losses.rank_similarity, takes)."""
         if self.members > 1:
-            return self._forward_members(inputs, training, trace)
+            return self._forward_members(inputs, training, trace, embeddings)
         images = inputs["image"] if self.attribute_inputs else inputs
         features = images  # (batch, size, size, 3)
         for layer in self.body:
@@ -648,6 +655,8 @@ class AgeCNN(keras.Model):
             _note(trace, "with_attributes", features)  # (batch, widths[-1] + 8)
         if self.hidden is not None:
             features = _apply(self.hidden, features, trace)  # (batch, head_units)
+        if embeddings is not None:
+            embeddings.append(features)
         features = _apply(self.dropout_layer, features, trace, training)
 
         head_outputs = features

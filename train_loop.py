@@ -49,7 +49,7 @@ from config import PRESETS, add_config_arguments, blocks_per_stage
 from config import TrainConfig  # noqa: F401 (the notebook)
 from config import check_config, check_loss_weighting_epochs, config_from_arguments
 from config import resolve_config, resumed_config, run_name  # noqa: F401 (the notebook)
-from losses import lds_age_weights, log_age_prior, loss_terms
+from losses import lds_age_weights, log_age_prior, loss_terms, rank_similarity
 from model import age_labels, ages_from_outputs, build_model, model_head, model_inputs
 from runs import progress
 
@@ -256,12 +256,17 @@ class Trainer:
     def update(self, images, labels):
         """One training update on a batch: the loss under the tape, its gradients, the
         optimizer's step."""
+        inputs = model_inputs(self.model, images, labels)
         with tf.GradientTape() as tape:
             # training=True: dropout on, batch norm learns from this batch.
-            outputs = self.model(
-                model_inputs(self.model, images, labels), training=True
-            )
+            if self.config.rank_sim:
+                embeddings = []  # the features each member's head reads
+                outputs = self.model.forward(inputs, True, embeddings=embeddings)
+            else:
+                outputs = self.model(inputs, training=True)
             loss = self.loss(outputs, labels)  # this replica's share of the mean
+            if self.config.rank_sim:
+                loss = loss + self._rank_similarity(embeddings, labels)
             scaled_loss = self.optimizer.scale_loss(loss)
         gradients = tape.gradient(scaled_loss, self.model.trainable_variables)
         self.optimizer.apply(gradients, self.model.trainable_variables)  # all-reduced
@@ -293,6 +298,14 @@ class Trainer:
             age_prior=self.age_prior,
         )
         return terms["total"]
+
+    def _rank_similarity(self, embeddings, labels):
+        """config.rank_sim times the RankSim term of each member's features, their mean,
+        as this replica's share (each replica ranks its own faces)."""
+        ages = age_labels(labels)
+        terms = [rank_similarity(features, ages) for features in embeddings]
+        replicas = self.strategy.num_replicas_in_sync
+        return self.config.rank_sim * tf.add_n(terms) / (len(terms) * replicas)
 
     def weigh_epoch(self, epoch):
         """Let the age weights count in `epoch` (from 0), or not: in every epoch, or with

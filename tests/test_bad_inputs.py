@@ -42,6 +42,7 @@ def _error_line(capsys):
         ("--start-image-size", "-8"),
         ("--start-fraction", "1.5"),
         ("--start-fraction", "1"),
+        ("--rank-sim", "-1"),
         ("--blocks", "1,2"),
         ("--blocks", "1,1,0,2"),
         ("--blocks", "one"),
@@ -107,6 +108,7 @@ def test_the_course_network_refuses_width_blocks_and_members(
         ("--members", "2"),
         ("--members-share", "stem"),
         ("--start-image-size", "64"),
+        ("--rank-sim", "100"),
     ):
         assert (
             _train(tiny_data, tmp_path / "run", "--arch", "course_cnn", flag, value)

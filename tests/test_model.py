@@ -12,6 +12,7 @@ from losses import (
     log_age_prior,
     loss_terms,
     ordinal_targets,
+    rank_similarity,
     soft_age_labels,
 )
 from model import (
@@ -488,6 +489,49 @@ def test_balanced_mse_pushes_rare_ages_away_from_the_common_ones():
     assert abs(_balanced_gradient(30.0, 30.0, skewed)) < 0.5
     # Still a loss: too high a prediction is pulled down.
     assert _balanced_gradient(95.0, 80.0, skewed) > 0
+
+
+def _arc(ages):
+    """Features on a quarter circle, their angle growing with the age: the cosine
+    similarity of two faces falls as their ages part."""
+    angles = np.asarray(ages, "float32") / 128 * np.pi / 2
+    return np.stack([np.cos(angles), np.sin(angles)], -1).astype("float32")
+
+
+def test_rank_similarity_is_zero_for_features_in_age_order_and_counts_one_face_an_age():
+    # Powers of two: from any face, the other ages are at distinct distances (no ties).
+    ages = np.array([[1], [2], [4], [8], [16], [32], [64], [128]], "float32")
+    assert float(rank_similarity(_arc(ages[:, 0]), ages)) == 0.0
+    shuffled = _arc(ages[::-1, 0])  # the oldest face looks the youngest, and so on
+    assert float(rank_similarity(shuffled, ages)) > 0.05
+    # A second face of an age already in the batch takes no part, whatever its features.
+    noisy = np.random.default_rng(0).normal(size=(3, 2)).astype("float32")
+    more = np.concatenate([ages, [[4], [64], [1]]]).astype("float32")
+    for features in (_arc(ages[:, 0]), shuffled):
+        with_copies = np.concatenate([features, noisy])
+        assert float(rank_similarity(with_copies, more)) == pytest.approx(
+            float(rank_similarity(features, ages))
+        )
+
+
+def test_rank_similarity_descended_orders_the_features_by_age():
+    rng = np.random.default_rng(1)
+    ages = tf.constant(rng.permutation(60)[:32, None] * 2, "float32")  # distinct
+    features = tf.Variable(rng.normal(size=(32, 8)).astype("float32"))
+    copy = tf.Variable(tf.ones((1, 8)))  # a second face of the first face's age
+    with tf.GradientTape() as tape:
+        start = 100.0 * rank_similarity(
+            tf.concat([features, copy], 0), tf.concat([ages, ages[:1]], 0)
+        )
+    gradient, copied = tape.gradient(start, [features, copy])
+    assert float(tf.reduce_max(tf.abs(gradient))) > 0  # the ranking's gradient flows
+    assert not np.any(copied.numpy())  # and skips the face that took no part
+    optimizer = keras.optimizers.SGD(0.2)
+    for _ in range(40):
+        with tf.GradientTape() as tape:
+            term = 100.0 * rank_similarity(features, ages)
+        optimizer.apply([tape.gradient(term, features)], [features])
+    assert float(rank_similarity(features, ages)) < 0.5 * float(start) / 100.0
 
 
 def test_lds_weights_favour_rare_ages_and_average_1():

@@ -19,6 +19,7 @@ import tensorflow as tf
 
 import augmentation
 import evaluation
+import losses
 import plots
 import report
 import devices
@@ -287,6 +288,43 @@ def test_a_balanced_mse_term_is_added_to_the_l1_loss_with_its_weight():
         train_loop.Trainer(
             model, train_loop.make_optimizer(config, 10), weighted_config
         )
+
+
+def test_a_rank_sim_term_ranks_each_members_features(monkeypatch):
+    config = train_loop.resolve_config(
+        train_loop.TrainConfig(
+            out="unused", image_size=32, batch_size=8, members=2, balanced_mse=0.0,
+            rank_sim=100.0,
+        )
+    )  # fmt: skip
+    with train_loop.dtype_policy("mixed_bfloat16"):
+        model = train_loop.make_model(config, initial_age=30.0)
+    images = tf.random.stateless_uniform((8, 32, 32, 3), seed=(1, 2))
+    ages = tf.constant([[3], [9], [18], [27], [40], [55], [71], [86]], "float32")
+    # The features each member's head reads, one tensor a member; the ages unchanged.
+    embeddings = []
+    np.testing.assert_array_equal(
+        model.forward(images, False, embeddings=embeddings).numpy(),
+        model(images).numpy(),
+    )
+    units = train_loop.PRESETS["cpu"]["network"]["head_units"]
+    assert [tuple(features.shape) for features in embeddings] == [(8, units)] * 2
+    trainer = train_loop.Trainer(model, train_loop.make_optimizer(config, 10), config)
+    terms = [float(losses.rank_similarity(features, ages)) for features in embeddings]
+    found = float(trainer._rank_similarity(embeddings, ages))
+    assert found == pytest.approx(100.0 * np.mean(terms), rel=1e-5)
+    # The train step adds the weighted term of the members' features to its loss.
+    given = []
+
+    def constant_term(features, ages):
+        given.append(tuple(features.shape))
+        return 1000.0 + 0.0 * tf.reduce_sum(tf.cast(features, "float32"))
+
+    monkeypatch.setattr(train_loop, "rank_similarity", constant_term)
+    trainer = train_loop.Trainer(model, train_loop.make_optimizer(config, 10), config)
+    loss = float(trainer.train_step(images, ages))
+    assert given == [(8, units)] * 2
+    assert 100_000 < loss < 100_000 + 200  # the L1 loss of a fresh model is below 200
 
 
 def test_the_train_step_augments_raw_batches_as_the_config_says(monkeypatch):
