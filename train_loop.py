@@ -165,13 +165,15 @@ class WeightAverage:
         self.updates = tf.Variable(0, dtype=tf.int64, trainable=False, name="updates")
 
     def update(self):
-        """Move the averages towards the current weights (inside the train step)."""
-        self.updates.assign_add(1)
-        count = tf.cast(self.updates, tf.float32)
-        # Early on, a shorter memory: the first weights are not worth remembering.
-        decay = tf.minimum(self.momentum, (1.0 + count) / (10.0 + count))
-        for average, variable in zip(self.averages, self.variables):
-            average.assign(decay * average + (1.0 - decay) * variable)
+        """Move the averages towards the current weights (inside the train step; its ops
+        under the name "weight_average", which a profile reads)."""
+        with tf.name_scope("weight_average"):
+            self.updates.assign_add(1)
+            count = tf.cast(self.updates, tf.float32)
+            # Early on, a shorter memory: the first weights are not worth remembering.
+            decay = tf.minimum(self.momentum, (1.0 + count) / (10.0 + count))
+            for average, variable in zip(self.averages, self.variables):
+                average.assign(decay * average + (1.0 - decay) * variable)
 
     @contextmanager
     def applied(self):
