@@ -124,7 +124,7 @@ def profile(contender, steps, warmup):
 def print_table(found, steps):
     """Each kind's milliseconds a step and its share of the step's work."""
     total = sum(found.values())
-    print(f"\n| kind of op | ms a step | share |\n|---|---:|---:|")
+    print("\n| kind of op | ms a step | share |\n|---|---:|---:|")
     for kind in KINDS:
         share = 100 * found[kind] / total if total else 0.0
         print(f"| {kind} | {found[kind] / 1000 / steps:.1f} | {share:.0f} % |")
