@@ -841,32 +841,6 @@ def test_the_weight_average_follows_and_swaps_the_weights():
     np.testing.assert_allclose(kernel.numpy(), start + 3)
 
 
-def test_the_fused_adamw_steps_as_keras_adamw_does():
-    # The same weights, gradients and schedule: Keras's AdamW and the fused one (the
-    # optimizer `train` uses) move every weight alike over several steps, the kernels
-    # decayed and the bias not.
-    rng = np.random.default_rng(3)
-    start = [rng.normal(size=(3, 4)), rng.normal(size=(4,))]
-    gradients = [[rng.normal(size=w.shape) for w in start] for _ in range(5)]
-    moved = {}
-    for kind in (keras.optimizers.AdamW, train_loop.FusedAdamW):
-        weights = [
-            tf.Variable(w.astype("float32"), name=n) for w, n in zip(start, ("kernel", "bias"))
-        ]
-        optimizer = kind(learning_rate=0.1, weight_decay=0.05)
-        optimizer.exclude_from_weight_decay(var_names=["bias"])
-        step = tf.function(lambda g: optimizer.apply(g, weights))
-        for batch in gradients:
-            step([tf.constant(g, tf.float32) for g in batch])
-        moved[kind] = [w.numpy() for w in weights]
-    for keras_weight, fused_weight, first in zip(*moved.values(), start):
-        assert np.abs(fused_weight - first).mean() > 0.05  # the weights moved
-        # Rounding apart (steps of about 0.1 here): the same moves.
-        np.testing.assert_allclose(fused_weight, keras_weight, rtol=0, atol=1e-5)
-    preset = train_loop.resolve_config(train_loop.TrainConfig(out="x"))
-    assert isinstance(train_loop.make_optimizer(preset, 10), train_loop.FusedAdamW)
-
-
 def test_evaluate_and_predict_name_a_model_file_that_is_not_one(tmp_path, capsys):
     folder = tmp_path / "folder"
     folder.mkdir()
