@@ -122,6 +122,13 @@ class TrainConfig:
         "residual blocks in each of the network's four stages, e.g. 1,1,2,2",
         parse=blocks_per_stage,
     )
+    squeeze_excite: Optional[int] = _option(
+        None,
+        "squeeze-and-excitation in every residual block (Hu et al., 2018): the block's "
+        "channels scaled by gates read off their means through a bottleneck of "
+        "channels / R units; R, or 0 for none",
+        bounds=Bounds(0, 64),
+    )
     members: Optional[int] = _option(
         None,
         "train this many networks of the chosen shape at once, each from its own random "
@@ -346,6 +353,8 @@ CPU_PRESET = dict(
     start_view="cropped",
     width=1.0,
     blocks="1,1,1,1",
+    # Off: EXPERIMENTS.md, "Squeeze-and-excitation".
+    squeeze_excite=0,
     # Three networks trained at once and averaged: EXPERIMENTS.md, "Several networks in
     # one model".
     members=3,
@@ -414,6 +423,7 @@ COURSE_SETTINGS = dict(
     # age_cnn only.
     width=None,
     blocks=None,
+    squeeze_excite=None,
     members=None,
     members_share=None,
     image_size=200,
@@ -447,11 +457,17 @@ def resolve_config(config):
     arch = config.arch or values["arch"]
     if arch == "course_cnn":
         values.update(COURSE_SETTINGS)
-        network = (config.width, config.blocks, config.members, config.members_share)
+        network = (
+            config.width,
+            config.blocks,
+            config.squeeze_excite,
+            config.members,
+            config.members_share,
+        )
         if any(v is not None for v in network):
             raise ValueError(
-                "--width, --blocks, --members and --members-share shape the network of "
-                "--arch age_cnn; "
+                "--width, --blocks, --squeeze-excite, --members and --members-share "
+                "shape the network of --arch age_cnn; "
                 "the course network (--arch course_cnn) has the course's layers"
             )
     values.update(jit_compile=gpu)

@@ -251,7 +251,9 @@ def batch_norm(synchronized=False, fused=False, **options):
 
 @keras.saving.register_keras_serializable(package="age_regression")
 class ResidualBlock(keras.layers.Layer):
-    """Two 3×3 convolutions with batch norm and a skip connection (He et al., 2016)."""
+    """Two 3×3 convolutions with batch norm and a skip connection (He et al., 2016); with
+    `squeeze_excite` R, the second's channels scaled by a gate read off their means (Hu et
+    al., 2018: a bottleneck of filters / R units, at least 4), before the skip joins."""
 
     def __init__(
         self,
@@ -260,12 +262,14 @@ class ResidualBlock(keras.layers.Layer):
         projection=False,
         synchronized=False,
         fused_batch_norm=False,
+        squeeze_excite=0,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.filters = filters
         self.strides = strides
         self.projection = projection
+        self.squeeze_excite = squeeze_excite
         # With several replicas, batch norm takes its statistics over the global batch.
         self.synchronized = synchronized
         self.fused_batch_norm = fused_batch_norm
@@ -289,6 +293,11 @@ class ResidualBlock(keras.layers.Layer):
                 filters, 1, strides=strides, use_bias=False, name="shortcut_conv"
             )
             self.shortcut_norm = norm(name="shortcut_norm")
+        if squeeze_excite:
+            self.squeeze = layers.Dense(
+                max(filters // squeeze_excite, 4), activation="relu", name="squeeze"
+            )
+            self.excite = layers.Dense(filters, activation="sigmoid", name="excite")
 
     def call(self, inputs, training=False):
         """Return relu(F(inputs) + shortcut(inputs))."""
@@ -297,6 +306,10 @@ class ResidualBlock(keras.layers.Layer):
             shortcut = self.shortcut_norm(self.shortcut_conv(inputs), training=training)
         features = ops.relu(self.norm1(self.conv1(inputs), training=training))
         features = self.norm2(self.conv2(features), training=training)
+        if self.squeeze_excite:
+            # (batch, 1, 1, filters): one gate in (0, 1) a channel, from all of them.
+            means = ops.mean(features, axis=(1, 2), keepdims=True)
+            features = features * self.excite(self.squeeze(means))
         return ops.relu(features + shortcut)
 
     def compute_output_shape(self, input_shape):
@@ -318,6 +331,7 @@ class ResidualBlock(keras.layers.Layer):
             "projection": self.projection,
             "synchronized": self.synchronized,
             "fused_batch_norm": self.fused_batch_norm,
+            "squeeze_excite": self.squeeze_excite,
         }
 
 
@@ -429,6 +443,7 @@ class AgeCNN(keras.Model):
         members_share="none",
         age_widening=None,
         first_part=0,
+        squeeze_excite=0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -454,6 +469,9 @@ class AgeCNN(keras.Model):
         self.synchronized_batch_norm = synchronized_batch_norm
         # Trained on one device, TensorFlow's fused batch norm kernel (a faster step).
         self.fused_batch_norm = fused_batch_norm
+        # Squeeze-and-excitation in every residual block (0: none; R: the bottleneck's
+        # reduction, see ResidualBlock).
+        self.squeeze_excite = squeeze_excite
         self.initial_age = initial_age
         self.gender_head = gender_head
         self.attribute_inputs = attribute_inputs
@@ -499,6 +517,7 @@ class AgeCNN(keras.Model):
                 output_activation="linear",
                 synchronized_batch_norm=self.synchronized_batch_norm,
                 fused_batch_norm=self.fused_batch_norm,
+                squeeze_excite=self.squeeze_excite,
                 first_part=shared,
                 name=f"member{member + 1}",
             )
@@ -589,6 +608,7 @@ class AgeCNN(keras.Model):
                 projection=block == 0,
                 synchronized=self.synchronized_batch_norm,
                 fused_batch_norm=self.fused_batch_norm,
+                squeeze_excite=self.squeeze_excite,
                 name=f"stage{part}_block{block + 1}",
             )
             for block in range(self.blocks_per_stage[part - 1])
@@ -708,6 +728,7 @@ class AgeCNN(keras.Model):
             members=self.members,
             members_share=self.members_share,
             first_part=self.first_part,
+            squeeze_excite=self.squeeze_excite,
         )
 
 

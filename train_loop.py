@@ -107,6 +107,7 @@ def make_model(config, initial_age=None, synchronized=False):
         distribution_head=config.distribution_head and config.head == "regression",
         synchronized_batch_norm=synchronized,
         fused_batch_norm=config.fused_batch_norm,
+        squeeze_excite=config.squeeze_excite,
         members=config.members,
         members_share=config.members_share,
         **options,

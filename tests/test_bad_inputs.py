@@ -43,6 +43,8 @@ def _error_line(capsys):
         ("--start-fraction", "1.5"),
         ("--start-fraction", "1"),
         ("--rank-sim", "-1"),
+        ("--squeeze-excite", "-1"),
+        ("--squeeze-excite", "2.5"),
         ("--blocks", "1,2"),
         ("--blocks", "1,1,0,2"),
         ("--blocks", "one"),
@@ -109,6 +111,7 @@ def test_the_course_network_refuses_width_blocks_and_members(
         ("--members-share", "stem"),
         ("--start-image-size", "64"),
         ("--rank-sim", "100"),
+        ("--squeeze-excite", "4"),
     ):
         assert (
             _train(tiny_data, tmp_path / "run", "--arch", "course_cnn", flag, value)

@@ -20,6 +20,7 @@ from model import (
     AgeCNN,
     CourseCNN,
     FusedBatchNormalization,
+    ResidualBlock,
     age_quantiles,
     ages_from_outputs,
     build_model,
@@ -226,6 +227,7 @@ def test_ordinal_targets_and_ages():
         ("age_cnn", {"distribution_head": True, **SMALL}),
         ("age_cnn", {"members": 2, "relu_gradient": "straight_through", **SMALL}),
         ("age_cnn", {"members": 2, "members_share": "stage1", **SMALL}),
+        ("age_cnn", {"members": 2, "squeeze_excite": 4, **SMALL}),
         (
             "age_cnn",
             {
@@ -532,6 +534,31 @@ def test_rank_similarity_descended_orders_the_features_by_age():
             term = 100.0 * rank_similarity(features, ages)
         optimizer.apply([tape.gradient(term, features)], [features])
     assert float(rank_similarity(features, ages)) < 0.5 * float(start) / 100.0
+
+
+def test_squeeze_excitation_gates_each_channel_of_the_block_before_the_skip():
+    block = ResidualBlock(16, strides=2, projection=True, squeeze_excite=4)
+    images = tf.constant(random_images(2, 8))
+    block(images, training=False)
+    assert block.squeeze.units == 4 and block.excite.units == 16
+    # Its own FLOPs: two small dense layers an image, beside the same block without them.
+    plain = AgeCNN(**SMALL)
+    gated = AgeCNN(**SMALL, squeeze_excite=4)
+    for model in (plain, gated):
+        model(example_inputs(model))
+    extra = sum(2 * (w * max(w // 4, 4)) for w in SMALL["widths"])  # the kernels' MACs
+    assert forward_flops(gated) - forward_flops(plain) == 2 * extra
+    # Zero gamma starts the residual branch at 0, so: the branch given weight, a gate
+    # shut (sigmoid far below 0) leaves the shortcut alone, and an open one the plain sum.
+    block.norm2.gamma.assign(tf.ones_like(block.norm2.gamma))
+    shortcut = ops.relu(block.shortcut_norm(block.shortcut_conv(images)))
+    block.excite.bias.assign(tf.fill([16], -50.0))
+    np.testing.assert_allclose(block(images), shortcut, atol=1e-6)
+    block.excite.bias.assign(tf.fill([16], 50.0))
+    branch = block.norm2(block.conv2(ops.relu(block.norm1(block.conv1(images)))))
+    open_gate = ops.relu(branch + block.shortcut_norm(block.shortcut_conv(images)))
+    np.testing.assert_allclose(block(images), open_gate, atol=1e-5)
+    assert not np.allclose(open_gate, shortcut, atol=1e-3)
 
 
 def test_lds_weights_favour_rare_ages_and_average_1():

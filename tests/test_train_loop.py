@@ -327,6 +327,26 @@ def test_a_rank_sim_term_ranks_each_members_features(monkeypatch):
     assert 100_000 < loss < 100_000 + 200  # the L1 loss of a fresh model is below 200
 
 
+def test_squeeze_excite_gates_every_block_of_every_member():
+    config = train_loop.resolve_config(
+        train_loop.TrainConfig(out="unused", image_size=32, squeeze_excite=8)
+    )
+    model = train_loop.make_model(config, initial_age=30.0)
+    members = model.member_networks
+    assert len(members) == train_loop.PRESETS["cpu"]["members"]
+    widths = train_loop.PRESETS["cpu"]["network"]["widths"]
+    for member in members:
+        blocks = [layer for layer in member.body if hasattr(layer, "squeeze_excite")]
+        assert [block.excite.units for block in blocks] == list(widths)
+        # At least 4 units: 16 // 8 would leave the narrowest stage 2.
+        squeezed = [max(width // 8, 4) for width in widths]
+        assert [block.squeeze.units for block in blocks] == squeezed
+    plain = train_loop.make_model(
+        dataclasses.replace(config, squeeze_excite=0), initial_age=30.0
+    )
+    assert not any(hasattr(layer, "squeeze") for layer in plain.member_networks[0].body)
+
+
 def test_the_train_step_augments_raw_batches_as_the_config_says(monkeypatch):
     config = train_loop.resolve_config(
         train_loop.TrainConfig(
