@@ -69,15 +69,18 @@ def augment_batch(images, seed, augmentation=Augmentation(), size=None, view="cr
     batch = tf.shape(images)[0]
     uniform = _uniform(tf.random.experimental.stateless_split(seed, 6), batch)
     flip = uniform(0, 0.0, 1.0) < 0.5
-    images = tf.where(flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
-    # A small zoom and shift of the aligned face, without black borders.
+    # A small zoom and shift of the aligned face (of the face flipped, where `flip`
+    # says), without black borders.
     side = uniform(1, 0.88, largest_frame)
     if size is not None and view == "cropped":
         side = side * (size / images.shape[1])
     top = uniform(2, 0.0, 1.0) * (1.0 - side)
     left = uniform(3, 0.0, 1.0) * (1.0 - side)
-    boxes = tf.stack([top, left, top + side, left + side], axis=1)
     if rotation > 0.0:
+        images = tf.where(
+            flip[:, None, None, None], tf.reverse(images, axis=[2]), images
+        )
+        boxes = tf.stack([top, left, top + side, left + side], axis=1)
         # Its own seed, so that the other draws stay those of a run without rotation.
         rotation_seed = tf.random.experimental.stateless_fold_in(seed, 6)
         degrees = tf.random.stateless_uniform(
@@ -85,6 +88,12 @@ def augment_batch(images, seed, augmentation=Augmentation(), size=None, view="cr
         )
         images = _turned_frames(images, boxes, degrees * (math.pi / 180.0), size)
     else:
+        # The frame of the flipped face is the mirror image's frame read from right to
+        # left (crop_and_resize flips a box whose left lies right of its right): the
+        # same pixels as reversing the image first, without a pass over the batch.
+        start = tf.where(flip, 1.0 - left, left)
+        end = tf.where(flip, 1.0 - left - side, left + side)
+        boxes = tf.stack([top, start, top + side, end], axis=1)
         images = _framed(images, boxes, largest_frame, size)
     brightness = uniform(4, -0.1, 0.1)[:, None, None, None]
     contrast = uniform(5, 0.8, 1.2)[:, None, None, None]

@@ -27,7 +27,10 @@ fresh iterator (so that none fills its prefetch buffer while another is timed):
 3. plain: scaled to float32, not augmented;
 4. prepare: the augmentation alone, `tf.function(augmentation.prepare_batch)` on raw batches
    held in memory: what the train step adds (its largest difference from the augmented
-   batches is printed: 0 but for float rounding when both give the same images).
+   batches is printed: 0 but for float rounding when both give the same images);
+5. prepare_flip_pass: the same with the pass over the batch its flip once made (every
+   image reversed, and each picked from the reversed copy or the batch, before the
+   frames were cut; a flipped frame is now cut right to left instead).
 
 The train step with the augmentation in tf.data, against the augmentation inside it:
 `python bench/bench_step.py "precision=float32 batches=pipeline" precision=float32`.
@@ -44,7 +47,7 @@ import tensorflow as tf
 from PIL import Image
 
 import utk_data
-from augmentation import Augmentation, prepare_batch
+from augmentation import Augmentation, augment_batch, prepare_batch
 
 # (image size, batch size) of the memory part: the GPU and the CPU presets'.
 SIZES = ((128, 128), (96, 64))
@@ -190,9 +193,21 @@ def memory_contenders(decoded, batch_size, passes):
         (images, seeds) for images, _, seeds in (next(raw) for _ in range(per_pass))
     ]
     contenders["prepare"] = contender(time_prepare, prepare, cached, batches)
+
+    def flip_pass(images, seeds):
+        """prepare and the pass over the batch its flip once made: a reversed copy of
+        every image, and each image picked from it or from the batch."""
+        floats = tf.cast(images, tf.float32) / 255.0  # as prepare_batch begins
+        flip = tf.random.stateless_uniform([tf.shape(images)[0]], seeds[1]) < 0.5
+        floats = tf.where(flip[:, None, None, None], tf.reverse(floats, [2]), floats)
+        return augment_batch(floats, seeds[0], Augmentation())
+
+    flip_pass = tf.function(flip_pass)
+    contenders["prepare_flip_pass"] = contender(time_prepare, flip_pass, cached, batches)
     for source in sources.values():
         time_batches(source, 4)
     time_prepare(prepare, cached, 4)
+    time_prepare(flip_pass, cached, 4)
     augmented, _ = next(iter(sources["augmented"]))
     difference = float(tf.reduce_max(tf.abs(prepare(*cached[0]) - augmented)))
     print(

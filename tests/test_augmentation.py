@@ -40,6 +40,46 @@ def test_frames_larger_than_the_image_show_it_smaller_with_a_mirrored_border():
     assert larger.min() > 0.02 and larger.max() <= 1.0
 
 
+def _flipped_first(images, seed, settings, size=None):
+    """augment_batch's frames as they were made: each image drawn for a flip reversed,
+    then framed by its box (the same draws)."""
+    batch = images.shape[0]
+    uniform = augmentation._uniform(tf.random.experimental.stateless_split(seed, 6), batch)
+    flip = uniform(0, 0.0, 1.0) < 0.5
+    images = tf.where(flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
+    side = uniform(1, 0.88, settings.largest_frame)
+    if size is not None:
+        side = side * (size / images.shape[1])
+    top = uniform(2, 0.0, 1.0) * (1.0 - side)
+    left = uniform(3, 0.0, 1.0) * (1.0 - side)
+    boxes = tf.stack([top, left, top + side, left + side], axis=1)
+    return augmentation._framed(images, boxes, settings.largest_frame, size)
+
+
+def test_a_flipped_face_is_framed_as_if_reversed_first():
+    rng = np.random.default_rng(2)
+    images = tf.constant(rng.uniform(0.3, 0.7, (32, 24, 24, 3)).astype(np.float32))
+    seed = tf.constant([5, 6], tf.int64)
+    for settings, size in (
+        (Augmentation(), None),
+        (Augmentation(largest_frame=1.3), None),
+        (Augmentation(), 16),
+    ):
+        framed = augmentation._uniform(
+            tf.random.experimental.stateless_split(seed, 6), 32
+        )  # the brightness and contrast, drawn as augment_batch draws them
+        brightness = framed(4, -0.1, 0.1)[:, None, None, None]
+        contrast = framed(5, 0.8, 1.2)[:, None, None, None]
+        expected = _flipped_first(images, seed, settings, size)
+        mean = tf.reduce_mean(expected, axis=[1, 2, 3], keepdims=True)
+        expected = tf.clip_by_value((expected - mean) * contrast + mean + brightness, 0, 1)
+        found = augment_batch(images, seed, settings, size)
+        np.testing.assert_allclose(found.numpy(), expected.numpy(), atol=1e-5)
+    # Both ways held: some faces of the batch are flipped and some are not.
+    flips = framed(0, 0.0, 1.0).numpy() < 0.5
+    assert 0 < flips.sum() < 32
+
+
 def test_turned_frames_are_the_crops_turned_about_their_centre():
     rng = np.random.default_rng(0)
     images = tf.constant(rng.uniform(0.5, 1.0, (6, 24, 24, 3)).astype(np.float32))
