@@ -129,6 +129,11 @@ class TrainConfig:
         "channels / R units; R, or 0 for none",
         bounds=Bounds(0, 64),
     )
+    pooled_shortcut: Optional[bool] = _option(
+        None,
+        "a shortcut that halves the resolution averages each 2x2 square before its 1x1 "
+        "convolution, instead of reading one pixel of four (ResNet-D, He et al., 2019)",
+    )
     members: Optional[int] = _option(
         None,
         "train this many networks of the chosen shape at once, each from its own random "
@@ -355,6 +360,8 @@ CPU_PRESET = dict(
     blocks="1,1,1,1",
     # Off: EXPERIMENTS.md, "Squeeze-and-excitation".
     squeeze_excite=0,
+    # Off: EXPERIMENTS.md, "Squeeze-and-excitation".
+    pooled_shortcut=False,
     # Three networks trained at once and averaged: EXPERIMENTS.md, "Several networks in
     # one model".
     members=3,
@@ -424,6 +431,7 @@ COURSE_SETTINGS = dict(
     width=None,
     blocks=None,
     squeeze_excite=None,
+    pooled_shortcut=None,
     members=None,
     members_share=None,
     image_size=200,
@@ -461,13 +469,14 @@ def resolve_config(config):
             config.width,
             config.blocks,
             config.squeeze_excite,
+            config.pooled_shortcut,
             config.members,
             config.members_share,
         )
         if any(v is not None for v in network):
             raise ValueError(
-                "--width, --blocks, --squeeze-excite, --members and --members-share "
-                "shape the network of --arch age_cnn; "
+                "--width, --blocks, --squeeze-excite, --pooled-shortcut, --members and "
+                "--members-share shape the network of --arch age_cnn; "
                 "the course network (--arch course_cnn) has the course's layers"
             )
     values.update(jit_compile=gpu)

@@ -253,7 +253,10 @@ def batch_norm(synchronized=False, fused=False, **options):
 class ResidualBlock(keras.layers.Layer):
     """Two 3×3 convolutions with batch norm and a skip connection (He et al., 2016); with
     `squeeze_excite` R, the second's channels scaled by a gate read off their means (Hu et
-    al., 2018: a bottleneck of filters / R units, at least 4), before the skip joins."""
+    al., 2018: a bottleneck of filters / R units, at least 4), before the skip joins. With
+    `pooled_shortcut`, a shortcut that halves the resolution averages each 2×2 square
+    before its 1×1 convolution, instead of reading one pixel of four (He et al., 2019,
+    "Bag of Tricks": ResNet-D)."""
 
     def __init__(
         self,
@@ -263,6 +266,7 @@ class ResidualBlock(keras.layers.Layer):
         synchronized=False,
         fused_batch_norm=False,
         squeeze_excite=0,
+        pooled_shortcut=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -270,6 +274,7 @@ class ResidualBlock(keras.layers.Layer):
         self.strides = strides
         self.projection = projection
         self.squeeze_excite = squeeze_excite
+        self.pooled_shortcut = pooled_shortcut
         # With several replicas, batch norm takes its statistics over the global batch.
         self.synchronized = synchronized
         self.fused_batch_norm = fused_batch_norm
@@ -287,10 +292,20 @@ class ResidualBlock(keras.layers.Layer):
         # Zero gamma makes each block start as the identity, which steadies early
         # training of residual networks (Goyal et al., 2017).
         self.norm2 = norm(gamma_initializer="zeros", name="norm2")
+        # Pooled, the shortcut's convolution reads the averages at the new resolution.
+        self.shortcut_pool = (
+            layers.AveragePooling2D(strides, padding="same", name="shortcut_pool")
+            if projection and pooled_shortcut and strides > 1
+            else None
+        )
         if projection:
             # A 1×1 convolution matches the shortcut to a new width or resolution.
             self.shortcut_conv = layers.Conv2D(
-                filters, 1, strides=strides, use_bias=False, name="shortcut_conv"
+                filters,
+                1,
+                strides=1 if self.shortcut_pool else strides,
+                use_bias=False,
+                name="shortcut_conv",
             )
             self.shortcut_norm = norm(name="shortcut_norm")
         if squeeze_excite:
@@ -302,8 +317,12 @@ class ResidualBlock(keras.layers.Layer):
     def call(self, inputs, training=False):
         """Return relu(F(inputs) + shortcut(inputs))."""
         shortcut = inputs
+        if self.shortcut_pool is not None:
+            shortcut = self.shortcut_pool(shortcut)
         if self.projection:
-            shortcut = self.shortcut_norm(self.shortcut_conv(inputs), training=training)
+            shortcut = self.shortcut_norm(
+                self.shortcut_conv(shortcut), training=training
+            )
         features = ops.relu(self.norm1(self.conv1(inputs), training=training))
         features = self.norm2(self.conv2(features), training=training)
         if self.squeeze_excite:
@@ -332,6 +351,7 @@ class ResidualBlock(keras.layers.Layer):
             "synchronized": self.synchronized,
             "fused_batch_norm": self.fused_batch_norm,
             "squeeze_excite": self.squeeze_excite,
+            "pooled_shortcut": self.pooled_shortcut,
         }
 
 
@@ -444,6 +464,7 @@ class AgeCNN(keras.Model):
         age_widening=None,
         first_part=0,
         squeeze_excite=0,
+        pooled_shortcut=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -472,6 +493,8 @@ class AgeCNN(keras.Model):
         # Squeeze-and-excitation in every residual block (0: none; R: the bottleneck's
         # reduction, see ResidualBlock).
         self.squeeze_excite = squeeze_excite
+        # The shortcuts that halve the resolution average first (see ResidualBlock).
+        self.pooled_shortcut = pooled_shortcut
         self.initial_age = initial_age
         self.gender_head = gender_head
         self.attribute_inputs = attribute_inputs
@@ -518,6 +541,7 @@ class AgeCNN(keras.Model):
                 synchronized_batch_norm=self.synchronized_batch_norm,
                 fused_batch_norm=self.fused_batch_norm,
                 squeeze_excite=self.squeeze_excite,
+                pooled_shortcut=self.pooled_shortcut,
                 first_part=shared,
                 name=f"member{member + 1}",
             )
@@ -609,6 +633,7 @@ class AgeCNN(keras.Model):
                 synchronized=self.synchronized_batch_norm,
                 fused_batch_norm=self.fused_batch_norm,
                 squeeze_excite=self.squeeze_excite,
+                pooled_shortcut=self.pooled_shortcut,
                 name=f"stage{part}_block{block + 1}",
             )
             for block in range(self.blocks_per_stage[part - 1])
@@ -729,6 +754,7 @@ class AgeCNN(keras.Model):
             members_share=self.members_share,
             first_part=self.first_part,
             squeeze_excite=self.squeeze_excite,
+            pooled_shortcut=self.pooled_shortcut,
         )
 
 

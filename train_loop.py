@@ -108,6 +108,7 @@ def make_model(config, initial_age=None, synchronized=False):
         synchronized_batch_norm=synchronized,
         fused_batch_norm=config.fused_batch_norm,
         squeeze_excite=config.squeeze_excite,
+        pooled_shortcut=config.pooled_shortcut,
         members=config.members,
         members_share=config.members_share,
         **options,

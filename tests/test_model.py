@@ -228,6 +228,7 @@ def test_ordinal_targets_and_ages():
         ("age_cnn", {"members": 2, "relu_gradient": "straight_through", **SMALL}),
         ("age_cnn", {"members": 2, "members_share": "stage1", **SMALL}),
         ("age_cnn", {"members": 2, "squeeze_excite": 4, **SMALL}),
+        ("age_cnn", {"pooled_shortcut": True, **SMALL}),
         (
             "age_cnn",
             {
@@ -559,6 +560,30 @@ def test_squeeze_excitation_gates_each_channel_of_the_block_before_the_skip():
     open_gate = ops.relu(branch + block.shortcut_norm(block.shortcut_conv(images)))
     np.testing.assert_allclose(block(images), open_gate, atol=1e-5)
     assert not np.allclose(open_gate, shortcut, atol=1e-3)
+
+
+def test_a_pooled_shortcut_reads_the_averages_of_2x2_squares():
+    images = random_images(2, 8)
+    pooled = ResidualBlock(16, strides=2, projection=True, pooled_shortcut=True)
+    plain = ResidualBlock(16, strides=2, projection=True)
+    for block in (pooled, plain):
+        block(images, training=False)
+    kernel = pooled.shortcut_conv.kernel.numpy()[0, 0]  # (3, 16)
+    plain.shortcut_conv.kernel.assign(pooled.shortcut_conv.kernel)
+    # A fresh block is its shortcut alone (the residual branch's last gamma is 0), and a
+    # fresh batch norm in inference scales by 1 / sqrt(1 + epsilon).
+    scale = 1 / np.sqrt(1 + pooled.shortcut_norm.epsilon)
+    squares = images.reshape(2, 4, 2, 4, 2, 3).mean(axis=(2, 4))
+    np.testing.assert_allclose(
+        pooled(images), np.maximum(squares @ kernel * scale, 0), atol=1e-5
+    )
+    every_other = images[:, ::2, ::2]  # the strided 1x1 convolution's pixels
+    np.testing.assert_allclose(
+        plain(images), np.maximum(every_other @ kernel * scale, 0), atol=1e-5
+    )
+    # The same weights either way, and blocks that keep the resolution pool nothing.
+    assert len(pooled.weights) == len(plain.weights)
+    assert ResidualBlock(16, projection=True, pooled_shortcut=True).shortcut_pool is None
 
 
 def test_lds_weights_favour_rare_ages_and_average_1():
