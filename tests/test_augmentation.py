@@ -65,18 +65,18 @@ def test_a_flipped_face_is_framed_as_if_reversed_first():
         (Augmentation(largest_frame=1.3), None),
         (Augmentation(), 16),
     ):
-        framed = augmentation._uniform(
+        draw = augmentation._uniform(
             tf.random.experimental.stateless_split(seed, 6), 32
         )  # the brightness and contrast, drawn as augment_batch draws them
-        brightness = framed(4, -0.1, 0.1)[:, None, None, None]
-        contrast = framed(5, 0.8, 1.2)[:, None, None, None]
+        brightness = draw(4, -0.1, 0.1)[:, None, None, None]
+        contrast = draw(5, 0.8, 1.2)[:, None, None, None]
         expected = _flipped_first(images, seed, settings, size)
         mean = tf.reduce_mean(expected, axis=[1, 2, 3], keepdims=True)
         expected = tf.clip_by_value((expected - mean) * contrast + mean + brightness, 0, 1)
         found = augment_batch(images, seed, settings, size)
         np.testing.assert_allclose(found.numpy(), expected.numpy(), atol=1e-5)
     # Both ways held: some faces of the batch are flipped and some are not.
-    flips = framed(0, 0.0, 1.0).numpy() < 0.5
+    flips = draw(0, 0.0, 1.0).numpy() < 0.5
     assert 0 < flips.sum() < 32
 
 
