@@ -358,8 +358,8 @@ CPU_PRESET = dict(
     start_view="cropped",
     width=1.0,
     blocks="1,1,1,1",
-    # Squeeze-and-excitation off; the pooled shortcuts off until the full budget confirms
-    # them: EXPERIMENTS.md, "Squeeze-and-excitation, pooled shortcuts".
+    # Squeeze-and-excitation and the pooled shortcuts off: EXPERIMENTS.md,
+    # "Squeeze-and-excitation, pooled shortcuts".
     squeeze_excite=0,
     pooled_shortcut=False,
     # Three networks trained at once and averaged: EXPERIMENTS.md, "Several networks in
