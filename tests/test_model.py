@@ -543,10 +543,8 @@ def test_squeeze_excitation_gates_each_channel_of_the_block_before_the_skip():
     block(images, training=False)
     assert block.squeeze.units == 4 and block.excite.units == 16
     # Its own FLOPs: two small dense layers an image, beside the same block without them.
-    plain = AgeCNN(**SMALL)
-    gated = AgeCNN(**SMALL, squeeze_excite=4)
-    for model in (plain, gated):
-        model(example_inputs(model))
+    plain = build_model("age_cnn", **SMALL)
+    gated = build_model("age_cnn", **SMALL, squeeze_excite=4)
     extra = sum(2 * (w * max(w // 4, 4)) for w in SMALL["widths"])  # the kernels' MACs
     assert forward_flops(gated) - forward_flops(plain) == 2 * extra
     # Zero gamma starts the residual branch at 0, so: the branch given weight, a gate
