@@ -194,7 +194,17 @@ class TrainConfig:
         augmentation.VIEWS,
     )
     # Optimisation.
-    batch_size: Optional[int] = _option(None, "images per step", bounds=Bounds(1, 4096))
+    batch_size: Optional[int] = _option(
+        None, "images a step trains on", bounds=Bounds(1, 4096)
+    )
+    selective_backprop: Optional[float] = _option(
+        None,
+        "train each step on this fraction of the faces it reads (it reads "
+        "--batch-size / F): the faces drawn with a chance that grows with the error of "
+        "the age predicted for them first, so that fewer faces already learnt are "
+        "trained on (Selective-Backprop, Jiang et al., 2019); 1: every face read",
+        bounds=Bounds(0, 1, low_included=False),
+    )
     epochs: Optional[int] = _option(
         None, "epochs (a time budget fits them instead)", bounds=AT_LEAST_ONE
     )
@@ -336,6 +346,12 @@ class TrainConfig:
             return 0
         return min(round(self.start_fraction * self.epochs), self.epochs - 1)
 
+    @property
+    def read_batch_size(self):
+        """The faces a train step reads, of a resolved config: the batch size, or with
+        selective_backprop below 1 the more of them that the step chooses its batch from."""
+        return max(self.batch_size, round(self.batch_size / self.selective_backprop))
+
     def train_image_size(self, epoch):
         """The side of the training images in `epoch` (from 0) of a resolved config: the
         start size for the first start_fraction of the epochs, then image_size."""
@@ -373,6 +389,8 @@ CPU_PRESET = dict(
         dropout=0.3,
     ),
     batch_size=64,
+    # Off: EXPERIMENTS.md, "Training on the faces not yet learnt".
+    selective_backprop=1.0,
     epochs=68,
     optimizer="adamw",
     learning_rate=3e-3,
@@ -438,6 +456,7 @@ COURSE_SETTINGS = dict(
     # Its flatten layer takes images of one size.
     start_image_size=0,
     batch_size=64,
+    selective_backprop=1.0,
     epochs=20,
     optimizer="rmsprop",
     learning_rate=1e-3,

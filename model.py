@@ -730,6 +730,15 @@ class AgeCNN(keras.Model):
         """Return ages (batch, 1), or a dict with "age" (see the module docstring)."""
         return self.forward(inputs, training)
 
+    def first_member_ages(self, inputs):
+        """Ages (batch, 1) in inference mode from the first member alone, at a member's
+        cost: a cheap look at which faces the model gets most wrong. Several members
+        come with the regression head on images alone (see _members_for_the_outputs)."""
+        for layer in self.shared_body:
+            inputs = layer(inputs, training=False)
+        outputs = self.member_networks[0](inputs, training=False)  # before the ReLU
+        return keras.activations.get(self.age_activation)(outputs)
+
     def get_config(self):
         """Return the constructor arguments so that .keras files round-trip."""
         return _model_config(

@@ -260,6 +260,8 @@ class Trainer:
     def update(self, images, labels):
         """One training update on a batch: the loss under the tape, its gradients, the
         optimizer's step."""
+        if self.config.selective_backprop < 1:
+            images, labels = self._hard_faces(images, labels)
         inputs = model_inputs(self.model, images, labels)
         with tf.GradientTape() as tape:
             # training=True: dropout on, batch norm learns from this batch.
@@ -281,6 +283,28 @@ class Trainer:
             age_labels(labels), ages_from_outputs(model_head(self.model), outputs)
         )
         return loss
+
+    def _hard_faces(self, images, labels):
+        """The faces of a replica's batch that its step trains on, with selective_backprop
+        below 1: its share of config.batch_size of them, drawn without replacement with a
+        chance proportional to 1 + the error in years of the age predicted for them now
+        (in inference mode; of several members, by the first alone, at one member's
+        cost), from a seed of the run's seed and the step's number (a
+        resumed run draws the same faces)."""
+        if getattr(self.model, "members", 1) > 1:  # plain regression on images
+            predicted = self.model.first_member_ages(images)[:, 0]  # (read,)
+        else:
+            predicted = self._predict(images, labels)[:, 0]
+        errors = tf.abs(predicted - tf.cast(age_labels(labels)[:, 0], predicted.dtype))
+        step = tf.cast(self.optimizer.iterations, tf.int64)
+        seed = tf.stack([tf.constant(self.config.seed, tf.int64), step])
+        if self.strategy.num_replicas_in_sync > 1:
+            replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+            seed = tf.random.experimental.stateless_fold_in(seed, replica)
+        count = self.config.batch_size // self.strategy.num_replicas_in_sync
+        chosen = weighted_sample(1.0 + errors, count, seed)
+        take = lambda tensor: tf.gather(tensor, chosen)  # noqa: E731
+        return take(images), tf.nest.map_structure(take, labels)
 
     def loss(self, outputs, labels):
         """The training loss of a replica's batch (losses.loss_terms): the images' losses
@@ -356,6 +380,17 @@ class Trainer:
         return float(self.val_mae.result()), float(self.val_rmse.result())
 
 
+def weighted_sample(weights, count, seed):
+    """Indices of `count` of the len(weights) items, drawn without replacement, each
+    draw with a chance proportional to the weights of the items left (the Gumbel top-k
+    trick: the largest log weights plus Gumbel noise); `seed` a stateless seed."""
+    uniform = tf.random.stateless_uniform(
+        tf.shape(weights), seed, minval=1e-12, maxval=1.0, dtype=weights.dtype
+    )
+    keys = tf.math.log(weights) - tf.math.log(-tf.math.log(uniform))
+    return tf.math.top_k(keys, k=count, sorted=False).indices
+
+
 @tf.function
 def train_step(model, optimizer, loss_fn, images, ages):
     """The training step at its core, as the notebook shows and runs it: Trainer.update is
@@ -379,7 +414,7 @@ def _training_dataset(train_images, config, seed, start_epoch=0, epochs=None):
     return utk_data.make_dataset(
         train_images,
         config.image_size,
-        config.batch_size,
+        config.read_batch_size,
         True,
         augmentation=config.augmentation,
         with_attributes=True,
@@ -441,7 +476,7 @@ def _epoch_steps(config, train_count, val_count):
     if config.start_image_size:
         passes *= 1 - config.start_fraction
     return (
-        utk_data.steps_per_epoch(train_count, config.batch_size),
+        utk_data.steps_per_epoch(train_count, config.read_batch_size),
         math.ceil(val_count / config.batch_size),
         passes,
     )
@@ -557,7 +592,7 @@ def _train(config, splits, checkpoint, started, strategy, verbose):
             config, train_images, val_records, initial_age, started
         )
         config = dataclasses.replace(config, epochs=epochs)
-    steps = utk_data.steps_per_epoch(len(train_images.records), config.batch_size)
+    steps = utk_data.steps_per_epoch(len(train_images.records), config.read_batch_size)
     trainer = _make_trainer(config, strategy, initial_age, train_records, steps)
     history = []
     if checkpoint is not None:
@@ -576,11 +611,15 @@ def _make_trainer(config, strategy, initial_age, train_records, steps):
     """The model (built from config.seed), its optimizer and their Trainer, the model and
     the optimizer made in the strategy's scope."""
     replicas = strategy.num_replicas_in_sync
-    if config.batch_size % replicas:
-        raise ValueError(
-            f"a batch of {config.batch_size} images does not split evenly between "
-            f"{replicas} replicas: choose a --batch-size divisible by {replicas}"
-        )
+    for size, flags in (
+        (config.batch_size, "--batch-size"),
+        (config.read_batch_size, "--batch-size and --selective-backprop"),
+    ):
+        if size % replicas:
+            raise ValueError(
+                f"a batch of {size} images does not split evenly between {replicas} "
+                f"replicas: choose {flags} for a batch divisible by {replicas}"
+            )
     keras.utils.set_random_seed(config.seed)
     with strategy.scope(), dtype_policy(config.precision):
         model = make_model(config, initial_age, synchronized=replicas > 1)
@@ -619,7 +658,9 @@ class Epochs(NamedTuple):
     def of(cls, trainer, train_images, val_records, start):
         """The Epochs of a Trainer's run from epoch `start` (0: the first) on."""
         config = trainer.config
-        steps = utk_data.steps_per_epoch(len(train_images.records), config.batch_size)
+        steps = utk_data.steps_per_epoch(
+            len(train_images.records), config.read_batch_size
+        )
         dataset = _training_dataset(
             train_images, config, config.seed, start, config.epochs
         )
@@ -709,8 +750,10 @@ def _run_epoch(trainer, epochs, epoch, verbose):
         "val_rmse": val_rmse,
         "learning_rate": float(_current_learning_rate(trainer.optimizer)),
         "seconds": seconds,
-        # Training images a second, validation left out.
-        "images_per_second": epochs.steps * trainer.config.batch_size / train_seconds,
+        # Training images read a second, validation left out.
+        "images_per_second": epochs.steps
+        * trainer.config.read_batch_size
+        / train_seconds,
     }
     if trained_mae is not None:
         row["val_mae_without_ema"] = trained_mae

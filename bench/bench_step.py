@@ -105,9 +105,10 @@ class FitContender(common.StepContender):
     or on batches augmented in tf.data."""
 
     def __init__(self, config, decoded, steps, batches="prepared", val_steps=0):
-        if config.distribution_head or config.ema:
+        if config.distribution_head or config.ema or config.selective_backprop < 1:
             raise ValueError(
-                "run=fit trains the network alone: ema=0 distribution_head=false"
+                "run=fit trains the network alone on every face it reads: ema=0 "
+                "distribution_head=false selective_backprop=1"
             )
         super().__init__(config, decoded, steps, batches, val_steps)
         model = self.trainer.model
@@ -173,8 +174,8 @@ def make_contender(spec, arguments, decoded_at, in_child=False):
 def epoch_seconds(config, timing):
     """An epoch of the split's faces at this speed, its validation passes included."""
     val_steps = math.ceil(VAL_FACES / config.batch_size) * (2 if config.ema else 1)
-    steps = utk_data.steps_per_epoch(TRAIN_FACES, config.batch_size)
-    step_seconds = timing.wall * config.batch_size / timing.images
+    steps = utk_data.steps_per_epoch(TRAIN_FACES, config.read_batch_size)
+    step_seconds = timing.wall * config.read_batch_size / timing.images
     return steps * step_seconds + val_steps * timing.test_seconds
 
 
@@ -193,7 +194,7 @@ def print_summary(specs, results, arguments):
         cpu = median(lambda found: 1000 * found[name].cpu / found[name].images)
         line = (
             f"{name} {spec.text}: {speed:,.1f} img/s ({low:,.1f}-{high:,.1f}), "
-            f"CPU {cpu * spec.config.batch_size:,.0f} ms a step"
+            f"CPU {cpu * spec.config.read_batch_size:,.0f} ms a step"
         )
         if arguments.val_steps:
             line += f", an epoch {median(epochs[name]):.1f} s"

@@ -170,13 +170,13 @@ def training_batches(decoded, config, kind="raw"):
     before, held in memory; "pipeline", a fresh iterator of batches augmented in tf.data.
     """
     dataset = utk_data.make_dataset(
-        decoded, config.image_size, config.batch_size, True,
+        decoded, config.image_size, config.read_batch_size, True,
         augmentation=config.augmentation, with_attributes=True, seed=0,
         raw=kind != "pipeline",
     )  # fmt: skip
     if kind == "pipeline":
         return lambda: iter(dataset)
-    steps = utk_data.steps_per_epoch(len(decoded.records), config.batch_size)
+    steps = utk_data.steps_per_epoch(len(decoded.records), config.read_batch_size)
     epoch = list(dataset.take(steps))
     if kind == "prepared":
         epoch = [
@@ -192,7 +192,9 @@ class StepContender:
     contenders of one size train on the same images in the same order."""
 
     def __init__(self, config, decoded, steps, batches="raw", val_steps=0):
-        per_epoch = utk_data.steps_per_epoch(len(decoded.records), config.batch_size)
+        per_epoch = utk_data.steps_per_epoch(
+            len(decoded.records), config.read_batch_size
+        )
         self.trainer = make_trainer(config, mean_age(decoded.records), per_epoch)
         self.flops = PASSES_PER_STEP * forward_flops(self.trainer.model)  # an image
         self.config, self.steps, self.val_steps = config, steps, val_steps
@@ -210,7 +212,8 @@ class StepContender:
         for _ in range(steps):
             # float() waits for the step, as the finiteness check of `train` does.
             loss = float(self.trainer.train_step(*next(batches)))
-        return since(start, steps * self.config.batch_size, loss)
+        # The images read: with selective_backprop, more than the step trains on.
+        return since(start, steps * self.config.read_batch_size, loss)
 
     def run(self, steps=None):
         """The Timing of a run: its train steps, then its test steps (`val_steps`)."""

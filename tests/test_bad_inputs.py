@@ -43,6 +43,8 @@ def _error_line(capsys):
         ("--start-fraction", "1.5"),
         ("--start-fraction", "1"),
         ("--rank-sim", "-1"),
+        ("--selective-backprop", "0"),
+        ("--selective-backprop", "1.5"),
         ("--squeeze-excite", "-1"),
         ("--squeeze-excite", "2.5"),
         ("--blocks", "1,2"),

@@ -327,6 +327,83 @@ def test_a_rank_sim_term_ranks_each_members_features(monkeypatch):
     assert 100_000 < loss < 100_000 + 200  # the L1 loss of a fresh model is below 200
 
 
+def test_a_weighted_sample_draws_each_item_by_its_weight_without_replacement():
+    weights = tf.constant([1.0, 2.0, 3.0, 4.0])
+    firsts = [
+        int(train_loop.weighted_sample(weights, 1, tf.constant([5, draw], tf.int64))[0])
+        for draw in range(2000)
+    ]
+    shares = np.bincount(firsts, minlength=4) / len(firsts)
+    np.testing.assert_allclose(shares, [0.1, 0.2, 0.3, 0.4], atol=0.035)
+    # Drawn without replacement: every item once when all are drawn.
+    every = train_loop.weighted_sample(weights, 4, tf.constant([5, 0], tf.int64))
+    assert sorted(every.numpy().tolist()) == [0, 1, 2, 3]
+    # The same seed, the same draw.
+    again = train_loop.weighted_sample(weights, 4, tf.constant([5, 0], tf.int64))
+    np.testing.assert_array_equal(every.numpy(), again.numpy())
+
+
+@pytest.mark.parametrize("members", [1, 3])
+def test_selective_backprop_trains_on_the_faces_predicted_worst(members):
+    config = train_loop.resolve_config(
+        train_loop.TrainConfig(
+            out="unused", image_size=32, batch_size=4, members=members,
+            precision="float32", balanced_mse=0.0, selective_backprop=0.5,
+        )
+    )  # fmt: skip
+    assert (config.batch_size, config.read_batch_size) == (4, 8)
+    model = train_loop.make_model(config, initial_age=30.0)
+    trainer = train_loop.Trainer(model, train_loop.make_optimizer(config, 10), config)
+    images = tf.random.stateless_uniform((8, 32, 32, 3), seed=(3, 4))
+    # A fresh model predicts about the initial age for every face: the faces of 95 are
+    # about 65 years off, those of 30 about 0, and are drawn about 60 times as rarely.
+    ages = tf.constant([[30.0], [95.0], [30.0], [95.0], [30.0], [95.0], [30.0], [95.0]])
+    predicted = trainer._predict(images, ages).numpy()
+    assert np.all(np.abs(predicted - 30.0) < 5.0), predicted
+    if members > 1:  # the first member's ages are its own output's
+        first = model.member_networks[0](images)
+        np.testing.assert_allclose(
+            model.first_member_ages(images).numpy(), np.maximum(first, 0), rtol=1e-6
+        )
+    chosen_images, chosen_ages = trainer._hard_faces(images, ages)
+    np.testing.assert_array_equal(chosen_ages.numpy(), [[95.0]] * 4)
+    # The images go with their ages: the second, fourth, sixth and eighth.
+    order = sorted(
+        int(np.argmin(np.abs(images.numpy() - image).sum(axis=(1, 2, 3))))
+        for image in chosen_images.numpy()
+    )
+    assert order == [1, 3, 5, 7]
+    # The step reads eight faces and trains on four: its loss is theirs.
+    loss = float(trainer.train_step(images, ages))
+    assert 55.0 < loss < 75.0, loss
+
+
+@pytest.mark.slow
+def test_a_selective_run_reads_every_face_an_epoch_and_repeats_itself(
+    tiny_data, tmp_path, monkeypatch
+):
+    steps, train_steps = [], train_loop._train_steps
+
+    def counted(trainer, epochs, epoch, progress_bar):
+        steps.append(epochs.steps)
+        return train_steps(trainer, epochs, epoch, progress_bar)
+
+    monkeypatch.setattr(train_loop, "_train_steps", counted)
+    first, second = [
+        train_loop.train(
+            tiny_config(tiny_data, tmp_path / name, selective_backprop=0.5), verbose=0
+        )
+        for name in ("a", "b")
+    ]
+    # Each step reads 16 faces and trains on 8 of them: an epoch of the training faces
+    # takes half the steps of batches of 8.
+    assert steps == [first.metrics["train_images"] // 16] * 4
+    timed = ("seconds", "images_per_second")
+    assert [
+        {k: v for k, v in row.items() if k not in timed} for row in first.history
+    ] == [{k: v for k, v in row.items() if k not in timed} for row in second.history]
+
+
 def test_squeeze_excite_gates_every_block_of_every_member():
     config = train_loop.resolve_config(
         train_loop.TrainConfig(out="unused", image_size=32, squeeze_excite=8)
