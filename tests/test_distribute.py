@@ -82,16 +82,21 @@ def test_mirrored_replicas_update_the_weights_as_one_device_does():
 
 
 @pytest.mark.slow
+# Selective backprop draws each replica's faces from a seed of the step and the replica.
+@pytest.mark.parametrize(
+    "epochs, more", [(6, ()), (3, ("--selective-backprop", "0.5"))]
+)
 def test_a_mirrored_run_killed_and_rerun_ends_as_an_uninterrupted_one(
-    tiny_data, tmp_path
+    tiny_data, tmp_path, epochs, more
 ):
-    mirrored = ["--strategy", "mirrored"]
-    whole = _finish(_start(_arguments(tiny_data, tmp_path / "whole", 6, *mirrored), 2))
+    mirrored = ["--strategy", "mirrored", *more]
+    run = lambda name: _arguments(tiny_data, tmp_path / name, epochs, *mirrored)  # noqa: E731
+    whole = _finish(_start(run("whole"), 2))
     assert "resuming" not in whole
-    killed = _start(_arguments(tiny_data, tmp_path / "killed", 6, *mirrored), 2)
+    killed = _start(run("killed"), 2)
     checkpoint = tmp_path / "killed" / runs.CHECKPOINT
     kill_at_first_checkpoint(killed, checkpoint, timeout=240)
-    rerun = _finish(_start(_arguments(tiny_data, tmp_path / "killed", 6, *mirrored), 2))
+    rerun = _finish(_start(run("killed"), 2))
     assert "resuming" in rerun, rerun
     finished = [
         json.loads((tmp_path / n / "metrics.json").read_text())
