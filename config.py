@@ -283,6 +283,13 @@ class TrainConfig:
         "momentum of an average of the weights, which is validated and saved; 0: off",
         bounds=Bounds(0, 1, high_included=False),
     )
+    validate_trained_every: Optional[int] = _option(
+        None,
+        "with --ema: validate the trained weights too, beside their average, every N "
+        "epochs and in the last, to show what the average adds (each such validation "
+        "costs about 4 %% of an epoch); 0: never",
+        bounds=NOT_NEGATIVE,
+    )
     tta: Optional[bool] = _option(
         None,
         "test metrics average each face's age over its views: as it is and zoomed in on "
@@ -352,6 +359,23 @@ class TrainConfig:
         selective_backprop below 1 the more of them that the step chooses its batch from."""
         return max(self.batch_size, round(self.batch_size / self.selective_backprop))
 
+    def validates_trained(self, epoch):
+        """Whether `epoch` (from 0) of a resolved config validates the trained weights
+        beside their average: with an average, every validate_trained_every-th epoch and
+        the last."""
+        every = self.validate_trained_every
+        if not self.ema or not every:
+            return False
+        return (epoch + 1) % every == 0 or epoch + 1 == self.epochs
+
+    @property
+    def validation_passes(self):
+        """The validations of an epoch, on the mean over a run's epochs: the average of
+        the weights' (or the weights') and, one epoch in validate_trained_every, the
+        trained weights'."""
+        every = self.validate_trained_every
+        return 1 + (1 / every if self.ema and every else 0)
+
     def train_image_size(self, epoch):
         """The side of the training images in `epoch` (from 0) of a resolved config: the
         start size for the first start_fraction of the epochs, then image_size."""
@@ -406,6 +430,9 @@ CPU_PRESET = dict(
     patience=10,
     distribution_head=False,
     ema=0.999,
+    # The trained weights' validation costs as much as the average's: EXPERIMENTS.md,
+    # "Training on the faces not yet learnt".
+    validate_trained_every=4,
     tta=True,
     widen=True,
     relu_gradient="straight_through",

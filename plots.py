@@ -31,9 +31,13 @@ def plot_history(history, file_name=None):
     figure, axes = plt.subplots(figsize=(6, 4))
     axes.plot(epochs, [row["mae"] for row in history], label="train MAE (augmented)")
     if averaged:
+        # Validated some epochs only (--validate-trained-every): a point each.
+        validated = [row for row in history if row.get("val_mae_without_ema")]
         axes.plot(
-            epochs,
-            [curve_value(row.get("val_mae_without_ema")) for row in history],
+            [row["epoch"] for row in validated],
+            [row["val_mae_without_ema"] for row in validated],
+            marker="o",
+            markersize=3,
             label="validation MAE, trained weights",
             alpha=0.6,
         )

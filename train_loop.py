@@ -361,11 +361,13 @@ class Trainer:
             with self.average.applied():
                 yield
 
-    def validate(self, dataset):
-        """Val MAE and RMSE of the evaluated weights and, when those are an average, the
-        val MAE of the trained weights themselves (None without), to show what the average
-        adds."""
-        trained_mae = self._validate(dataset)[0] if self.average is not None else None
+    def validate(self, dataset, trained=True):
+        """Val MAE and RMSE of the evaluated weights and, when those are an average and
+        `trained`, the val MAE of the trained weights themselves (else None), to show what
+        the average adds."""
+        trained_mae = None
+        if self.average is not None and trained:
+            trained_mae = self._validate(dataset)[0]
         with self.evaluated_weights():
             mae, rmse = self._validate(dataset)
         return mae, rmse, trained_mae
@@ -463,7 +465,8 @@ SPEED_MARGIN = 1.05
 
 def _epoch_seconds(seconds_per_step, steps, val_steps, val_passes=1):
     """The planned seconds of an epoch: `steps` train steps, and `val_passes` validations
-    (two with an average of the weights: the average and the trained weights)."""
+    (TrainConfig.validation_passes: with an average of the weights, its own and, some
+    epochs, the trained weights')."""
     # A test step costs about a third of a train step.
     validation_steps = val_passes * val_steps / 3
     return SPEED_MARGIN * seconds_per_step * (steps + validation_steps)
@@ -472,7 +475,7 @@ def _epoch_seconds(seconds_per_step, steps, val_steps, val_passes=1):
 def _epoch_steps(config, train_count, val_count):
     """(train steps, validation steps, validation passes) of an epoch of `config`: the
     passes an epoch's mean (progressive resizing does not validate its first epochs)."""
-    passes = 2 if config.ema else 1
+    passes = config.validation_passes
     if config.start_image_size:
         passes *= 1 - config.start_fraction
     return (
@@ -740,7 +743,9 @@ def _run_epoch(trainer, epochs, epoch, verbose):
     # validated at full size, which those epochs do not train for yet.
     val_mae = val_rmse = trained_mae = None
     if epoch >= trainer.config.start_epochs:
-        val_mae, val_rmse, trained_mae = trainer.validate(epochs.val_dataset)
+        val_mae, val_rmse, trained_mae = trainer.validate(
+            epochs.val_dataset, trainer.config.validates_trained(epoch)
+        )
     seconds = time.perf_counter() - epoch_start
     row = {
         "epoch": epoch + 1,

@@ -173,7 +173,7 @@ def make_contender(spec, arguments, decoded_at, in_child=False):
 
 def epoch_seconds(config, timing):
     """An epoch of the split's faces at this speed, its validation passes included."""
-    val_steps = math.ceil(VAL_FACES / config.batch_size) * (2 if config.ema else 1)
+    val_steps = math.ceil(VAL_FACES / config.batch_size) * config.validation_passes
     steps = utk_data.steps_per_epoch(TRAIN_FACES, config.read_batch_size)
     step_seconds = timing.wall * config.read_batch_size / timing.images
     return steps * step_seconds + val_steps * timing.test_seconds

@@ -67,6 +67,12 @@ def test_tiny_overfit(tiny_data, tmp_path):
 def test_same_seed_gives_same_metrics(tiny_data, tmp_path):
     first = train_loop.train(tiny_config(tiny_data, tmp_path / "a"), verbose=0)
     second = train_loop.train(tiny_config(tiny_data, tmp_path / "b"), verbose=0)
+    # The preset's average of the weights; its trained weights validated in the last of
+    # the two epochs (and every fourth).
+    assert [row.get("val_mae_without_ema") is not None for row in first.history] == [
+        False,
+        True,
+    ]
     other = train_loop.train(tiny_config(tiny_data, tmp_path / "c", seed=1), verbose=0)
     timed = ("seconds", "images_per_second")  # all but these must be the same
     assert [
@@ -542,14 +548,16 @@ def test_epochs_for_budget_keeps_a_margin_and_time_for_the_test():
     assert train_loop.epochs_for_budget(60, 50, 1.0, 100, 30)[0] == 1
 
 
-def test_a_budget_counts_both_validations_of_a_weight_average(monkeypatch):
+def test_a_budget_counts_the_validations_of_a_weight_average(monkeypatch):
     # 6,400 training images and 3,000 validation images in batches of 64: 100 train steps
     # and 47 validation steps an epoch, each step timed at 1 s.
     monkeypatch.setattr(train_loop, "_measure_seconds_per_step", lambda *args: 1.0)
     train_images = SimpleNamespace(records=[None] * 6400)
 
-    def planned(ema):
-        config = train_loop.TrainConfig(out="x", ema=ema, time_budget=60, batch_size=64)
+    def planned(ema, every=4):
+        config = train_loop.TrainConfig(
+            out="x", ema=ema, time_budget=60, batch_size=64, validate_trained_every=every
+        )
         config = train_loop.resolve_config(config)
         started = time.perf_counter()
         return train_loop.fit_to_time_budget(
@@ -557,10 +565,24 @@ def test_a_budget_counts_both_validations_of_a_weight_average(monkeypatch):
         )
 
     margin = train_loop.SPEED_MARGIN
-    for ema, validations in ((0.0, 1), (0.999, 2)):
+    # The average's validation every epoch; the trained weights' every 4th or every one.
+    for ema, every, validations in ((0.0, 4, 1), (0.999, 4, 1.25), (0.999, 1, 2)):
         epoch = margin * (100 + validations * 47 / 3)
-        assert planned(ema) == int((3600 - 2 * epoch / 3 - 30) // epoch)
-    assert planned(0.999) < planned(0.0)
+        assert planned(ema, every) == int((3600 - 2 * epoch / 3 - 30) // epoch)
+    assert planned(0.999, 1) < planned(0.999) < planned(0.0)
+    assert planned(0.999, 0) == planned(0.0)
+
+
+def test_the_trained_weights_are_validated_every_nth_epoch_and_in_the_last():
+    def validated(**settings):
+        config = train_loop.TrainConfig(out="x", epochs=10, **settings)
+        config = train_loop.resolve_config(config)
+        return [epoch + 1 for epoch in range(10) if config.validates_trained(epoch)]
+
+    assert validated(validate_trained_every=4) == [4, 8, 10]
+    assert validated(validate_trained_every=1) == list(range(1, 11))
+    assert validated(validate_trained_every=0) == []
+    assert validated(validate_trained_every=4, ema=0.0) == []  # no average, no second
 
 
 def test_an_estimate_times_a_sample_and_plans_as_a_budget_does(monkeypatch):
@@ -582,7 +604,8 @@ def test_an_estimate_times_a_sample_and_plans_as_a_budget_does(monkeypatch):
         return train_loop.estimate_training(config, train_records, [None] * 3000)
 
     margin = train_loop.SPEED_MARGIN
-    epoch = 2.0 * margin * (100 + 2 * 47 / 3)  # Validated twice: the average and not.
+    # The average validated every epoch, the trained weights one epoch in 4 (the preset).
+    epoch = 2.0 * margin * (100 + 1.25 * 47 / 3)
     assert estimate() == (2.0, 100, 50, pytest.approx(50 * epoch / 60))
     assert decoded == [4 * 64]  # A few batches of faces, not all of them.
     # Without an average of the weights, one validation an epoch.
@@ -590,7 +613,7 @@ def test_an_estimate_times_a_sample_and_plans_as_a_budget_does(monkeypatch):
     assert estimate(ema=0.0).minutes == pytest.approx(50 * single / 60)
     # A time budget: the epochs that fit it, as the run fits them.
     budgeted = estimate(time_budget=60)
-    fitted = train_loop.epochs_for_budget(3600, 0, 2.0, 100, 47, 2)[0]
+    fitted = train_loop.epochs_for_budget(3600, 0, 2.0, 100, 47, 1.25)[0]
     assert budgeted.epochs == fitted == int((3600 - 2 * epoch / 3 - 30) // epoch)
     assert (
         budgeted.minutes == pytest.approx(fitted * epoch / 60) and budgeted.minutes < 60
@@ -598,7 +621,7 @@ def test_an_estimate_times_a_sample_and_plans_as_a_budget_does(monkeypatch):
     # Progressive resizing: 60 % of the epochs at a step timed as 2 s too here, and not
     # validated.
     progressive = estimate(start_image_size=64, start_fraction=0.6)
-    epoch = 2.0 * margin * (100 + 0.4 * 2 * 47 / 3)
+    epoch = 2.0 * margin * (100 + 0.4 * 1.25 * 47 / 3)
     assert progressive.minutes == pytest.approx(50 * epoch / 60)
 
 

@@ -28,7 +28,9 @@ OPTIONS = {
     "gender_head": {"gender_head": True},
     "attribute_inputs": {"attribute_inputs": True},
     "distribution_head": {"distribution_head": True},
-    "ema": {"ema": 0.9},
+    # The trained weights validated every epoch beside their average (the preset: every
+    # fourth and the last).
+    "ema": {"ema": 0.9, "validate_trained_every": 1},
     "tta": {"tta": True},
     "straight_through": {"relu_gradient": "straight_through"},
     "lds": {"loss_weighting": "lds"},
