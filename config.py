@@ -370,9 +370,9 @@ class TrainConfig:
 
     @property
     def validation_passes(self):
-        """The validations of an epoch, on the mean over a run's epochs: the average of
-        the weights' (or the weights') and, one epoch in validate_trained_every, the
-        trained weights'."""
+        """The validations of an epoch, on the mean over a run's epochs: one of the
+        weights saved (the average, with one) and, one epoch in validate_trained_every,
+        one of the trained weights beside it."""
         every = self.validate_trained_every
         return 1 + (1 / every if self.ema and every else 0)
 

@@ -32,7 +32,9 @@ def plot_history(history, file_name=None):
     axes.plot(epochs, [row["mae"] for row in history], label="train MAE (augmented)")
     if averaged:
         # Validated some epochs only (--validate-trained-every): a point each.
-        validated = [row for row in history if row.get("val_mae_without_ema")]
+        validated = [
+            row for row in history if row.get("val_mae_without_ema") is not None
+        ]
         axes.plot(
             [row["epoch"] for row in validated],
             [row["val_mae_without_ema"] for row in validated],

@@ -90,7 +90,10 @@ def test_a_mirrored_run_killed_and_rerun_ends_as_an_uninterrupted_one(
     tiny_data, tmp_path, epochs, more
 ):
     mirrored = ["--strategy", "mirrored", *more]
-    run = lambda name: _arguments(tiny_data, tmp_path / name, epochs, *mirrored)  # noqa: E731
+
+    def run(name):
+        return _arguments(tiny_data, tmp_path / name, epochs, *mirrored)
+
     whole = _finish(_start(run("whole"), 2))
     assert "resuming" not in whole
     killed = _start(run("killed"), 2)
