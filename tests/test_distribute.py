@@ -195,7 +195,10 @@ def _scalars(folder):
 def test_the_curves_are_the_history_and_a_resume_repeats_no_step(tiny_data, tmp_path):
     out = tmp_path / "run"
     config = train_loop.config_from_arguments(
-        train_loop._parser().parse_args(_arguments(tiny_data, out, 3))
+        # The trained weights validated every epoch too: every curve has every epoch.
+        train_loop._parser().parse_args(
+            _arguments(tiny_data, out, 3, "--validate-trained-every", "1")
+        )
     )
     save = runs.save_checkpoint
     saves = []
