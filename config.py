@@ -25,16 +25,29 @@ PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 # Settings a run may be resumed with other values of: where things are, and how the
 # training is spread over devices (the checkpoint holds no device).
 WHERE = ("data", "out", "strategy")
-# The settings of the readout after training: a resumed or finished run takes them from
-# the command, so that a finished run can be read out again with others.
-READOUT = ("tta", "widen")
+# How a run is read out, after training and on its way (the trained weights' validations
+# beside their average's, which change no weight): a resumed or finished run takes them
+# from the command, so that a finished run can be read out again with others.
+READOUT = ("tta", "widen", "validate_trained_every")
+# A setting's `absent`: any value does what the versions before the setting did.
+ANY_VALUE = "any value"
 
 
-def _option(default, help_text, choices=None, bounds=None, parse=None):
+def _option(default, help_text, choices=None, bounds=None, parse=None, absent=()):
     """A TrainConfig field: its default, its help, and the values it admits (`choices`,
     `bounds`, a Bounds of a number, or `parse`, which raises ValueError for a text it
-    does not admit)."""
-    metadata = {"help": help_text, "choices": choices, "bounds": bounds, "parse": parse}
+    does not admit).
+
+    `absent`: the values with which the setting does what the versions before it did (a
+    tuple, or ANY_VALUE), so that a run saved by such a version, without the setting, is
+    resumed with one of them; with none, such a run is refused."""
+    metadata = {
+        "help": help_text,
+        "choices": choices,
+        "bounds": bounds,
+        "parse": parse,
+        "absent": absent,
+    }
     return field(default=default, metadata=metadata)
 
 
@@ -128,11 +141,13 @@ class TrainConfig:
         "channels scaled by gates read off their means through a bottleneck of "
         "channels / R units; R, or 0 for none",
         bounds=Bounds(0, 64),
+        absent=(0, None),
     )
     pooled_shortcut: Optional[bool] = _option(
         None,
         "a shortcut that halves the resolution averages each 2x2 square before its 1x1 "
         "convolution, instead of reading one pixel of four (ResNet-D, He et al., 2019)",
+        absent=(False, None),
     )
     members: Optional[int] = _option(
         None,
@@ -148,6 +163,7 @@ class TrainConfig:
         "the stem and the stages up to stage1, stage2 or stage3 (one pass over the "
         "largest feature maps instead of one a member; the rest of each is its own)",
         ("none", "stem", "stage1", "stage2", "stage3"),
+        absent=("none", None),
     )
     head: str = _option(
         "regression", "output head", ("regression", "classification", "ordinal")
@@ -180,18 +196,21 @@ class TrainConfig:
         "images of this side (--start-view), a faster step, and the rest on "
         "--image-size (0: off)",
         bounds=Bounds(0, 512),
+        absent=(0, None),
     )
     start_fraction: Optional[float] = _option(
         None,
         "with --start-image-size: the share of the epochs trained at that size (the "
         "last epoch is always at full size)",
         bounds=Bounds(0, 1, high_included=False),
+        absent=ANY_VALUE,  # without --start-image-size, it does nothing
     )
     start_view: Optional[str] = _option(
         None,
         "with --start-image-size: what its smaller images show, each face's frame "
         "resized (the face smaller) or a part of it cropped (the face at its scale)",
         augmentation.VIEWS,
+        absent=ANY_VALUE,
     )
     # Optimisation.
     batch_size: Optional[int] = _option(
@@ -204,6 +223,7 @@ class TrainConfig:
         "the age predicted for them first, so that fewer faces already learnt are "
         "trained on (Selective-Backprop, Jiang et al., 2019); 1: every face read",
         bounds=Bounds(0, 1, low_included=False),
+        absent=(1.0, None),
     )
     epochs: Optional[int] = _option(
         None, "epochs (a time budget fits them instead)", bounds=AT_LEAST_ONE
@@ -249,6 +269,7 @@ class TrainConfig:
         "their features' similarity should come in the order of their ages' closeness, "
         "the old faces' included; 0: off",
         bounds=Bounds(0, 1000),
+        absent=(0.0, None),
     )
     fused_batch_norm: Optional[bool] = _option(
         None,
@@ -623,32 +644,60 @@ def check_loss_weighting_epochs(config):
 def resumed_config(saved, config, out):
     """The settings a resumed run goes on with: the checkpoint's (the epochs fitted to a
     time budget are part of the run), but where the data and the run are now and how the
-    command reads it out."""
-    known = {config_field.name for config_field in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(saved) - known)
+    command reads it out; a setting newer than the checkpoint's version from the command,
+    when its value does what that version did."""
+    unknown = sorted(set(saved) - set(_FIELDS))
     if unknown:
         raise ValueError(
             f"{out} holds a run with settings this version does not know "
             f"({', '.join(unknown)}): resume it with the version that started it, or "
             "choose another --out"
         )
-    check_same_run(saved, config, out)
     now = {name: getattr(config, name) for name in (*WHERE, *READOUT)}
-    return TrainConfig(**{**saved, **now})
+    saved = {**_absent_settings(saved, config), **saved, **now}
+    check_same_run(saved, config, out)
+    return TrainConfig(**saved)
+
+
+_FIELDS = {config_field.name: config_field for config_field in dataclasses.fields(TrainConfig)}
+
+
+def _absent_settings(saved, config):
+    """The settings that a run saved by an older version lacks and that `config` gives a
+    value that does what that version did (the field's `absent`): {name: value}."""
+    absent = {}
+    for name, config_field in _FIELDS.items():
+        admitted, value = config_field.metadata["absent"], getattr(config, name)
+        if name not in saved and (admitted == ANY_VALUE or value in admitted):
+            absent[name] = value
+    return absent
 
 
 def check_same_run(saved, config, out):
-    """Raise ValueError when the run saved in `out` has other settings than `config`."""
+    """Raise ValueError when the run saved in `out` has other settings than `config`,
+    naming each with both values."""
     current = dataclasses.asdict(config)
     # The epochs fitted to a time budget are part of the run, whatever the command says.
     ignored = {*WHERE, *READOUT, *(("epochs",) if config.time_budget else ())}
-    different = sorted(
-        k for k in current if k not in ignored and saved.get(k) != current[k]
-    )
+    missing = sorted(k for k in current if k not in ignored and k not in saved)
+    if missing:
+        # Those with an `absent` are missing because the command asks for them.
+        asked = [k for k in missing if _FIELDS[k].metadata["absent"]]
+        raise ValueError(
+            f"{out} holds a run of an older version, which had no "
+            f"{', '.join(map(_flag, missing))}: resume it with that version"
+            + (f", or without {', '.join(map(_flag, asked))}" if asked else "")
+            + ", or choose another --out"
+        )
+    different = [
+        f"{_flag(k)} {saved[k]} there, {current[k]} here"
+        for k in sorted(current)
+        if k not in ignored and saved[k] != current[k]
+    ]
     if different:
         raise ValueError(
-            f"{out} holds a run with other settings ({', '.join(different)}): resume it with "
-            "the same command, or choose another --out"
+            f"{out} holds a run with other settings ({'; '.join(different)}): resume it "
+            "with the same command, or choose another --out"
         )
 
 

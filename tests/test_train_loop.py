@@ -131,10 +131,45 @@ def _saved_run(config, history=()):
 
 def test_resume_refuses_other_settings(tiny_data, tmp_path):
     _saved_run(tiny_config(tiny_data, tmp_path, epochs=1))
-    with pytest.raises(ValueError, match="learning_rate"):
+    with pytest.raises(ValueError, match="--learning-rate 0.003 there, 0.5 here"):
         train_loop.train(
             tiny_config(tiny_data, tmp_path, epochs=1, learning_rate=0.5), verbose=0
         )
+
+
+def _as_an_older_version_saved_it(folder, settings):
+    """Rewrite the checkpoint in `folder` as a version without `settings` would have."""
+    path = Path(folder) / runs.CHECKPOINT
+    with np.load(path) as archive:
+        arrays = {name: archive[name] for name in archive.files}
+    state = json.loads(str(arrays["state"]))
+    for name in settings:
+        del state["config"][name]
+    arrays["state"] = np.array(json.dumps(state))
+    with open(path, "wb") as file:
+        np.savez(file, **arrays)
+
+
+def test_a_run_of_an_older_version_goes_on_where_it_can(tiny_data, tmp_path):
+    # A finished run, saved before these settings existed, read out again.
+    config = tiny_config(tiny_data, tmp_path, epochs=1, ema=0.0)
+    _saved_run(config, [{"epoch": 1, "val_mae": 9.0, "seconds": 1.0}])
+    newer = [
+        "squeeze_excite", "pooled_shortcut", "members_share", "start_image_size",
+        "start_fraction", "start_view", "selective_backprop", "rank_sim",
+        "validate_trained_every",
+    ]  # fmt: skip
+    _as_an_older_version_saved_it(tmp_path, newer)
+    asking = tiny_config(tiny_data, tmp_path, epochs=1, ema=0.0, squeeze_excite=4)
+    with pytest.raises(ValueError, match="no --squeeze-excite: .*, or without --squeez"):
+        train_loop.train(asking, verbose=0)
+    run = train_loop.train(config, verbose=0)
+    assert run.metrics["epochs_run"] == 1
+    assert (run.config.selective_backprop, run.config.squeeze_excite) == (1.0, 0)
+    # No version trained without a learning rate.
+    _as_an_older_version_saved_it(tmp_path, ["learning_rate"])
+    with pytest.raises(ValueError, match="no --learning-rate: .* that version, or choo"):
+        train_loop.train(config, verbose=0)
 
 
 def test_a_run_moved_elsewhere_records_where_it_is_now(tiny_data, tmp_path):
