@@ -29,8 +29,6 @@ WHERE = ("data", "out", "strategy")
 # beside their average's, which change no weight): a resumed or finished run takes them
 # from the command, so that a finished run can be read out again with others.
 READOUT = ("tta", "widen", "validate_trained_every")
-# A setting's `absent`: any value does what the versions before the setting did.
-ANY_VALUE = "any value"
 
 
 def _option(default, help_text, choices=None, bounds=None, parse=None, absent=()):
@@ -38,9 +36,10 @@ def _option(default, help_text, choices=None, bounds=None, parse=None, absent=()
     `bounds`, a Bounds of a number, or `parse`, which raises ValueError for a text it
     does not admit).
 
-    `absent`: the values with which the setting does what the versions before it did (a
-    tuple, or ANY_VALUE), so that a run saved by such a version, without the setting, is
-    resumed with one of them; with none, such a run is refused."""
+    `absent`: the values with which the setting does what the versions before it did, so
+    that a run saved by such a version, without the setting, is resumed with one of them
+    (with none, such a run is refused), and a run folder named after its settings keeps
+    its name when the setting is added (run_name)."""
     metadata = {
         "help": help_text,
         "choices": choices,
@@ -203,14 +202,14 @@ class TrainConfig:
         "with --start-image-size: the share of the epochs trained at that size (the "
         "last epoch is always at full size)",
         bounds=Bounds(0, 1, high_included=False),
-        absent=ANY_VALUE,  # without --start-image-size, it does nothing
+        absent=(0.65, None),  # the preset's; without --start-image-size, no matter
     )
     start_view: Optional[str] = _option(
         None,
         "with --start-image-size: what its smaller images show, each face's frame "
         "resized (the face smaller) or a part of it cropped (the face at its scale)",
         augmentation.VIEWS,
-        absent=ANY_VALUE,
+        absent=("cropped", None),
     )
     # Optimisation.
     batch_size: Optional[int] = _option(
@@ -403,6 +402,9 @@ class TrainConfig:
         if epoch < self.start_epochs:
             return self.start_image_size
         return self.image_size
+
+
+_FIELDS = {option.name: option for option in dataclasses.fields(TrainConfig)}
 
 
 # Everything a preset sets, in one table: the network (its architecture and input size) and
@@ -608,16 +610,22 @@ def _members_for_the_outputs(config, asked):
 
 
 def run_name(config):
-    """A run-folder name that changes with every setting, e.g. "gpu-30min-1a2b3c".
+    """A run-folder name that changes with every setting of the training, e.g.
+    "gpu-30min-1a2b3c".
 
     It starts with the preset (or the course network) and the time budget, for the reader,
-    and ends with a hash of all the resolved settings: a rerun with the same settings finds
-    its run again and resumes it, and a rerun with other settings starts a new run.
+    and ends with a hash of the resolved settings: a rerun with the same settings finds its
+    run again and resumes it, also after an update of this code that adds settings, and a
+    rerun with other settings starts a new run.
     """
     config = resolve_config(config)
-    settings = dataclasses.asdict(config)
-    for name in WHERE:
-        settings.pop(name)
+    # Neither where the run is, nor how it is read out, nor a setting that does what the
+    # versions before it did: the name stays when this code adds settings.
+    settings = {
+        name: value
+        for name, value in dataclasses.asdict(config).items()
+        if name not in (*WHERE, *READOUT) and not _as_before(name, value)
+    }
     parts = ["course" if config.arch == "course_cnn" else config.preset]
     if config.time_budget:
         parts.append(f"{config.time_budget:g}min")
@@ -659,18 +667,19 @@ def resumed_config(saved, config, out):
     return TrainConfig(**saved)
 
 
-_FIELDS = {config_field.name: config_field for config_field in dataclasses.fields(TrainConfig)}
-
-
 def _absent_settings(saved, config):
     """The settings that a run saved by an older version lacks and that `config` gives a
     value that does what that version did (the field's `absent`): {name: value}."""
-    absent = {}
-    for name, config_field in _FIELDS.items():
-        admitted, value = config_field.metadata["absent"], getattr(config, name)
-        if name not in saved and (admitted == ANY_VALUE or value in admitted):
-            absent[name] = value
-    return absent
+    return {
+        name: getattr(config, name)
+        for name in _FIELDS
+        if name not in saved and _as_before(name, getattr(config, name))
+    }
+
+
+def _as_before(name, value):
+    """Whether the setting `name` at `value` does what the versions before it did."""
+    return value in _FIELDS[name].metadata["absent"]
 
 
 def check_same_run(saved, config, out):

@@ -172,6 +172,25 @@ def test_a_run_of_an_older_version_goes_on_where_it_can(tiny_data, tmp_path):
         train_loop.train(config, verbose=0)
 
 
+def test_run_names_change_with_the_training_alone():
+    def name(**settings):
+        # Precision and XLA named: "auto" resolves to this machine's.
+        settings = dict(precision="float32", jit_compile=False, **settings)
+        return train_loop.run_name(train_loop.TrainConfig(**settings))
+
+    # Pinned: a setting added with the values that do what the code did before it (its
+    # `absent`) leaves these names, and a rerun after such an update finds its run. A
+    # preset's new value changes them, and this list with it, on purpose.
+    presets = [
+        name(preset="cpu"), name(arch="course_cnn"), name(preset="gpu", time_budget=30)
+    ]  # fmt: skip
+    assert presets == ["cpu-9c0dd0", "course-3bb9e7", "gpu-30min-d4aadf"]
+    assert name(preset="cpu", selective_backprop=0.5) != presets[0]
+    # Where the run is, and how it is read out, are no part of it.
+    read_out = dict(tta=False, widen=False, validate_trained_every=1)
+    assert name(preset="cpu", data="elsewhere", out="there", **read_out) == presets[0]
+
+
 def test_a_run_moved_elsewhere_records_where_it_is_now(tiny_data, tmp_path):
     # A finished run, its folder and its data moved (or reached by another path).
     before = tiny_config(tiny_data, tmp_path / "before", epochs=1, ema=0.0)
