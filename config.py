@@ -376,7 +376,8 @@ class TrainConfig:
     @property
     def read_batch_size(self):
         """The faces a train step reads, of a resolved config: the batch size, or with
-        selective_backprop below 1 the more of them that the step chooses its batch from."""
+        selective_backprop below 1 the more of them that the step chooses its batch from.
+        """
         return max(self.batch_size, round(self.batch_size / self.selective_backprop))
 
     def validates_trained(self, epoch):

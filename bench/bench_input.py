@@ -203,7 +203,9 @@ def memory_contenders(decoded, batch_size, passes):
         return augment_batch(floats, seeds[0], Augmentation())
 
     flip_pass = tf.function(flip_pass)
-    contenders["prepare_flip_pass"] = contender(time_prepare, flip_pass, cached, batches)
+    contenders["prepare_flip_pass"] = contender(
+        time_prepare, flip_pass, cached, batches
+    )
     for source in sources.values():
         time_batches(source, 4)
     time_prepare(prepare, cached, 4)

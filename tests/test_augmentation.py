@@ -44,7 +44,9 @@ def _flipped_first(images, seed, settings, size=None):
     """augment_batch's frames as they were made: each image drawn for a flip reversed,
     then framed by its box (the same draws)."""
     batch = images.shape[0]
-    uniform = augmentation._uniform(tf.random.experimental.stateless_split(seed, 6), batch)
+    uniform = augmentation._uniform(
+        tf.random.experimental.stateless_split(seed, 6), batch
+    )
     flip = uniform(0, 0.0, 1.0) < 0.5
     images = tf.where(flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
     side = uniform(1, 0.88, settings.largest_frame)
@@ -72,7 +74,9 @@ def test_a_flipped_face_is_framed_as_if_reversed_first():
         contrast = draw(5, 0.8, 1.2)[:, None, None, None]
         expected = _flipped_first(images, seed, settings, size)
         mean = tf.reduce_mean(expected, axis=[1, 2, 3], keepdims=True)
-        expected = tf.clip_by_value((expected - mean) * contrast + mean + brightness, 0, 1)
+        expected = tf.clip_by_value(
+            (expected - mean) * contrast + mean + brightness, 0, 1
+        )
         found = augment_batch(images, seed, settings, size)
         np.testing.assert_allclose(found.numpy(), expected.numpy(), atol=1e-5)
     # Both ways held: some faces of the batch are flipped and some are not.

@@ -581,7 +581,9 @@ def test_a_pooled_shortcut_reads_the_averages_of_2x2_squares():
     )
     # The same weights either way, and blocks that keep the resolution pool nothing.
     assert len(pooled.weights) == len(plain.weights)
-    assert ResidualBlock(16, projection=True, pooled_shortcut=True).shortcut_pool is None
+    assert (
+        ResidualBlock(16, projection=True, pooled_shortcut=True).shortcut_pool is None
+    )
 
 
 def test_lds_weights_favour_rare_ages_and_average_1():

@@ -161,14 +161,18 @@ def test_a_run_of_an_older_version_goes_on_where_it_can(tiny_data, tmp_path):
     ]  # fmt: skip
     _as_an_older_version_saved_it(tmp_path, newer)
     asking = tiny_config(tiny_data, tmp_path, epochs=1, ema=0.0, squeeze_excite=4)
-    with pytest.raises(ValueError, match="no --squeeze-excite: .*, or without --squeez"):
+    with pytest.raises(
+        ValueError, match="no --squeeze-excite: .*, or without --squeez"
+    ):
         train_loop.train(asking, verbose=0)
     run = train_loop.train(config, verbose=0)
     assert run.metrics["epochs_run"] == 1
     assert (run.config.selective_backprop, run.config.squeeze_excite) == (1.0, 0)
     # No version trained without a learning rate.
     _as_an_older_version_saved_it(tmp_path, ["learning_rate"])
-    with pytest.raises(ValueError, match="no --learning-rate: .* that version, or choo"):
+    with pytest.raises(
+        ValueError, match="no --learning-rate: .* that version, or choo"
+    ):
         train_loop.train(config, verbose=0)
 
 
@@ -610,7 +614,11 @@ def test_a_budget_counts_the_validations_of_a_weight_average(monkeypatch):
 
     def planned(ema, every=4):
         config = train_loop.TrainConfig(
-            out="x", ema=ema, time_budget=60, batch_size=64, validate_trained_every=every
+            out="x",
+            ema=ema,
+            time_budget=60,
+            batch_size=64,
+            validate_trained_every=every,
         )
         config = train_loop.resolve_config(config)
         started = time.perf_counter()
