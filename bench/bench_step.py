@@ -10,6 +10,7 @@ preset's model, built and trained as `train` does, under settings that differ.
         run=fit jit_compile=false jit_compile=true precision=mixed_bfloat16
     python bench/bench_step.py --limit 4000 --steps 30 --rounds 7 \\
         "precision=float32 batches=pipeline" precision=float32
+    python bench/bench_step.py --rounds 3 --val-steps 10 threads=0,0 threads=1,2
 
 Each contender (A, B, ... in the order given) is a string of TrainConfig settings,
 name=value (true or false for a switch), over the machine's preset and `--settings`, and
@@ -26,6 +27,9 @@ of three more:
   step, a fresh iterator each run (as training did before).
 - onednn=0 or 1: a fresh process each run with TF_ENABLE_ONEDNN_OPTS so set (TensorFlow
   reads it once, at its import); the process warms up untimed too.
+- threads=INTRA,INTER: a fresh process each run, as for onednn, with TensorFlow's thread
+  pools so sized before its first op (`tf.config.threading`: the threads one op may use,
+  and the ops run at once; 0: TensorFlow's choice, a thread a core).
 
 The batches are an epoch (seed 0) of --limit training faces decoded into memory; every run
 starts at its first batch, so contenders of one size train on the same images in the same
@@ -70,6 +74,7 @@ class Spec(NamedTuple):
     run: str = "step"
     batches: str = "raw"
     onednn: str = None
+    threads: tuple = None  # (intra, inter)
 
 
 def read_spec(text, shared=""):
@@ -79,13 +84,23 @@ def read_spec(text, shared=""):
         name, _, value = item.partition("=")
         if name in EXTRAS and value not in EXTRAS[name]:
             raise ValueError(f"{item!r}: {name} is one of {', '.join(EXTRAS[name])}")
-        if name in EXTRAS:
+        if name == "threads":
+            extras[name] = thread_counts(item, value)
+        elif name in EXTRAS:
             extras[name] = value
         else:
             settings.append(item)
     if extras.get("run") == "fit" and extras.get("batches", "raw") == "raw":
         extras["batches"] = "prepared"  # fit() takes images ready for the model
     return Spec(text, common.config_of(" ".join(settings)), **extras)
+
+
+def thread_counts(item, value):
+    """(intra, inter) of a threads=INTRA,INTER setting."""
+    counts = value.split(",")
+    if len(counts) != 2 or not all(count.isdigit() for count in counts):
+        raise ValueError(f"{item!r}: threads=INTRA,INTER, two counts (0: one a core)")
+    return tuple(int(count) for count in counts)
 
 
 class StepClock(keras.callbacks.Callback):
@@ -138,7 +153,8 @@ class FitContender(common.StepContender):
 
 
 class ChildContender:
-    """A contender timed in a process of its own, TF_ENABLE_ONEDNN_OPTS set, each run."""
+    """A contender timed in a process of its own each run, TF_ENABLE_ONEDNN_OPTS or the
+    sizes of TensorFlow's thread pools set."""
 
     def __init__(self, spec, arguments):
         flags = [f"--{name.replace('_', '-')}" for name in CHILD_FLAGS]
@@ -146,7 +162,9 @@ class ChildContender:
         flags = [*itertools.chain(*zip(flags, values))]
         flags += ["--data", arguments.data] if arguments.data else []
         self.command = [sys.executable, __file__, "--child", *flags, "--", spec.text]
-        self.environment = dict(os.environ, TF_ENABLE_ONEDNN_OPTS=spec.onednn)
+        self.environment = dict(os.environ)
+        if spec.onednn:
+            self.environment["TF_ENABLE_ONEDNN_OPTS"] = spec.onednn
 
     def run(self):
         """The Timing the process measured."""
@@ -156,13 +174,14 @@ class ChildContender:
         if finished.returncode:
             raise RuntimeError(f"the timing process failed:\n{finished.stderr[-2000:]}")
         found = json.loads(finished.stdout.strip().splitlines()[-1])
-        self.onednn = found["onednn"]
+        self.onednn, self.threads = found["onednn"], found["threads"]
         return common.Timing(*found["timing"])
 
 
 def make_contender(spec, arguments, decoded_at, in_child=False):
-    """The contender a Spec describes (in processes of its own when it sets oneDNN)."""
-    if spec.onednn and not in_child:
+    """The contender a Spec describes (in processes of its own when it sets oneDNN or the
+    threads)."""
+    if (spec.onednn or spec.threads) and not in_child:
         return ChildContender(spec, arguments)
     decoded = decoded_at(spec.config.image_size)
     kind = FitContender if spec.run == "fit" else common.StepContender
@@ -224,13 +243,20 @@ def main(argv=None):
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     arguments = parser.parse_args(argv)
     decoded_at = common.faces_decoder(arguments)
-    if arguments.child:  # One run in this process, of a contender that sets oneDNN.
+    if arguments.child:  # One run in this process, of a contender that sets its own.
         spec = read_spec(arguments.contenders[0], arguments.settings)
+        if spec.threads:  # before TensorFlow's first op, which makes its pools
+            tf.config.threading.set_intra_op_parallelism_threads(spec.threads[0])
+            tf.config.threading.set_inter_op_parallelism_threads(spec.threads[1])
         contender = make_contender(spec, arguments, decoded_at, in_child=True)
         contender.run(arguments.warmup_steps)
-        print(
-            json.dumps({"timing": contender.run(), "onednn": devices.onednn_enabled()})
-        )
+        threading = tf.config.threading
+        threads = [
+            threading.get_intra_op_parallelism_threads(),
+            threading.get_inter_op_parallelism_threads(),
+        ]
+        found = {"onednn": devices.onednn_enabled(), "threads": threads}
+        print(json.dumps({"timing": contender.run(), **found}))
         return
     common.header("bench_step")
     texts = enumerate(arguments.contenders)
@@ -239,7 +265,7 @@ def main(argv=None):
     for name, spec in specs.items():
         started, config = time.perf_counter(), spec.config
         contenders[name] = make_contender(spec, arguments, decoded_at)
-        if not spec.onednn:  # A process of its own warms up in each run.
+        if not isinstance(contenders[name], ChildContender):  # they warm up each run
             contenders[name].run(arguments.warmup_steps)
         print(
             f"{name} {spec.text}: {spec.run}, {config.image_size} px, batch "
@@ -250,7 +276,11 @@ def main(argv=None):
     results = common.timed_rounds(contenders, arguments.rounds)
     for name, contender in contenders.items():
         if isinstance(contender, ChildContender):
-            print(f"{name}: oneDNN in its processes: {contender.onednn}")
+            intra, inter = contender.threads
+            print(
+                f"{name}: in its processes, oneDNN {contender.onednn}, threads an op "
+                f"{intra}, ops at once {inter} (0: TensorFlow's choice)"
+            )
     print_summary(specs, results, arguments)
 
 
