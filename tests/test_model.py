@@ -1,4 +1,4 @@
-"""Fast checks of model.py and losses.py: shapes, parameters, heads, losses, .keras round trips."""
+"""Fast checks of model.py, blocks.py and losses.py: shapes, parameters, heads, losses, .keras round trips."""
 
 import keras
 import numpy as np
@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 from keras import ops
 
+from blocks import FusedBatchNormalization, ResidualBlock
 from losses import (
     balanced_mse,
     lds_age_weights,
@@ -19,8 +20,6 @@ from model import (
     HEADS,
     AgeCNN,
     CourseCNN,
-    FusedBatchNormalization,
-    ResidualBlock,
     age_quantiles,
     ages_from_outputs,
     build_model,

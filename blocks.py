@@ -1,0 +1,213 @@
+"""The layers AgeCNN is built of: a residual block, batch norm on TensorFlow's fused
+kernel, and the ordinal head's thresholds.
+
+    from blocks import ResidualBlock
+
+    block = ResidualBlock(32, strides=2, projection=True)  # halves the resolution
+
+A saved model (.keras) holds the arguments of its AgeCNN and its weights under the
+layers' names, not these classes: where they are defined changes no model file.
+"""
+
+import keras
+import numpy as np
+from keras import layers, ops
+
+
+@keras.saving.register_keras_serializable(package="age_regression")
+class FusedBatchNormalization(layers.BatchNormalization):
+    """Keras's batch norm, whose training pass is TensorFlow's fused kernel: one op
+    forward and one backward, where Keras takes a dozen elementwise ones (the moments,
+    the normalisation, their gradients, the casts around bfloat16). The same statistics
+    and the same moving averages (the fused kernel's moving variance carries Bessel's
+    correction, n / (n − 1) for n values per channel: 1.0017 at most in the CPU preset,
+    where the last stage's maps are 3 × 3 in batches of 64).
+    Inference, other backends, masks and renorm take Keras's own path."""
+
+    def call(self, inputs, training=None, mask=None):
+        if not (training and self.trainable and self._fusable(inputs, mask)):
+            return super().call(inputs, training=training, mask=mask)
+        import tensorflow as tf  # only on this backend
+
+        outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+            inputs,
+            scale=_float32(self.gamma if self.scale else ops.ones(inputs.shape[-1])),
+            offset=_float32(self.beta if self.center else ops.zeros(inputs.shape[-1])),
+            mean=_float32(self.moving_mean),
+            variance=_float32(self.moving_variance),
+            epsilon=self.epsilon,
+            is_training=True,
+            exponential_avg_factor=1.0 - self.momentum,
+        )  # the new moving averages
+        self.moving_mean.assign(mean)
+        self.moving_variance.assign(variance)
+        return ops.cast(outputs, self.compute_dtype)
+
+    def _fusable(self, inputs, mask):
+        """Whether TensorFlow's fused kernel computes this call: 4-D channels-last inputs
+        of a float type it takes, no mask, no renorm, no synchronisation."""
+        return (
+            keras.backend.backend() == "tensorflow"
+            and len(inputs.shape) == 4
+            and self.axis in (-1, 3)
+            and mask is None
+            and not getattr(self, "renorm", False)  # not in Keras 3.13
+            and not self.synchronized
+            and keras.backend.standardize_dtype(inputs.dtype)
+            in ("float16", "bfloat16", "float32")
+        )
+
+
+def _float32(variable):
+    """A variable's value as a float32 tensor."""
+    return ops.cast(ops.convert_to_tensor(variable), "float32")
+
+
+def batch_norm(synchronized=False, fused=False, **options):
+    """A batch norm layer: with `synchronized`, over the global batch of several replicas;
+    else with `fused`, TensorFlow's fused kernel in training (FusedBatchNormalization).
+    """
+    if fused and not synchronized:
+        return FusedBatchNormalization(**options)
+    return layers.BatchNormalization(synchronized=synchronized, **options)
+
+
+@keras.saving.register_keras_serializable(package="age_regression")
+class ResidualBlock(keras.layers.Layer):
+    """Two 3×3 convolutions with batch norm and a skip connection (He et al., 2016); with
+    `squeeze_excite` R, the second's channels scaled by a gate read off their means (Hu et
+    al., 2018: a bottleneck of filters / R units, at least 4), before the skip joins. With
+    `pooled_shortcut`, a shortcut that halves the resolution averages each 2×2 square
+    before its 1×1 convolution, instead of reading one pixel of four (He et al., 2019,
+    "Bag of Tricks": ResNet-D)."""
+
+    def __init__(
+        self,
+        filters,
+        strides=1,
+        projection=False,
+        synchronized=False,
+        fused_batch_norm=False,
+        squeeze_excite=0,
+        pooled_shortcut=False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.filters = filters
+        self.strides = strides
+        self.projection = projection
+        self.squeeze_excite = squeeze_excite
+        self.pooled_shortcut = pooled_shortcut
+        # With several replicas, batch norm takes its statistics over the global batch.
+        self.synchronized = synchronized
+        self.fused_batch_norm = fused_batch_norm
+        norm = lambda **options: batch_norm(  # noqa: E731
+            synchronized, fused_batch_norm, **options
+        )
+        # Named sublayers give every variable a stable path (checkpoints are keyed by it).
+        self.conv1 = layers.Conv2D(
+            filters, 3, strides=strides, padding="same", use_bias=False, name="conv1"
+        )
+        self.norm1 = norm(name="norm1")
+        self.conv2 = layers.Conv2D(
+            filters, 3, padding="same", use_bias=False, name="conv2"
+        )
+        # Zero gamma makes each block start as the identity, which steadies early
+        # training of residual networks (Goyal et al., 2017).
+        self.norm2 = norm(gamma_initializer="zeros", name="norm2")
+        # Pooled, the shortcut's convolution reads the averages at the new resolution.
+        self.shortcut_pool = (
+            layers.AveragePooling2D(strides, padding="same", name="shortcut_pool")
+            if projection and pooled_shortcut and strides > 1
+            else None
+        )
+        if projection:
+            # A 1×1 convolution matches the shortcut to a new width or resolution.
+            self.shortcut_conv = layers.Conv2D(
+                filters,
+                1,
+                strides=1 if self.shortcut_pool else strides,
+                use_bias=False,
+                name="shortcut_conv",
+            )
+            self.shortcut_norm = norm(name="shortcut_norm")
+        if squeeze_excite:
+            self.squeeze = layers.Dense(
+                max(filters // squeeze_excite, 4), activation="relu", name="squeeze"
+            )
+            self.excite = layers.Dense(filters, activation="sigmoid", name="excite")
+
+    def call(self, inputs, training=False):
+        """Return relu(F(inputs) + shortcut(inputs))."""
+        shortcut = inputs
+        if self.shortcut_pool is not None:
+            shortcut = self.shortcut_pool(shortcut)
+        if self.projection:
+            shortcut = self.shortcut_norm(
+                self.shortcut_conv(shortcut), training=training
+            )
+        features = ops.relu(self.norm1(self.conv1(inputs), training=training))
+        features = self.norm2(self.conv2(features), training=training)
+        if self.squeeze_excite:
+            # (batch, 1, 1, filters): one gate in (0, 1) a channel, from all of them.
+            means = ops.mean(features, axis=(1, 2), keepdims=True)
+            features = features * self.excite(self.squeeze(means))
+        return ops.relu(features + shortcut)
+
+    def compute_output_shape(self, input_shape):
+        """Return the output shape, so that model.summary() can show it."""
+        batch, height, width, _ = input_shape
+        # "same" padding rounds up: ceil(size / strides).
+        height, width = [
+            None if size is None else -(-size // self.strides)
+            for size in (height, width)
+        ]
+        return (batch, height, width, self.filters)
+
+    def get_config(self):
+        """Return the constructor arguments."""
+        return {
+            **super().get_config(),
+            "filters": self.filters,
+            "strides": self.strides,
+            "projection": self.projection,
+            "synchronized": self.synchronized,
+            "fused_batch_norm": self.fused_batch_norm,
+            "squeeze_excite": self.squeeze_excite,
+            "pooled_shortcut": self.pooled_shortcut,
+        }
+
+
+@keras.saving.register_keras_serializable(package="age_regression")
+class OrdinalThresholds(keras.layers.Layer):
+    """CORAL's K−1 learned biases added to one shared score (Cao et al., 2020)."""
+
+    def __init__(self, max_age, initial_age=None, **kwargs):
+        super().__init__(**kwargs)
+        self.max_age = max_age
+        self.initial_age = initial_age
+
+    def build(self, input_shape):
+        """Create the biases so that the first predicted age is initial_age."""
+        # Bias k is the logit of P(age > k). Making it positive below the starting age
+        # and negative above it, 0.1 per year, puts the first estimate there.
+        center = self.max_age / 2 if self.initial_age is None else self.initial_age
+        biases = 0.1 * (center - 0.5 - np.arange(self.max_age, dtype="float32"))
+        self.thresholds = self.add_weight(
+            shape=(self.max_age,),
+            initializer=keras.initializers.Constant(biases),
+            name="thresholds",
+        )
+
+    def call(self, score):
+        """Turn the score (batch, 1) into K−1 logits (batch, max_age)."""
+        return score + self.thresholds
+
+    def compute_output_shape(self, input_shape):
+        """Return (batch, max_age)."""
+        return (input_shape[0], self.max_age)
+
+    def get_config(self):
+        """Return the constructor arguments."""
+        config = super().get_config()
+        return {**config, "max_age": self.max_age, "initial_age": self.initial_age}
