@@ -295,6 +295,14 @@ class TrainConfig:
         "its area) by noise: random erasing (0: none)",
         bounds=Bounds(0, 1),
     )
+    rand_augment: Optional[float] = _option(
+        None,
+        "the magnitude, from 0 to 1, of RandAugment's operations on tones and colours "
+        "(Cubuk et al., 2020): each face gets two of identity, autocontrast, solarize, "
+        "posterize, colour and sharpness, drawn at random (0: none)",
+        bounds=Bounds(0, 1),
+        absent=(0.0, None),
+    )
     patience: Optional[int] = _option(
         None, "early stopping: epochs without a better val MAE", bounds=AT_LEAST_ONE
     )
@@ -362,7 +370,7 @@ class TrainConfig:
         if not self.augment:
             return None
         return augmentation.Augmentation(
-            self.largest_frame, self.rotation, self.erasing
+            self.largest_frame, self.rotation, self.erasing, self.rand_augment
         )
 
     @property
@@ -451,6 +459,7 @@ CPU_PRESET = dict(
     largest_frame=1.0,
     rotation=0.0,
     erasing=0.0,
+    rand_augment=0.0,
     patience=10,
     distribution_head=False,
     ema=0.999,

@@ -1,4 +1,4 @@
-"""Tests of the training augmentation: frames, turns, and the settings' defaults."""
+"""Tests of the training augmentation: frames, turns, tones, and the settings' defaults."""
 
 import numpy as np
 import tensorflow as tf
@@ -130,14 +130,81 @@ def test_erasing_fills_one_rectangle_of_some_faces_with_noise():
     assert erased.min() >= 0.0 and erased.max() <= 1.0
 
 
+def test_each_tone_operation_changes_the_chosen_faces_alone():
+    images = tf.random.stateless_uniform((2, 16, 16, 3), (5, 6), 0.2, 0.7)
+    chosen = tf.constant([1.0, 0.0])[:, None, None, None]
+    full = tf.fill((2, 1, 1, 1), 1.0)  # the largest amount, magnitude 1
+    least = -full
+
+    def run(operation, amounts):
+        changed = operation(images, amounts, chosen).numpy()
+        # The face that did not choose the operation keeps its tones.
+        np.testing.assert_allclose(changed[1], images[1].numpy(), atol=1e-6)
+        return changed[0]
+
+    stretched = run(augmentation._autocontrast, full)
+    np.testing.assert_allclose(stretched.min(axis=(0, 1)), 0.0, atol=1e-6)
+    np.testing.assert_allclose(stretched.max(axis=(0, 1)), 1.0, atol=1e-6)
+    # The amount 1 sets the threshold to 0: every value inverted.
+    np.testing.assert_allclose(
+        run(augmentation._solarized, full), 1.0 - images[0].numpy(), atol=1e-6
+    )
+    # The amount 1 clears four bits: 16 levels.
+    levels = run(augmentation._posterized, full) * 255.0 / 16.0
+    np.testing.assert_allclose(levels, np.round(levels), atol=1e-3)
+    grey = run(augmentation._coloured, least)  # no colour left
+    np.testing.assert_allclose(grey[..., 0], grey[..., 2], atol=1e-6)
+    assert np.abs(images[0, ..., 0] - images[0, ..., 2]).max() > 0.1
+    blurred = run(augmentation._sharpened, least)  # the smoothed face
+    assert (
+        np.abs(np.diff(blurred, axis=0)).mean()
+        < 0.6 * np.abs(np.diff(images[0].numpy(), axis=0)).mean()
+    )
+    # A flat face has nothing to sharpen.
+    flat = tf.fill((1, 8, 8, 3), 0.4)
+    np.testing.assert_allclose(
+        augmentation._sharpened(flat, full[:1], chosen[:1]).numpy(), 0.4, atol=1e-6
+    )
+
+
+def test_rand_augment_tones_each_face_on_its_own_as_its_seed_says():
+    size, batch = 24, 300
+    images = tf.random.stateless_uniform((batch, size, size, 3), (7, 8), 0.1, 0.9)
+    seed = tf.constant([3, 4], tf.int64)
+    toned = augmentation._rand_augmented(images, seed, 0.5).numpy()
+    np.testing.assert_array_equal(
+        toned, augmentation._rand_augmented(images, seed, 0.5).numpy()
+    )
+    assert toned.min() >= 0.0 and toned.max() <= 1.0
+    other = augmentation._rand_augmented(images, tf.constant([3, 5], tf.int64), 0.5)
+    assert not np.allclose(toned, other.numpy())
+    # The identity twice in a row: 1 face in 36 keeps its tones; the others change.
+    kept = np.abs(toned - images.numpy()).max(axis=(1, 2, 3)) < 1e-5
+    assert 0 < kept.sum() < 0.1 * batch
+    # In augment_batch, the frames and flips are those without it (its own seed).
+    ramp = np.linspace(0.2, 0.8, size, dtype=np.float32)
+    ramps = tf.constant(
+        np.broadcast_to(ramp[None, None, :, None], (batch, size, size, 3))
+    )
+    plain = augment_batch(ramps, seed).numpy()
+    with_tones = augment_batch(ramps, seed, Augmentation(rand_augment=0.5)).numpy()
+    rising = np.diff(plain[:, size // 2, :, 0], axis=1).mean(axis=1) > 0
+    assert 0.3 < rising.mean() < 0.7  # flipped or not at random
+    # Solarizing may invert part of a face; its darkest and brightest ends stay where
+    # the flip put them on most faces.
+    toned_rising = with_tones[:, size // 2, -1, 0] > with_tones[:, size // 2, 0, 0]
+    assert (toned_rising == rising).mean() > 0.8
+
+
 def test_a_config_gives_its_augmentation_or_none():
     import config
 
     settings = dict(
-        out="unused", preset="cpu", largest_frame=1.1, rotation=5.0, erasing=0.25
-    )
+        out="unused", preset="cpu", largest_frame=1.1, rotation=5.0, erasing=0.25,
+        rand_augment=0.4,
+    )  # fmt: skip
     resolved = config.resolve_config(config.TrainConfig(**settings))
-    assert resolved.augmentation == Augmentation(1.1, 5.0, erasing=0.25)
+    assert resolved.augmentation == Augmentation(1.1, 5.0, 0.25, rand_augment=0.4)
     off = config.resolve_config(config.TrainConfig(**settings, augment=False))
     assert off.augmentation is None
     course = config.resolve_config(config.TrainConfig(out="unused", arch="course_cnn"))

@@ -492,7 +492,7 @@ def test_the_train_step_augments_raw_batches_as_the_config_says(monkeypatch):
     config = train_loop.resolve_config(
         train_loop.TrainConfig(
             out="unused", image_size=32, precision="float32", largest_frame=1.2,
-            rotation=12.0, erasing=0.3, balanced_mse=0.0,
+            rotation=12.0, erasing=0.3, rand_augment=0.5, balanced_mse=0.0,
         )
     )  # fmt: skip
     model = train_loop.make_model(config, initial_age=30.0)
@@ -513,7 +513,7 @@ def test_the_train_step_augments_raw_batches_as_the_config_says(monkeypatch):
     # Progressive resizing's first epochs: the same faces, smaller.
     smaller = trainer.train_step(images, tf.fill((4, 1), 30.0), seeds, size=24)
     assert np.isfinite(float(loss)) and np.isfinite(float(smaller))
-    settings = augmentation.Augmentation(1.2, rotation=12.0, erasing=0.3)
+    settings = augmentation.Augmentation(1.2, 12.0, 0.3, rand_augment=0.5)
     assert seen == [(settings, None, "cropped"), (settings, 24, "cropped")]
 
 
