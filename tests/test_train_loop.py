@@ -266,9 +266,11 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
 
 @pytest.mark.slow
 def test_gpu_paths_mixed_precision_and_xla_run_on_the_cpu(tiny_data, tmp_path):
+    # RandAugment's tones, XLA-compiled of their own, inside the compiled step too.
     config = tiny_config(
-        tiny_data, tmp_path, precision="mixed_float16", jit_compile=True, epochs=1
-    )
+        tiny_data, tmp_path, precision="mixed_float16", jit_compile=True, epochs=1,
+        rand_augment=0.5,
+    )  # fmt: skip
     run = train_loop.train(config, verbose=0)
     # The optimizer that trained was a loss-scale optimizer: its scale is checkpointed.
     names = np.load(tmp_path / runs.CHECKPOINT).files
