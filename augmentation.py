@@ -164,7 +164,6 @@ def _coloured(images, amounts, chosen):
 def _sharpened(images, amounts, chosen):
     """The image moved from its smoothed self (PIL's smoothing kernel: 5 at the centre, 1
     around it, over 13) by 1 + amount: blurred below 1, sharpened above."""
-
     # Each pixel plus its neighbours, down then across (the edges repeated).
     padded = tf.concat([images[:, :1], images, images[:, -1:]], axis=1)
     sums = padded[:, :-2] + padded[:, 1:-1] + padded[:, 2:]
@@ -184,9 +183,9 @@ def _rand_augmented(images, seed, magnitude, operations=2):
     "RandAugment", CVPR Workshops 2020): each image, in turn `operations` times, gets the
     identity or one of TONE_OPERATIONS, drawn at random, by an amount drawn from
     -`magnitude` to `magnitude` (0 to 1). Every operation passes over the whole batch,
-    changing only the images that chose it: XLA fuses the passes into a few (5 % of the
-    CPU preset's step, against 12 % unfused), where a gather of each image's own result
-    would copy the batch once an operation."""
+    changing only the images that chose it, and XLA fuses the passes into a few (a gather
+    of each image's own result would copy the batch once an operation; EXPERIMENTS.md,
+    "RandAugment's tones", has the cost)."""
     batch = tf.shape(images)[0]
     seeds = tf.random.experimental.stateless_split(seed, 2 * operations)
     shape = tf.stack([batch, 1, 1, 1])
