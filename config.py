@@ -148,6 +148,14 @@ class TrainConfig:
         "convolution, instead of reading one pixel of four (ResNet-D, He et al., 2019)",
         absent=(False, None),
     )
+    pooling: Optional[str] = _option(
+        None,
+        "what the head reads of the last feature map: its mean over the positions "
+        "(average), or every position's channels (flatten; the network then takes "
+        "images of --image-size alone)",
+        ("average", "flatten"),
+        absent=("average", None),
+    )
     members: Optional[int] = _option(
         None,
         "train this many networks of the chosen shape at once, each from its own random "
@@ -434,6 +442,7 @@ CPU_PRESET = dict(
     # "Squeeze-and-excitation, pooled shortcuts".
     squeeze_excite=0,
     pooled_shortcut=False,
+    pooling="average",
     # Three networks trained at once and averaged: EXPERIMENTS.md, "Several networks in
     # one model".
     members=3,
@@ -510,6 +519,7 @@ COURSE_SETTINGS = dict(
     blocks=None,
     squeeze_excite=None,
     pooled_shortcut=None,
+    pooling=None,
     members=None,
     members_share=None,
     image_size=200,
@@ -549,13 +559,14 @@ def resolve_config(config):
             config.blocks,
             config.squeeze_excite,
             config.pooled_shortcut,
+            config.pooling,
             config.members,
             config.members_share,
         )
         if any(v is not None for v in network):
             raise ValueError(
-                "--width, --blocks, --squeeze-excite, --pooled-shortcut, --members and "
-                "--members-share shape the network of --arch age_cnn; "
+                "--width, --blocks, --squeeze-excite, --pooled-shortcut, --pooling, "
+                "--members and --members-share shape the network of --arch age_cnn; "
                 "the course network (--arch course_cnn) has the course's layers"
             )
     values.update(jit_compile=gpu)
@@ -800,6 +811,11 @@ def _check_start_image_size(config):
         raise ValueError(
             "--start-image-size: the course network (--arch course_cnn) takes images of "
             "one size (its flatten layer); progressive resizing needs --arch age_cnn"
+        )
+    if config.pooling == "flatten":
+        raise ValueError(
+            "--start-image-size: with --pooling flatten the network takes images of "
+            "one size; progressive resizing needs --pooling average"
         )
     if not 32 <= size < config.image_size:
         raise ValueError(

@@ -51,6 +51,9 @@ MAX_MEMBERS = 8
 # and the stages up to the one named; the rest of each member is its own.
 MEMBERS_SHARE = ("none", "stem", "stage1", "stage2", "stage3")
 OUTPUT_ACTIVATIONS = ("relu", "linear")
+# What the head reads of the last stage's feature map: its mean over the positions, or every
+# position's channels, the map flattened (then the network takes one image size).
+POOLINGS = ("average", "flatten")
 # The gradient of the ReLU output below 0 while training (its output is max(0, z) always).
 RELU_GRADIENTS = ("zero", "straight_through")
 
@@ -268,11 +271,13 @@ class AgeCNN(keras.Model):
         first_part=0,
         squeeze_excite=0,
         pooled_shortcut=False,
+        pooling="average",
         **kwargs,
     ):
         super().__init__(**kwargs)
         # How the readout maps the predicted ages after training (None: as they are).
         self.age_widening = _widening(age_widening)
+        _check_choice("pooling", pooling, POOLINGS)
         _check_age_cnn_arguments(
             widths, blocks_per_stage, head, max_age, output_activation,
             gender_head, attribute_inputs, distribution_head, members, members_share,
@@ -298,6 +303,8 @@ class AgeCNN(keras.Model):
         self.squeeze_excite = squeeze_excite
         # The shortcuts that halve the resolution average first (see ResidualBlock).
         self.pooled_shortcut = pooled_shortcut
+        # What the head reads of the last feature map (POOLINGS).
+        self.pooling = pooling
         self.initial_age = initial_age
         self.gender_head = gender_head
         self.attribute_inputs = attribute_inputs
@@ -345,6 +352,7 @@ class AgeCNN(keras.Model):
                 fused_batch_norm=self.fused_batch_norm,
                 squeeze_excite=self.squeeze_excite,
                 pooled_shortcut=self.pooled_shortcut,
+                pooling=self.pooling,
                 first_part=shared,
                 name=f"member{member + 1}",
             )
@@ -398,7 +406,7 @@ class AgeCNN(keras.Model):
             )
 
     def _make_body(self, first_part=0, end_part=None):
-        """The stem and the residual stages, ending in global average pooling; with
+        """The stem and the residual stages, ending in the pooling (`pooling`); with
         first_part and end_part, the parts from first_part up to before end_part alone
         (part 0 is the stem, part k stage k, the last the pooling)."""
         parts = range(len(self.widths) + 2)[first_part:end_part]
@@ -426,6 +434,10 @@ class AgeCNN(keras.Model):
                 layers.ReLU(name="stem_relu"),
             ]
         if part > len(self.widths):
+            if self.pooling == "flatten":
+                # Every position's channels: the head can tell the eyes' corner from
+                # the chin's, which the mean over the positions mixes.
+                return [layers.Flatten(name="pool")]
             return [layers.GlobalAveragePooling2D(name="pool")]
         # Each stage halves the resolution in its first block.
         return [
@@ -493,7 +505,8 @@ class AgeCNN(keras.Model):
         for layer in self.body:
             # The stem divides the size by stem_stride and every stage by 2.
             features = _apply(layer, features, trace, training)
-        # features: (batch, widths[-1]) after global average pooling.
+        # features: (batch, widths[-1]) after global average pooling, (batch, side *
+        # side * widths[-1]) flattened.
         if self.attribute_inputs:
             gender = ops.cast(ops.reshape(inputs["gender"], (-1,)), "int32") + 1
             race = ops.cast(ops.reshape(inputs["race"], (-1,)), "int32") + 1
@@ -567,6 +580,7 @@ class AgeCNN(keras.Model):
             first_part=self.first_part,
             squeeze_excite=self.squeeze_excite,
             pooled_shortcut=self.pooled_shortcut,
+            pooling=self.pooling,
         )
 
 

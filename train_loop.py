@@ -109,6 +109,7 @@ def make_model(config, initial_age=None, synchronized=False):
         fused_batch_norm=config.fused_batch_norm,
         squeeze_excite=config.squeeze_excite,
         pooled_shortcut=config.pooled_shortcut,
+        pooling=config.pooling,
         members=config.members,
         members_share=config.members_share,
         **options,

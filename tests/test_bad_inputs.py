@@ -115,6 +115,7 @@ def test_the_course_network_refuses_width_blocks_and_members(
         ("--rank-sim", "100"),
         ("--squeeze-excite", "4"),
         ("--pooled-shortcut",),
+        ("--pooling", "flatten"),
     ):
         assert _train(tiny_data, tmp_path / "run", "--arch", "course_cnn", *flag) == 1
         assert flag[0] in _error_line(capsys)
@@ -129,6 +130,14 @@ def test_a_start_size_not_below_the_image_size_is_refused(
     assert _train(tiny_data, tmp_path / "run", "--start-image-size", size) == 1
     line = _error_line(capsys)
     assert "--start-image-size" in line and size in line and "32" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_flattened_map_refuses_progressive_resizing(tiny_data, tmp_path, capsys):
+    flags = ("--pooling", "flatten", "--image-size", "48", "--start-image-size", "32")
+    assert _train(tiny_data, tmp_path / "run", *flags) == 1
+    line = _error_line(capsys)
+    assert "--start-image-size" in line and "--pooling flatten" in line
     assert not (tmp_path / "run").exists()
 
 

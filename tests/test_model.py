@@ -228,6 +228,7 @@ def test_ordinal_targets_and_ages():
         ("age_cnn", {"members": 2, "members_share": "stage1", **SMALL}),
         ("age_cnn", {"members": 2, "squeeze_excite": 4, **SMALL}),
         ("age_cnn", {"pooled_shortcut": True, **SMALL}),
+        ("age_cnn", {"pooling": "flatten", "members": 2, **SMALL}),
         (
             "age_cnn",
             {
@@ -368,6 +369,27 @@ def test_feature_map_table_lists_every_block():
     shapes = dict((row.name, row.shape) for row in feature_map_table(model))
     assert shapes["stage2_block1"] == (4, 4, 16)
     assert shapes["with_attributes"] == (16 + 8,)
+
+
+def test_a_flattened_map_gives_the_head_every_position():
+    # SMALL: 32 px, halved by the stem and each of two stages, a 4 x 4 map of 16 channels.
+    flat = build_model("age_cnn", pooling="flatten", members=2, **SMALL)
+    shapes = dict((row.name, row.shape) for row in feature_map_table(flat))
+    assert shapes["member1/pool"] == (4 * 4 * 16,)
+    averaged = build_model("age_cnn", members=2, **SMALL)
+    shapes = dict((row.name, row.shape) for row in feature_map_table(averaged))
+    assert shapes["member1/pool"] == (16,)
+    # The average cannot tell a map from the map turned half a turn; the flattened can.
+    features = np.random.default_rng(0).normal(size=(1, 4, 4, 16)).astype("float32")
+    turned = features[:, ::-1, ::-1]
+    for model, tells in ((flat, True), (averaged, False)):
+        pool = model.member_networks[0].body[-1]
+        differ = not np.allclose(
+            ops.convert_to_numpy(pool(features)), ops.convert_to_numpy(pool(turned))
+        )
+        assert differ == tells
+    with pytest.raises(ValueError, match="pooling"):
+        AgeCNN(**SMALL, pooling="max")
 
 
 def test_attribute_inputs_accept_a_dict():

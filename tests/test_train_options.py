@@ -40,6 +40,8 @@ OPTIONS = {
     "wider_deeper": {"width": 1.25, "blocks": "1,1,2,2"},
     "members": {"members": 2},
     "shared_members": {"members": 2, "members_share": "stage1"},
+    # Each member's head reads its whole last map, the views of the readout too.
+    "flattened_map": {"members": 2, "pooling": "flatten", "tta": True},
 }
 # Each option alone, on one network without the preset's teacher head, EMA, TTA and
 # widening.
