@@ -17,6 +17,7 @@ from typing import NamedTuple, Optional
 import augmentation
 import devices
 import utk_data
+from schedules import SCHEDULES
 
 # The compute types of `--precision`: "auto" chooses one of the others for the machine.
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
@@ -242,7 +243,7 @@ class TrainConfig:
         None, "peak learning rate", bounds=Bounds(0, 10, low_included=False)
     )
     schedule: Optional[str] = _option(
-        None, "warm-up + cosine decay, or constant", ("cosine", "constant")
+        None, "warm-up, then cosine or linear decay to zero; or constant", SCHEDULES
     )
     warmup_epochs: Optional[float] = _option(
         None, "linear warm-up length in epochs", bounds=NOT_NEGATIVE

@@ -52,6 +52,7 @@ from config import resolve_config, resumed_config, run_name  # noqa: F401 (the n
 from losses import lds_age_weights, log_age_prior, loss_terms, rank_similarity
 from model import age_labels, ages_from_outputs, build_model, model_head, model_inputs
 from runs import progress
+from schedules import learning_rate_schedule
 
 
 def prepare_data(config):
@@ -126,20 +127,13 @@ class TrainingDiverged(RuntimeError):
 
 
 def make_optimizer(config, steps_per_epoch):
-    """AdamW (or the course's RMSprop) with warm-up + cosine decay or a constant rate."""
-    total_steps = max(1, config.epochs * steps_per_epoch)
-    warmup_steps = min(int(config.warmup_epochs * steps_per_epoch), total_steps - 1)
-    if config.schedule == "cosine":
-        learning_rate = keras.optimizers.schedules.CosineDecay(
-            initial_learning_rate=(
-                config.learning_rate * 0.01 if warmup_steps else config.learning_rate
-            ),
-            decay_steps=total_steps - warmup_steps,
-            warmup_target=config.learning_rate if warmup_steps else None,
-            warmup_steps=warmup_steps,
-        )
-    else:
-        learning_rate = config.learning_rate
+    """AdamW (or the course's RMSprop) with the learning-rate schedule of the config."""
+    learning_rate = learning_rate_schedule(
+        config.schedule,
+        config.learning_rate,
+        total_steps=config.epochs * steps_per_epoch,
+        warmup_steps=config.warmup_epochs * steps_per_epoch,
+    )
     if config.optimizer == "rmsprop":
         optimizer = keras.optimizers.RMSprop(learning_rate)
     else:

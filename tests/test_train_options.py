@@ -42,6 +42,7 @@ OPTIONS = {
     "shared_members": {"members": 2, "members_share": "stage1"},
     # Each member's head reads its whole last map, the views of the readout too.
     "flattened_map": {"members": 2, "pooling": "flatten", "tta": True},
+    "linear_schedule": {"schedule": "linear"},
 }
 # Each option alone, on one network without the preset's teacher head, EMA, TTA and
 # widening.
