@@ -73,13 +73,34 @@ def batch_norm(synchronized=False, fused=False, **options):
 
 
 @keras.saving.register_keras_serializable(package="age_regression")
+@keras.saving.register_keras_serializable(package="age_regression")
+class Blur(keras.layers.Layer):
+    """A fixed low-pass filter, [1, 2, 1] / 4 down the columns and along the rows, the
+    edges mirrored. Put before a convolution that halves the resolution, it makes that
+    convolution anti-aliased (Zhang, ICML 2019, "Making Convolutional Networks
+    Shift-Invariant Again"): both are linear filters, so blurring first is convolving at
+    full resolution, blurring, then keeping one pixel of four, at a quarter of the cost.
+    """
+
+    def call(self, inputs):
+        padded = ops.pad(inputs, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="symmetric")
+        rows = padded[:, :-2] + 2 * padded[:, 1:-1] + padded[:, 2:]
+        return (rows[:, :, :-2] + 2 * rows[:, :, 1:-1] + rows[:, :, 2:]) / 16
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
 class ResidualBlock(keras.layers.Layer):
     """Two 3×3 convolutions with batch norm and a skip connection (He et al., 2016); with
     `squeeze_excite` R, the second's channels scaled by a gate read off their means (Hu et
-    al., 2018: a bottleneck of filters / R units, at least 4), before the skip joins. With
-    `pooled_shortcut`, a shortcut that halves the resolution averages each 2×2 square
-    before its 1×1 convolution, instead of reading one pixel of four (He et al., 2019,
-    "Bag of Tricks": ResNet-D)."""
+    al., 2018: a bottleneck of filters / R units, at least 4), before the skip joins; with
+    `eca` K instead, by a gate from a 1-D convolution of width K over those means (Wang et
+    al., 2020: ECA, no bottleneck, K weights). With `pooled_shortcut`, a shortcut that
+    halves the resolution averages each 2×2 square before its 1×1 convolution, instead of
+    reading one pixel of four (He et al., 2019, "Bag of Tricks": ResNet-D). With `blur`, a
+    block that halves the resolution blurs its input first (Blur): both its strided
+    convolutions are anti-aliased."""
 
     def __init__(
         self,
@@ -90,14 +111,23 @@ class ResidualBlock(keras.layers.Layer):
         fused_batch_norm=False,
         squeeze_excite=0,
         pooled_shortcut=False,
+        eca=0,
+        blur=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if squeeze_excite and eca:
+            raise ValueError(
+                "a block gates its channels by squeeze_excite or eca, not both"
+            )
         self.filters = filters
         self.strides = strides
         self.projection = projection
         self.squeeze_excite = squeeze_excite
         self.pooled_shortcut = pooled_shortcut
+        self.eca = eca
+        self.blur = blur
+        self.blur_layer = Blur(name="blur") if blur and strides > 1 else None
         # With several replicas, batch norm takes its statistics over the global batch.
         self.synchronized = synchronized
         self.fused_batch_norm = fused_batch_norm
@@ -136,9 +166,15 @@ class ResidualBlock(keras.layers.Layer):
                 max(filters // squeeze_excite, 4), activation="relu", name="squeeze"
             )
             self.excite = layers.Dense(filters, activation="sigmoid", name="excite")
+        if eca:
+            self.gate = layers.Conv1D(
+                1, eca, padding="same", use_bias=False, name="channel_gate"
+            )
 
     def call(self, inputs, training=False):
         """Return relu(F(inputs) + shortcut(inputs))."""
+        if self.blur_layer is not None:
+            inputs = self.blur_layer(inputs)
         shortcut = inputs
         if self.shortcut_pool is not None:
             shortcut = self.shortcut_pool(shortcut)
@@ -152,6 +188,11 @@ class ResidualBlock(keras.layers.Layer):
             # (batch, 1, 1, filters): one gate in (0, 1) a channel, from all of them.
             means = ops.mean(features, axis=(1, 2), keepdims=True)
             features = features * self.excite(self.squeeze(means))
+        if self.eca:
+            # The channels' means as a sequence: each gate reads its K neighbours.
+            means = ops.mean(features, axis=(1, 2))[..., None]  # (batch, filters, 1)
+            gates = ops.sigmoid(self.gate(means))
+            features = features * ops.reshape(gates, (-1, 1, 1, self.filters))
         return ops.relu(features + shortcut)
 
     def compute_output_shape(self, input_shape):
@@ -175,6 +216,8 @@ class ResidualBlock(keras.layers.Layer):
             "fused_batch_norm": self.fused_batch_norm,
             "squeeze_excite": self.squeeze_excite,
             "pooled_shortcut": self.pooled_shortcut,
+            "eca": self.eca,
+            "blur": self.blur,
         }
 
 

@@ -149,6 +149,20 @@ class TrainConfig:
         "convolution, instead of reading one pixel of four (ResNet-D, He et al., 2019)",
         absent=(False, None),
     )
+    eca: Optional[int] = _option(
+        None,
+        "efficient channel attention in every residual block (Wang et al., 2020): its "
+        "channels scaled by gates from a 1-D convolution of width K over their means; "
+        "K, or 0 for none",
+        bounds=Bounds(0, 15),
+        absent=(0, None),
+    )
+    blur: Optional[bool] = _option(
+        None,
+        "anti-aliased downsampling (Zhang, 2019): a [1, 2, 1] blur before every "
+        "convolution that halves the resolution",
+        absent=(False, None),
+    )
     pooling: Optional[str] = _option(
         None,
         "what the head reads of the last feature map: its mean over the positions "
@@ -443,6 +457,8 @@ CPU_PRESET = dict(
     # "Squeeze-and-excitation, pooled shortcuts".
     squeeze_excite=0,
     pooled_shortcut=False,
+    eca=0,
+    blur=False,
     pooling="average",
     # Three networks trained at once and averaged: EXPERIMENTS.md, "Several networks in
     # one model".
@@ -520,6 +536,8 @@ COURSE_SETTINGS = dict(
     blocks=None,
     squeeze_excite=None,
     pooled_shortcut=None,
+    eca=None,
+    blur=None,
     pooling=None,
     members=None,
     members_share=None,
@@ -560,14 +578,16 @@ def resolve_config(config):
             config.blocks,
             config.squeeze_excite,
             config.pooled_shortcut,
+            config.eca,
+            config.blur,
             config.pooling,
             config.members,
             config.members_share,
         )
         if any(v is not None for v in network):
             raise ValueError(
-                "--width, --blocks, --squeeze-excite, --pooled-shortcut, --pooling, "
-                "--members and --members-share shape the network of --arch age_cnn; "
+                "--width, --blocks, --squeeze-excite, --pooled-shortcut, --eca, --blur, "
+                "--pooling, --members and --members-share shape the network of --arch age_cnn; "
                 "the course network (--arch course_cnn) has the course's layers"
             )
     values.update(jit_compile=gpu)

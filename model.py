@@ -42,7 +42,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from blocks import OrdinalThresholds, ResidualBlock, batch_norm
+from blocks import Blur, OrdinalThresholds, ResidualBlock, batch_norm
 
 HEADS = ("regression", "classification", "ordinal")
 # The most networks an AgeCNN may average (its `members`).
@@ -272,6 +272,8 @@ class AgeCNN(keras.Model):
         squeeze_excite=0,
         pooled_shortcut=False,
         pooling="average",
+        eca=0,
+        blur=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -303,6 +305,10 @@ class AgeCNN(keras.Model):
         self.squeeze_excite = squeeze_excite
         # The shortcuts that halve the resolution average first (see ResidualBlock).
         self.pooled_shortcut = pooled_shortcut
+        # ECA's gates in every residual block (0: none; K: the width of their convolution).
+        self.eca = eca
+        # Every convolution that halves the resolution anti-aliased (see ResidualBlock).
+        self.blur = blur
         # What the head reads of the last feature map (POOLINGS).
         self.pooling = pooling
         self.initial_age = initial_age
@@ -352,6 +358,8 @@ class AgeCNN(keras.Model):
                 fused_batch_norm=self.fused_batch_norm,
                 squeeze_excite=self.squeeze_excite,
                 pooled_shortcut=self.pooled_shortcut,
+                eca=self.eca,
+                blur=self.blur,
                 pooling=self.pooling,
                 first_part=shared,
                 name=f"member{member + 1}",
@@ -417,7 +425,8 @@ class AgeCNN(keras.Model):
         pooling."""
         if part == 0:
             # Plain convolutions only: depthwise ones are slow in TensorFlow on a CPU.
-            return [
+            blur = self.blur and self.stem_stride > 1
+            return [Blur(name="stem_blur")] * blur + [
                 layers.Conv2D(
                     self.widths[0],
                     3,
@@ -449,6 +458,8 @@ class AgeCNN(keras.Model):
                 fused_batch_norm=self.fused_batch_norm,
                 squeeze_excite=self.squeeze_excite,
                 pooled_shortcut=self.pooled_shortcut,
+                eca=self.eca,
+                blur=self.blur,
                 name=f"stage{part}_block{block + 1}",
             )
             for block in range(self.blocks_per_stage[part - 1])
@@ -581,6 +592,8 @@ class AgeCNN(keras.Model):
             squeeze_excite=self.squeeze_excite,
             pooled_shortcut=self.pooled_shortcut,
             pooling=self.pooling,
+            eca=self.eca,
+            blur=self.blur,
         )
 
 

@@ -110,6 +110,8 @@ def make_model(config, initial_age=None, synchronized=False):
         fused_batch_norm=config.fused_batch_norm,
         squeeze_excite=config.squeeze_excite,
         pooled_shortcut=config.pooled_shortcut,
+        eca=config.eca,
+        blur=config.blur,
         pooling=config.pooling,
         members=config.members,
         members_share=config.members_share,

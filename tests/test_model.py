@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 from keras import ops
 
-from blocks import FusedBatchNormalization, ResidualBlock
+from blocks import Blur, FusedBatchNormalization, ResidualBlock
 from losses import (
     balanced_mse,
     lds_age_weights,
@@ -228,6 +228,7 @@ def test_ordinal_targets_and_ages():
         ("age_cnn", {"members": 2, "members_share": "stage1", **SMALL}),
         ("age_cnn", {"members": 2, "squeeze_excite": 4, **SMALL}),
         ("age_cnn", {"pooled_shortcut": True, **SMALL}),
+        ("age_cnn", {"members": 2, "eca": 3, "blur": True, **SMALL}),
         ("age_cnn", {"pooling": "flatten", "members": 2, **SMALL}),
         (
             "age_cnn",
@@ -605,6 +606,54 @@ def test_a_pooled_shortcut_reads_the_averages_of_2x2_squares():
     assert (
         ResidualBlock(16, projection=True, pooled_shortcut=True).shortcut_pool is None
     )
+
+
+def test_eca_gates_each_channel_by_a_convolution_over_the_channels_means():
+    images = random_images(2, 8)
+    block = ResidualBlock(16, strides=2, projection=True, eca=3)
+    block(images, training=False)
+    assert block.gate.kernel.shape == (3, 1, 1)  # K weights, shared by the channels
+    block.norm2.gamma.assign(tf.ones_like(block.norm2.gamma))  # the branch counts
+    shortcut = block.shortcut_norm(block.shortcut_conv(images))
+    branch = block.norm2(block.conv2(ops.relu(block.norm1(block.conv1(images)))))
+    branch = np.asarray(branch)
+    # The gate of channel c: sigmoid(w0 · mean[c - 1] + w1 · mean[c] + w2 · mean[c + 1]),
+    # zeros past the first and the last channel.
+    weights = np.array([0.5, -1.0, 2.0], "float32")
+    block.gate.kernel.assign(weights.reshape(3, 1, 1))
+    means = np.pad(branch.mean(axis=(1, 2)), [(0, 0), (1, 1)])
+    gates = 1 / (1 + np.exp(-(means[:, :-2] * 0.5 - means[:, 1:-1] + 2 * means[:, 2:])))
+    expected = np.maximum(branch * gates[:, None, None, :] + shortcut, 0)
+    np.testing.assert_allclose(block(images), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="squeeze_excite or eca"):
+        ResidualBlock(16, squeeze_excite=4, eca=3)
+
+
+def test_blur_is_a_1_2_1_filter_that_keeps_flat_images_flat():
+    impulse = np.zeros((1, 5, 5, 1), "float32")
+    impulse[0, 2, 2, 0] = 16.0
+    row = np.array([1.0, 2.0, 1.0])
+    expected = np.zeros((5, 5))
+    expected[1:4, 1:4] = np.outer(row, row)
+    np.testing.assert_allclose(Blur()(impulse)[0, ..., 0], expected, atol=1e-6)
+    flat = np.full((2, 6, 6, 3), 0.7, "float32")  # mirrored edges: nothing leaks in
+    np.testing.assert_allclose(Blur()(flat), flat, atol=1e-6)
+
+
+def test_a_blurred_block_reads_its_input_blurred_where_it_halves_the_resolution():
+    images = random_images(2, 8)
+    blurred = ResidualBlock(16, strides=2, projection=True, blur=True)
+    plain = ResidualBlock(16, strides=2, projection=True)
+    for block in (blurred, plain):
+        block(images, training=False)
+    plain.set_weights(blurred.get_weights())  # a Blur has no weights
+    np.testing.assert_allclose(blurred(images), plain(Blur()(images)), atol=1e-6)
+    assert not np.allclose(blurred(images), plain(images), atol=1e-3)
+    # A block that keeps the resolution has nothing to alias.
+    assert ResidualBlock(16, blur=True).blur_layer is None
+    # The stem of a blurred network blurs the image before its strided convolution.
+    model = build_model("age_cnn", **SMALL, blur=True)
+    assert isinstance(model.body[0], Blur) and model.body[1].name == "stem_conv"
 
 
 def test_lds_weights_favour_rare_ages_and_average_1():
