@@ -73,7 +73,6 @@ def batch_norm(synchronized=False, fused=False, **options):
 
 
 @keras.saving.register_keras_serializable(package="age_regression")
-@keras.saving.register_keras_serializable(package="age_regression")
 class Blur(keras.layers.Layer):
     """A fixed low-pass filter, [1, 2, 1] / 4 down the columns and along the rows, the
     edges mirrored. Put before a convolution that halves the resolution, it makes that
@@ -91,6 +90,7 @@ class Blur(keras.layers.Layer):
         return input_shape
 
 
+@keras.saving.register_keras_serializable(package="age_regression")
 class ResidualBlock(keras.layers.Layer):
     """Two 3×3 convolutions with batch norm and a skip connection (He et al., 2016); with
     `squeeze_excite` R, the second's channels scaled by a gate read off their means (Hu et

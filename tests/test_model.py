@@ -629,6 +629,24 @@ def test_eca_gates_each_channel_by_a_convolution_over_the_channels_means():
         ResidualBlock(16, squeeze_excite=4, eca=3)
 
 
+def test_every_layer_of_blocks_is_registered_for_saved_models():
+    import blocks
+
+    classes = [
+        value
+        for value in vars(blocks).values()
+        if isinstance(value, type)
+        and issubclass(value, keras.layers.Layer)
+        and value.__module__ == "blocks"
+    ]
+    assert {"Blur", "ResidualBlock", "OrdinalThresholds"} <= {
+        c.__name__ for c in classes
+    }
+    for layer_class in classes:
+        name = f"age_regression>{layer_class.__name__}"
+        assert keras.saving.get_registered_object(name) is layer_class
+
+
 def test_blur_is_a_1_2_1_filter_that_keeps_flat_images_flat():
     impulse = np.zeros((1, 5, 5, 1), "float32")
     impulse[0, 2, 2, 0] = 16.0
