@@ -582,12 +582,18 @@ def test_squeeze_excitation_gates_each_channel_of_the_block_before_the_skip():
     assert not np.allclose(open_gate, shortcut, atol=1e-3)
 
 
+def built_block_pair(images, **options):
+    """A block that halves the resolution with `options`, and the plain one, each built
+    on `images`: [the block with them, the plain block]."""
+    pair = [ResidualBlock(16, strides=2, projection=True, **o) for o in (options, {})]
+    for block in pair:
+        block(images, training=False)
+    return pair
+
+
 def test_a_pooled_shortcut_reads_the_averages_of_2x2_squares():
     images = random_images(2, 8)
-    pooled = ResidualBlock(16, strides=2, projection=True, pooled_shortcut=True)
-    plain = ResidualBlock(16, strides=2, projection=True)
-    for block in (pooled, plain):
-        block(images, training=False)
+    pooled, plain = built_block_pair(images, pooled_shortcut=True)
     kernel = pooled.shortcut_conv.kernel.numpy()[0, 0]  # (3, 16)
     plain.shortcut_conv.kernel.assign(pooled.shortcut_conv.kernel)
     # A fresh block is its shortcut alone (the residual branch's last gamma is 0), and a
@@ -660,10 +666,7 @@ def test_blur_is_a_1_2_1_filter_that_keeps_flat_images_flat():
 
 def test_a_blurred_block_reads_its_input_blurred_where_it_halves_the_resolution():
     images = random_images(2, 8)
-    blurred = ResidualBlock(16, strides=2, projection=True, blur=True)
-    plain = ResidualBlock(16, strides=2, projection=True)
-    for block in (blurred, plain):
-        block(images, training=False)
+    blurred, plain = built_block_pair(images, blur=True)
     plain.set_weights(blurred.get_weights())  # a Blur has no weights
     np.testing.assert_allclose(blurred(images), plain(Blur()(images)), atol=1e-6)
     assert not np.allclose(blurred(images), plain(images), atol=1e-3)
