@@ -587,8 +587,8 @@ def resolve_config(config):
         if any(v is not None for v in network):
             raise ValueError(
                 "--width, --blocks, --squeeze-excite, --pooled-shortcut, --eca, --blur, "
-                "--pooling, --members and --members-share shape the network of --arch age_cnn; "
-                "the course network (--arch course_cnn) has the course's layers"
+                "--pooling, --members and --members-share shape the network of --arch "
+                "age_cnn; the course network (--arch course_cnn) has the course's layers"
             )
     values.update(jit_compile=gpu)
     explicit = {
@@ -818,6 +818,10 @@ def check_config(config):
         raise ValueError(
             "--rank-sim: the course network (--arch course_cnn) does not give its "
             "features to the loss; RankSim needs --arch age_cnn"
+        )
+    if config.squeeze_excite and config.eca:
+        raise ValueError(
+            "--squeeze-excite and --eca both gate a block's channels: give one of them"
         )
 
 

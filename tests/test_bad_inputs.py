@@ -47,6 +47,9 @@ def _error_line(capsys):
         ("--selective-backprop", "1.5"),
         ("--squeeze-excite", "-1"),
         ("--squeeze-excite", "2.5"),
+        ("--eca", "-1"),
+        ("--eca", "16"),
+        ("--eca", "2.5"),
         ("--blocks", "1,2"),
         ("--blocks", "1,1,0,2"),
         ("--blocks", "one"),
@@ -115,6 +118,8 @@ def test_the_course_network_refuses_width_blocks_and_members(
         ("--rank-sim", "100"),
         ("--squeeze-excite", "4"),
         ("--pooled-shortcut",),
+        ("--eca", "3"),
+        ("--blur",),
         ("--pooling", "flatten"),
     ):
         assert _train(tiny_data, tmp_path / "run", "--arch", "course_cnn", *flag) == 1
@@ -130,6 +135,14 @@ def test_a_start_size_not_below_the_image_size_is_refused(
     assert _train(tiny_data, tmp_path / "run", "--start-image-size", size) == 1
     line = _error_line(capsys)
     assert "--start-image-size" in line and size in line and "32" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_two_gates_on_the_same_channels_are_refused(tiny_data, tmp_path, capsys):
+    flags = ("--squeeze-excite", "4", "--eca", "3")
+    assert _train(tiny_data, tmp_path / "run", *flags) == 1
+    line = _error_line(capsys)
+    assert "--squeeze-excite" in line and "--eca" in line
     assert not (tmp_path / "run").exists()
 
 
