@@ -425,8 +425,9 @@ class AgeCNN(keras.Model):
         pooling."""
         if part == 0:
             # Plain convolutions only: depthwise ones are slow in TensorFlow on a CPU.
-            blur = self.blur and self.stem_stride > 1
-            return [Blur(name="stem_blur")] * blur + [
+            # With blur, a stem that halves the resolution blurs the image first.
+            blurs = self.blur and self.stem_stride > 1
+            return ([Blur(name="stem_blur")] if blurs else []) + [
                 layers.Conv2D(
                     self.widths[0],
                     3,
