@@ -293,6 +293,13 @@ class TrainConfig:
         bounds=Bounds(0, 1000),
         absent=(0.0, None),
     )
+    mutual: Optional[float] = _option(
+        None,
+        "weight of a term holding each of several members (--members) to the mean age "
+        "of the others, held fixed (co-distillation, Anil et al., 2018); 0: off",
+        bounds=Bounds(0, 10),
+        absent=(0.0, None),
+    )
     fused_batch_norm: Optional[bool] = _option(
         None,
         "batch norm's training pass as TensorFlow's fused kernel (the same statistics, "
@@ -499,6 +506,7 @@ CPU_PRESET = dict(
     balanced_mse=0.05,
     # Off: EXPERIMENTS.md, "Ranked features".
     rank_sim=0.0,
+    mutual=0.0,
     fused_batch_norm=True,
 )
 PRESETS = {
@@ -562,6 +570,7 @@ COURSE_SETTINGS = dict(
     loss_weighting="none",
     balanced_mse=0.0,
     rank_sim=0.0,
+    mutual=0.0,
 )
 
 
@@ -573,22 +582,16 @@ def resolve_config(config):
     arch = config.arch or values["arch"]
     if arch == "course_cnn":
         values.update(COURSE_SETTINGS)
-        network = (
-            config.width,
-            config.blocks,
-            config.squeeze_excite,
-            config.pooled_shortcut,
-            config.eca,
-            config.blur,
-            config.pooling,
-            config.members,
-            config.members_share,
-        )
-        if any(v is not None for v in network):
+        # The settings of age_cnn's network are None in COURSE_SETTINGS.
+        given = [
+            _flag(name)
+            for name, value in COURSE_SETTINGS.items()
+            if value is None and getattr(config, name) is not None
+        ]
+        if given:
             raise ValueError(
-                "--width, --blocks, --squeeze-excite, --pooled-shortcut, --eca, --blur, "
-                "--pooling, --members and --members-share shape the network of --arch "
-                "age_cnn; the course network (--arch course_cnn) has the course's layers"
+                f"{', '.join(given)}: for the network of --arch age_cnn only; the "
+                "course network (--arch course_cnn) has the course's layers"
             )
     values.update(jit_compile=gpu)
     explicit = {
@@ -818,6 +821,11 @@ def check_config(config):
         raise ValueError(
             "--rank-sim: the course network (--arch course_cnn) does not give its "
             "features to the loss; RankSim needs --arch age_cnn"
+        )
+    if config.mutual and not (config.members or 1) > 1:
+        raise ValueError(
+            "--mutual holds each member to the others: it needs several members "
+            "(--members 2 or more, --arch age_cnn)"
         )
     if config.squeeze_excite and config.eca:
         raise ValueError(

@@ -118,6 +118,21 @@ def balanced_mse(predicted, ages, log_prior, sigma=BALANCED_MSE_SIGMA):
     return ops.mean(variance * (evidence - likelihood), axis=-1)  # (batch,)
 
 
+def mutual_disagreement(predicted):
+    """Each image's mean absolute gap (batch,) between each member's age (predicted,
+    (batch, members)) and the mean age of the other members, that mean held fixed: a
+    member learns from the others' consensus as from a second, smoother label
+    (co-distillation: Anil et al., 2018, "Large scale distributed neural network training
+    through online distillation"; Zhang et al., 2018, "Deep mutual learning"). With one
+    member, 0."""
+    predicted = ops.cast(predicted, "float32")
+    members = predicted.shape[-1]
+    if members == 1:
+        return ops.zeros_like(predicted[:, 0])
+    others = (ops.sum(predicted, axis=-1, keepdims=True) - predicted) / (members - 1)
+    return ops.mean(ops.abs(predicted - ops.stop_gradient(others)), axis=-1)
+
+
 # RankSim's interpolation: how far the ranking's gradient looks, in units of the scores.
 RANK_SIM_INTERPOLATION = 2.0
 
@@ -189,6 +204,7 @@ def loss_terms(
     average=None,
     balanced_mse_weight=0.0,
     age_prior=None,
+    mutual_weight=0.0,
 ):
     """Return scalar float32 losses {"age", "gender", "distribution", "balanced_mse" (each
     if given), "total"}.
@@ -203,6 +219,8 @@ def loss_terms(
     the global batch, so that the replicas' gradients add up to the global batch's.
     `balanced_mse_weight` adds that weight times the Balanced MSE of the predicted ages
     against `age_prior`, the training ages' log-prior (see balanced_mse).
+    `mutual_weight` adds that weight times the members' disagreement (see
+    mutual_disagreement).
     """
     average = average or ops.mean
     head = getattr(head, "head", head)
@@ -225,6 +243,9 @@ def loss_terms(
         predicted = ages_from_outputs(head, outputs)  # (batch, 1), of any head
         terms["balanced_mse"] = average(balanced_mse(predicted, ages, age_prior))
         terms["total"] = terms["total"] + balanced_mse_weight * terms["balanced_mse"]
+    if mutual_weight:
+        terms["mutual"] = average(mutual_disagreement(outputs["age"]))
+        terms["total"] = terms["total"] + mutual_weight * terms["mutual"]
     if "distribution_logits" in outputs:
         logits = ops.cast(outputs["distribution_logits"], "float32")
         targets = soft_age_labels(ages, ops.shape(logits)[-1], distribution_sigma)

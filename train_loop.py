@@ -307,7 +307,8 @@ class Trainer:
         """The training loss of a replica's batch (losses.loss_terms): the images' losses
         summed and divided by the global batch size, so that the replicas' gradients add
         up to those of the global batch's mean loss (with one replica: the mean). With
-        config.balanced_mse, plus that weight times the Balanced MSE."""
+        config.balanced_mse, plus that weight times the Balanced MSE; with config.mutual, that
+        weight times the members' disagreement."""
         head = model_head(self.model)
         age_weights = self.age_weights
         if age_weights is not None:  # The weights average 1: so does every blend.
@@ -321,6 +322,7 @@ class Trainer:
             average=tf.nn.compute_average_loss,
             balanced_mse_weight=self.config.balanced_mse,
             age_prior=self.age_prior,
+            mutual_weight=self.config.mutual,
         )
         return terms["total"]
 

@@ -43,6 +43,8 @@ def _error_line(capsys):
         ("--start-fraction", "1.5"),
         ("--start-fraction", "1"),
         ("--rank-sim", "-1"),
+        ("--mutual", "-1"),
+        ("--mutual", "11"),
         ("--selective-backprop", "0"),
         ("--selective-backprop", "1.5"),
         ("--squeeze-excite", "-1"),
@@ -121,6 +123,7 @@ def test_the_course_network_refuses_width_blocks_and_members(
         ("--eca", "3"),
         ("--blur",),
         ("--pooling", "flatten"),
+        ("--mutual", "0.5"),
     ):
         assert _train(tiny_data, tmp_path / "run", "--arch", "course_cnn", *flag) == 1
         assert flag[0] in _error_line(capsys)
@@ -143,6 +146,15 @@ def test_two_gates_on_the_same_channels_are_refused(tiny_data, tmp_path, capsys)
     assert _train(tiny_data, tmp_path / "run", *flags) == 1
     line = _error_line(capsys)
     assert "--squeeze-excite" in line and "--eca" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_one_network_refuses_a_term_that_holds_it_to_the_others(
+    tiny_data, tmp_path, capsys
+):
+    assert _train(tiny_data, tmp_path / "run", "--members", "1", "--mutual", "1") == 1
+    line = _error_line(capsys)
+    assert "--mutual" in line and "--members 2 or more" in line
     assert not (tmp_path / "run").exists()
 
 

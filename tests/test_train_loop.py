@@ -157,7 +157,7 @@ def test_a_run_of_an_older_version_goes_on_where_it_can(tiny_data, tmp_path):
     newer = [
         "squeeze_excite", "pooled_shortcut", "members_share", "start_image_size",
         "start_fraction", "start_view", "selective_backprop", "rank_sim",
-        "validate_trained_every", "pooling", "eca", "blur",
+        "validate_trained_every", "pooling", "eca", "blur", "mutual",
     ]  # fmt: skip
     _as_an_older_version_saved_it(tmp_path, newer)
     asking = tiny_config(tiny_data, tmp_path, epochs=1, ema=0.0, squeeze_excite=4)
@@ -354,6 +354,33 @@ def test_a_balanced_mse_term_is_added_to_the_l1_loss_with_its_weight():
         train_loop.Trainer(
             model, train_loop.make_optimizer(config, 10), weighted_config
         )
+
+
+def test_a_mutual_term_holds_each_member_to_the_others_mean_held_fixed():
+    config = train_loop.resolve_config(
+        train_loop.TrainConfig(
+            out="unused", image_size=32, members=3, balanced_mse=0.0, mutual=0.5
+        )
+    )
+    model = train_loop.make_model(config, initial_age=30.0)
+    trainer = train_loop.Trainer(model, train_loop.make_optimizer(config, 10), config)
+    outputs = tf.Variable([[10.0, 16.0, 13.0], [40.0, 40.0, 46.0]])  # (batch, members)
+    labels = tf.constant([[12.0], [44.0]])
+    # The others' means: 14.5, 11.5, 13; 43, 43, 40. The gaps: 4.5, 4.5, 0; 3, 3, 6.
+    gaps = np.mean([[4.5, 4.5, 0.0], [3.0, 3.0, 6.0]], axis=-1)
+    np.testing.assert_allclose(losses.mutual_disagreement(outputs), gaps, rtol=1e-6)
+    l1 = np.mean(np.abs(outputs.numpy() - labels.numpy()))
+    with tf.GradientTape() as tape:
+        loss = trainer.loss(outputs, labels)
+    assert float(loss) == pytest.approx(l1 + 0.5 * np.mean(gaps), rel=1e-6)
+    # Held fixed, the others' mean passes no gradient: each member is pushed by the
+    # sign of its own gap alone (a member on the others' mean, by its label alone).
+    label_part = np.sign(outputs.numpy() - labels.numpy()) / 6
+    gap_part = 0.5 * np.array([[-1.0, 1.0, 0.0], [-1.0, -1.0, 1.0]]) / 6
+    np.testing.assert_allclose(
+        tape.gradient(loss, outputs).numpy(), label_part + gap_part, rtol=1e-6
+    )
+    np.testing.assert_array_equal(losses.mutual_disagreement(outputs[:, :1]), [0, 0])
 
 
 def test_a_rank_sim_term_ranks_each_members_features(monkeypatch):
