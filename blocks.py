@@ -113,6 +113,7 @@ class ResidualBlock(keras.layers.Layer):
         pooled_shortcut=False,
         eca=0,
         blur=False,
+        activation="relu",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -127,6 +128,8 @@ class ResidualBlock(keras.layers.Layer):
         self.pooled_shortcut = pooled_shortcut
         self.eca = eca
         self.blur = blur
+        # relu, or silu (x sigmoid(x)): after the first convolution and after the sum.
+        self.activation = activation
         self.blur_layer = Blur(name="blur") if blur and strides > 1 else None
         # With several replicas, batch norm takes its statistics over the global batch.
         self.synchronized = synchronized
@@ -172,7 +175,7 @@ class ResidualBlock(keras.layers.Layer):
             )
 
     def call(self, inputs, training=False):
-        """Return relu(F(inputs) + shortcut(inputs))."""
+        """Return relu(F(inputs) + shortcut(inputs)) (silu with activation "silu")."""
         if self.blur_layer is not None:
             inputs = self.blur_layer(inputs)
         shortcut = inputs
@@ -182,7 +185,7 @@ class ResidualBlock(keras.layers.Layer):
             shortcut = self.shortcut_norm(
                 self.shortcut_conv(shortcut), training=training
             )
-        features = ops.relu(self.norm1(self.conv1(inputs), training=training))
+        features = self._activate(self.norm1(self.conv1(inputs), training=training))
         features = self.norm2(self.conv2(features), training=training)
         if self.squeeze_excite:
             # (batch, 1, 1, filters): one gate in (0, 1) a channel, from all of them.
@@ -193,7 +196,10 @@ class ResidualBlock(keras.layers.Layer):
             means = ops.mean(features, axis=(1, 2))[..., None]  # (batch, filters, 1)
             gates = ops.sigmoid(self.gate(means))
             features = features * ops.reshape(gates, (-1, 1, 1, self.filters))
-        return ops.relu(features + shortcut)
+        return self._activate(features + shortcut)
+
+    def _activate(self, features):
+        return ops.relu(features) if self.activation == "relu" else ops.silu(features)
 
     def compute_output_shape(self, input_shape):
         """Return the output shape, so that model.summary() can show it."""
@@ -218,6 +224,7 @@ class ResidualBlock(keras.layers.Layer):
             "pooled_shortcut": self.pooled_shortcut,
             "eca": self.eca,
             "blur": self.blur,
+            "activation": self.activation,
         }
 
 

@@ -1,5 +1,5 @@
 """The settings of a training run: `TrainConfig`, the presets, the course's settings, and
-the command-line flags generated from the dataclass.
+their checks (the command-line flags made from the dataclass: flags.py).
 
     config = resolve_config(TrainConfig(preset="cpu", out="runs/default"))
     config.image_size, config.epochs        # 96, 68: filled from the preset
@@ -8,7 +8,6 @@ A field left `None` is taken from the preset (or, for the course network, the co
 settings); every flag is checked when it is parsed, so a bad value names its flag.
 """
 
-import argparse
 import dataclasses
 import json
 from dataclasses import dataclass, field
@@ -162,6 +161,13 @@ class TrainConfig:
         "anti-aliased downsampling (Zhang, 2019): a [1, 2, 1] blur before every "
         "convolution that halves the resolution",
         absent=(False, None),
+    )
+    activation: Optional[str] = _option(
+        None,
+        "the activation inside the network (the output's ReLU aside): relu, or silu, "
+        "x times sigmoid(x), smooth and not zero below 0 (Elfwing et al., 2018)",
+        ("relu", "silu"),
+        absent=("relu", None),
     )
     pooling: Optional[str] = _option(
         None,
@@ -466,6 +472,7 @@ CPU_PRESET = dict(
     pooled_shortcut=False,
     eca=0,
     blur=False,
+    activation="relu",
     pooling="average",
     # Three networks trained at once and averaged: EXPERIMENTS.md, "Several networks in
     # one model".
@@ -546,6 +553,7 @@ COURSE_SETTINGS = dict(
     pooled_shortcut=None,
     eca=None,
     blur=None,
+    activation=None,
     pooling=None,
     members=None,
     members_share=None,
@@ -584,7 +592,7 @@ def resolve_config(config):
         values.update(COURSE_SETTINGS)
         # The settings of age_cnn's network are None in COURSE_SETTINGS.
         given = [
-            _flag(name)
+            flag_name(name)
             for name, value in COURSE_SETTINGS.items()
             if value is None and getattr(config, name) is not None
         ]
@@ -739,12 +747,12 @@ def check_same_run(saved, config, out):
         asked = [k for k in missing if _FIELDS[k].metadata["absent"]]
         raise ValueError(
             f"{out} holds a run of an older version, which had no "
-            f"{', '.join(map(_flag, missing))}: resume it with that version"
-            + (f", or without {', '.join(map(_flag, asked))}" if asked else "")
+            f"{', '.join(map(flag_name, missing))}: resume it with that version"
+            + (f", or without {', '.join(map(flag_name, asked))}" if asked else "")
             + ", or choose another --out"
         )
     different = [
-        f"{_flag(k)} {saved[k]} there, {current[k]} here"
+        f"{flag_name(k)} {saved[k]} there, {current[k]} here"
         for k in sorted(current)
         if k not in ignored and saved[k] != current[k]
     ]
@@ -755,49 +763,9 @@ def check_same_run(saved, config, out):
         )
 
 
-def _value_type(annotation):
-    """The type a flag parses for a field annotated int, float, str or Optional of them."""
-    kinds = [
-        kind
-        for kind in getattr(annotation, "__args__", (annotation,))
-        if kind is not type(None)
-    ]
-    return kinds[0] if kinds and kinds[0] in (int, float) else str
-
-
-def _flag(name):
+def flag_name(name):
+    """The flag of a TrainConfig field: --image-size for image_size."""
     return "--" + name.replace("_", "-")
-
-
-def checked_number(kind, bounds):
-    """A flag's argparse type: the value parsed as `kind`, refused out of `bounds`."""
-
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        problem = bounds.problem(value) if bounds else None
-        if problem:
-            raise argparse.ArgumentTypeError(f"{problem}, got {text}")
-        return value
-
-    parse.__name__ = kind.__name__  # what argparse names in its errors
-    return parse
-
-
-def checked_text(parse):
-    """A flag's argparse type: the text, refused unless `parse` admits it."""
-
-    def check(text):
-        try:
-            parse(text)
-        except ValueError as error:
-            raise argparse.ArgumentTypeError(str(error)) from None
-        return text
-
-    check.__name__ = parse.__name__
-    return check
 
 
 def check_config(config):
@@ -810,12 +778,12 @@ def check_config(config):
             try:
                 parse(value)
             except ValueError as error:
-                raise ValueError(f"{_flag(config_field.name)} {error}") from None
+                raise ValueError(f"{flag_name(config_field.name)} {error}") from None
         if value is None or bounds is None:
             continue
         problem = bounds.problem(value)
         if problem:
-            raise ValueError(f"{_flag(config_field.name)} {problem}, got {value}")
+            raise ValueError(f"{flag_name(config_field.name)} {problem}, got {value}")
     _check_start_image_size(config)
     if config.rank_sim and config.arch == "course_cnn":
         raise ValueError(
@@ -855,45 +823,3 @@ def _check_start_image_size(config):
             f"--start-image-size must be from 32 up to below --image-size "
             f"({config.image_size}), got {size} (0: off)"
         )
-
-
-def add_config_arguments(parser):
-    """One flag per TrainConfig field: --image-size for image_size, and so on."""
-    from_preset = set(PRESETS["cpu"]) | {"image_size", "jit_compile"}
-    for config_field in dataclasses.fields(TrainConfig):
-        help_text = config_field.metadata["help"]
-        if config_field.name in from_preset:
-            help_text += " (default: from the preset)"
-        elif config_field.default is not None:
-            help_text += f" (default: {config_field.default})"
-        if config_field.type in (bool, Optional[bool]):
-            parser.add_argument(
-                _flag(config_field.name),
-                action=argparse.BooleanOptionalAction,
-                default=None,
-                help=help_text,
-            )
-            continue
-        kind = _value_type(config_field.type)
-        bounds, parse = config_field.metadata["bounds"], config_field.metadata["parse"]
-        parser.add_argument(
-            _flag(config_field.name),
-            type=(
-                checked_text(parse)
-                if parse
-                else checked_number(kind, bounds) if kind is not str else str
-            ),
-            choices=config_field.metadata["choices"],
-            default=None,
-            help=help_text,
-        )
-
-
-def config_from_arguments(arguments):
-    """A TrainConfig from parsed arguments: flags not given keep the dataclass defaults."""
-    given = {
-        config_field.name: getattr(arguments, config_field.name)
-        for config_field in dataclasses.fields(TrainConfig)
-        if getattr(arguments, config_field.name) is not None
-    }
-    return TrainConfig(**given)

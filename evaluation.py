@@ -19,7 +19,8 @@ import readout
 import runs
 import utk_data
 from model import age_labels, age_quantiles, model_head, model_inputs
-from config import AT_LEAST_ONE, checked_number
+from config import AT_LEAST_ONE
+from flags import checked_number
 from metrics import balanced_mae, evaluate_predictions, median_baseline
 from runs import INTERVALS, PREDICTION_COLUMNS, UNKNOWN_ATTRIBUTES_COLUMNS
 

@@ -54,6 +54,8 @@ OUTPUT_ACTIVATIONS = ("relu", "linear")
 # What the head reads of the last stage's feature map: its mean over the positions, or every
 # position's channels, the map flattened (then the network takes one image size).
 POOLINGS = ("average", "flatten")
+# The activations inside an AgeCNN (its output has its own, OUTPUT_ACTIVATIONS).
+ACTIVATIONS = ("relu", "silu")
 # The gradient of the ReLU output below 0 while training (its output is max(0, z) always).
 RELU_GRADIENTS = ("zero", "straight_through")
 
@@ -274,12 +276,14 @@ class AgeCNN(keras.Model):
         pooling="average",
         eca=0,
         blur=False,
+        activation="relu",
         **kwargs,
     ):
         super().__init__(**kwargs)
         # How the readout maps the predicted ages after training (None: as they are).
         self.age_widening = _widening(age_widening)
         _check_choice("pooling", pooling, POOLINGS)
+        _check_choice("activation", activation, ACTIVATIONS)
         _check_age_cnn_arguments(
             widths, blocks_per_stage, head, max_age, output_activation,
             gender_head, attribute_inputs, distribution_head, members, members_share,
@@ -309,6 +313,8 @@ class AgeCNN(keras.Model):
         self.eca = eca
         # Every convolution that halves the resolution anti-aliased (see ResidualBlock).
         self.blur = blur
+        # The activation of the stem, the blocks and the head's hidden layer (ACTIVATIONS).
+        self.activation = activation
         # What the head reads of the last feature map (POOLINGS).
         self.pooling = pooling
         self.initial_age = initial_age
@@ -330,7 +336,7 @@ class AgeCNN(keras.Model):
             self.gender_embedding = layers.Embedding(3, 4, name="gender_embedding")
             self.race_embedding = layers.Embedding(6, 4, name="race_embedding")
         self.hidden = (
-            layers.Dense(head_units, activation="relu", name="hidden")
+            layers.Dense(head_units, activation=activation, name="hidden")
             if head_units
             else None
         )
@@ -360,6 +366,7 @@ class AgeCNN(keras.Model):
                 pooled_shortcut=self.pooled_shortcut,
                 eca=self.eca,
                 blur=self.blur,
+                activation=self.activation,
                 pooling=self.pooling,
                 first_part=shared,
                 name=f"member{member + 1}",
@@ -441,7 +448,11 @@ class AgeCNN(keras.Model):
                     self.fused_batch_norm,
                     name="stem_norm",
                 ),
-                layers.ReLU(name="stem_relu"),
+                (
+                    layers.ReLU(name="stem_relu")
+                    if self.activation == "relu"
+                    else layers.Activation(self.activation, name="stem_activation")
+                ),
             ]
         if part > len(self.widths):
             if self.pooling == "flatten":
@@ -461,6 +472,7 @@ class AgeCNN(keras.Model):
                 pooled_shortcut=self.pooled_shortcut,
                 eca=self.eca,
                 blur=self.blur,
+                activation=self.activation,
                 name=f"stage{part}_block{block + 1}",
             )
             for block in range(self.blocks_per_stage[part - 1])
@@ -595,6 +607,7 @@ class AgeCNN(keras.Model):
             pooling=self.pooling,
             eca=self.eca,
             blur=self.blur,
+            activation=self.activation,
         )
 
 

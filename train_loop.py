@@ -45,10 +45,11 @@ import report
 import runs
 import serve
 import utk_data
-from config import PRESETS, add_config_arguments, blocks_per_stage
+from config import PRESETS, blocks_per_stage
 from config import TrainConfig  # noqa: F401 (the notebook)
-from config import check_config, check_loss_weighting_epochs, config_from_arguments
+from config import check_config, check_loss_weighting_epochs
 from config import resolve_config, resumed_config, run_name  # noqa: F401 (the notebook)
+from flags import add_config_arguments, config_from_arguments
 from losses import lds_age_weights, log_age_prior, loss_terms, rank_similarity
 from model import age_labels, ages_from_outputs, build_model, model_head, model_inputs
 from runs import progress
@@ -112,6 +113,7 @@ def make_model(config, initial_age=None, synchronized=False):
         pooled_shortcut=config.pooled_shortcut,
         eca=config.eca,
         blur=config.blur,
+        activation=config.activation,
         pooling=config.pooling,
         members=config.members,
         members_share=config.members_share,

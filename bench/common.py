@@ -37,8 +37,9 @@ import numpy as np  # noqa: E402
 import augmentation  # noqa: E402
 import train_loop  # noqa: E402
 import utk_data  # noqa: E402
-from config import AT_LEAST_ONE, add_config_arguments, checked_number  # noqa: E402
-from config import config_from_arguments  # noqa: E402
+from config import AT_LEAST_ONE  # noqa: E402
+from flags import add_config_arguments, config_from_arguments  # noqa: E402
+from flags import checked_number  # noqa: E402
 from losses import log_age_prior  # noqa: E402
 from model import forward_flops  # noqa: E402
 

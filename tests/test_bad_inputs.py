@@ -45,6 +45,7 @@ def _error_line(capsys):
         ("--rank-sim", "-1"),
         ("--mutual", "-1"),
         ("--mutual", "11"),
+        ("--activation", "tanh"),
         ("--selective-backprop", "0"),
         ("--selective-backprop", "1.5"),
         ("--squeeze-excite", "-1"),
@@ -124,6 +125,7 @@ def test_the_course_network_refuses_width_blocks_and_members(
         ("--blur",),
         ("--pooling", "flatten"),
         ("--mutual", "0.5"),
+        ("--activation", "silu"),
     ):
         assert _train(tiny_data, tmp_path / "run", "--arch", "course_cnn", *flag) == 1
         assert flag[0] in _error_line(capsys)

@@ -229,6 +229,7 @@ def test_ordinal_targets_and_ages():
         ("age_cnn", {"members": 2, "squeeze_excite": 4, **SMALL}),
         ("age_cnn", {"pooled_shortcut": True, **SMALL}),
         ("age_cnn", {"members": 2, "eca": 3, "blur": True, **SMALL}),
+        ("age_cnn", {"members": 2, "activation": "silu", **SMALL}),
         ("age_cnn", {"pooling": "flatten", "members": 2, **SMALL}),
         (
             "age_cnn",
@@ -675,6 +676,29 @@ def test_a_blurred_block_reads_its_input_blurred_where_it_halves_the_resolution(
     # The stem of a blurred network blurs the image before its strided convolution.
     model = build_model("age_cnn", **SMALL, blur=True)
     assert isinstance(model.body[0], Blur) and model.body[1].name == "stem_conv"
+
+
+def test_a_silu_network_has_silu_wherever_a_relu_network_has_relu():
+    images = random_images(2, 8)
+    smooth, plain = built_block_pair(images, activation="silu")
+    plain.set_weights(smooth.get_weights())
+    for block in (smooth, plain):  # the residual branch counts
+        block.norm2.gamma.assign(tf.ones_like(block.norm2.gamma))
+    shortcut = smooth.shortcut_norm(smooth.shortcut_conv(images))
+    for block, activate in ((smooth, ops.silu), (plain, ops.relu)):
+        branch = block.norm2(block.conv2(activate(block.norm1(block.conv1(images)))))
+        expected = activate(branch + shortcut)
+        np.testing.assert_allclose(block(images), expected, atol=1e-5)
+    assert np.min(smooth(images)) < 0 <= np.min(plain(images))  # silu dips below 0
+    # The stem and the head's hidden layer too; the age output keeps its ReLU.
+    model = build_model("age_cnn", **SMALL, activation="silu")
+    assert model.body[2].name == "stem_activation"
+    assert model.body[2].activation is keras.activations.silu
+    assert model.hidden.activation is keras.activations.silu
+    assert all(block.activation == "silu" for block in model.body[3:-1])
+    assert float(ops.min(model(images))) >= 0
+    with pytest.raises(ValueError, match="activation"):
+        build_model("age_cnn", **SMALL, activation="tanh")
 
 
 def test_lds_weights_favour_rare_ages_and_average_1():
