@@ -13,6 +13,9 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+# The activations a residual block (and the AgeCNN built of them) may take inside.
+ACTIVATIONS = {"relu": ops.relu, "silu": ops.silu}
+
 
 @keras.saving.register_keras_serializable(package="age_regression")
 class FusedBatchNormalization(layers.BatchNormalization):
@@ -117,6 +120,10 @@ class ResidualBlock(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if activation not in ACTIVATIONS:
+            raise ValueError(
+                f"activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}"
+            )
         if squeeze_excite and eca:
             raise ValueError(
                 "a block gates its channels by squeeze_excite or eca, not both"
@@ -199,7 +206,7 @@ class ResidualBlock(keras.layers.Layer):
         return self._activate(features + shortcut)
 
     def _activate(self, features):
-        return ops.relu(features) if self.activation == "relu" else ops.silu(features)
+        return ACTIVATIONS[self.activation](features)
 
     def compute_output_shape(self, input_shape):
         """Return the output shape, so that model.summary() can show it."""

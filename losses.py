@@ -206,8 +206,8 @@ def loss_terms(
     age_prior=None,
     mutual_weight=0.0,
 ):
-    """Return scalar float32 losses {"age", "gender", "distribution", "balanced_mse" (each
-    if given), "total"}.
+    """Return scalar float32 losses {"age", "gender", "distribution", "balanced_mse",
+    "mutual" (each if given), "total"}.
 
     `loss` ("l1", "huber" or "l2") applies to the regression head; the classification
     head uses cross-entropy and the ordinal head CORAL's summed binary cross-entropies.

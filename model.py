@@ -42,7 +42,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from blocks import Blur, OrdinalThresholds, ResidualBlock, batch_norm
+from blocks import ACTIVATIONS, Blur, OrdinalThresholds, ResidualBlock, batch_norm
 
 HEADS = ("regression", "classification", "ordinal")
 # The most networks an AgeCNN may average (its `members`).
@@ -54,8 +54,6 @@ OUTPUT_ACTIVATIONS = ("relu", "linear")
 # What the head reads of the last stage's feature map: its mean over the positions, or every
 # position's channels, the map flattened (then the network takes one image size).
 POOLINGS = ("average", "flatten")
-# The activations inside an AgeCNN (its output has its own, OUTPUT_ACTIVATIONS).
-ACTIVATIONS = ("relu", "silu")
 # The gradient of the ReLU output below 0 while training (its output is max(0, z) always).
 RELU_GRADIENTS = ("zero", "straight_through")
 
@@ -283,7 +281,7 @@ class AgeCNN(keras.Model):
         # How the readout maps the predicted ages after training (None: as they are).
         self.age_widening = _widening(age_widening)
         _check_choice("pooling", pooling, POOLINGS)
-        _check_choice("activation", activation, ACTIVATIONS)
+        _check_choice("activation", activation, tuple(ACTIVATIONS))
         _check_age_cnn_arguments(
             widths, blocks_per_stage, head, max_age, output_activation,
             gender_head, attribute_inputs, distribution_head, members, members_share,
@@ -313,7 +311,8 @@ class AgeCNN(keras.Model):
         self.eca = eca
         # Every convolution that halves the resolution anti-aliased (see ResidualBlock).
         self.blur = blur
-        # The activation of the stem, the blocks and the head's hidden layer (ACTIVATIONS).
+        # The activation of the stem, the blocks and the head's hidden layer
+        # (blocks.ACTIVATIONS).
         self.activation = activation
         # What the head reads of the last feature map (POOLINGS).
         self.pooling = pooling

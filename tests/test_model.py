@@ -699,6 +699,8 @@ def test_a_silu_network_has_silu_wherever_a_relu_network_has_relu():
     assert float(ops.min(model(images))) >= 0
     with pytest.raises(ValueError, match="activation"):
         build_model("age_cnn", **SMALL, activation="tanh")
+    with pytest.raises(ValueError, match="activation must be one of"):
+        ResidualBlock(16, activation="tanh")
 
 
 def test_lds_weights_favour_rare_ages_and_average_1():
