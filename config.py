@@ -177,6 +177,13 @@ class TrainConfig:
         ("average", "flatten"),
         absent=("average", None),
     )
+    dropout: Optional[float] = _option(
+        None,
+        "the fraction of the head's hidden units that dropout zeroes in each training "
+        "step (0: none)",
+        bounds=Bounds(0, 1, high_included=False),
+        absent=(0.3, None),
+    )
     members: Optional[int] = _option(
         None,
         "train this many networks of the chosen shape at once, each from its own random "
@@ -482,8 +489,8 @@ CPU_PRESET = dict(
         widths=(16, 32, 80, 160),
         stem_stride=2,
         head_units=128,
-        dropout=0.3,
     ),
+    dropout=0.3,
     batch_size=64,
     # Off: EXPERIMENTS.md, "Training on the faces not yet learnt".
     selective_backprop=1.0,
@@ -555,6 +562,7 @@ COURSE_SETTINGS = dict(
     blur=None,
     activation=None,
     pooling=None,
+    dropout=None,
     members=None,
     members_share=None,
     image_size=200,

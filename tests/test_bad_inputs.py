@@ -46,6 +46,8 @@ def _error_line(capsys):
         ("--mutual", "-1"),
         ("--mutual", "11"),
         ("--activation", "tanh"),
+        ("--dropout", "1"),
+        ("--dropout", "-0.1"),
         ("--selective-backprop", "0"),
         ("--selective-backprop", "1.5"),
         ("--squeeze-excite", "-1"),
@@ -126,6 +128,7 @@ def test_the_course_network_refuses_width_blocks_and_members(
         ("--pooling", "flatten"),
         ("--mutual", "0.5"),
         ("--activation", "silu"),
+        ("--dropout", "0.1"),
     ):
         assert _train(tiny_data, tmp_path / "run", "--arch", "course_cnn", *flag) == 1
         assert flag[0] in _error_line(capsys)

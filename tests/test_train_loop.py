@@ -158,7 +158,7 @@ def test_a_run_of_an_older_version_goes_on_where_it_can(tiny_data, tmp_path):
         "squeeze_excite", "pooled_shortcut", "members_share", "start_image_size",
         "start_fraction", "start_view", "selective_backprop", "rank_sim",
         "validate_trained_every", "pooling", "eca", "blur", "mutual",
-        "activation",
+        "activation", "dropout",
     ]  # fmt: skip
     _as_an_older_version_saved_it(tmp_path, newer)
     asking = tiny_config(tiny_data, tmp_path, epochs=1, ema=0.0, squeeze_excite=4)
@@ -516,6 +516,20 @@ def test_squeeze_excite_gates_every_block_of_every_member():
         dataclasses.replace(config, squeeze_excite=0), initial_age=30.0
     )
     assert not any(hasattr(layer, "squeeze") for layer in plain.member_networks[0].body)
+
+
+def test_dropout_from_its_flag_reaches_the_head_of_every_member():
+    config = train_loop.resolve_config(
+        train_loop.TrainConfig(out="unused", image_size=32)
+    )
+    assert config.dropout == train_loop.PRESETS["cpu"]["dropout"] == 0.3
+    for rate in (0.0, 0.1):
+        model = train_loop.make_model(
+            dataclasses.replace(config, dropout=rate), initial_age=30.0
+        )
+        members = model.member_networks
+        assert [member.dropout_layer.rate for member in members] == [rate] * 3
+        assert model.get_config()["dropout"] == rate  # saved with the model
 
 
 def test_the_train_step_augments_raw_batches_as_the_config_says(monkeypatch):
