@@ -490,6 +490,8 @@ CPU_PRESET = dict(
         stem_stride=2,
         head_units=128,
     ),
+    # 0.1 and 0.5 were worse at the short budget: EXPERIMENTS.md, "A lighter
+    # co-distillation, the head's dropout".
     dropout=0.3,
     batch_size=64,
     # Off: EXPERIMENTS.md, "Training on the faces not yet learnt".
