@@ -528,7 +528,10 @@ def test_dropout_from_its_flag_reaches_the_head_of_every_member():
             dataclasses.replace(config, dropout=rate), initial_age=30.0
         )
         members = model.member_networks
-        assert [member.dropout_layer.rate for member in members] == [rate] * 3
+        assert len(members) == train_loop.PRESETS["cpu"]["members"]
+        assert [member.dropout_layer.rate for member in members] == [rate] * len(
+            members
+        )
         assert model.get_config()["dropout"] == rate  # saved with the model
 
 
