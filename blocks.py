@@ -76,6 +76,25 @@ def batch_norm(synchronized=False, fused=False, **options):
 
 
 @keras.saving.register_keras_serializable(package="age_regression")
+class SpaceToDepth(keras.layers.Layer):
+    """Each 2 × 2 square of pixels stacked as one pixel of four times the channels (the
+    rows' and columns' halves, then the channels): half the height and width, nothing
+    lost. Before a strided convolution it makes a stem that reads 6 × 6 pixels at a
+    stride of 4 without a full-size feature map (the image's height and width even)."""
+
+    def call(self, inputs):
+        _, height, width, channels = ops.shape(inputs)
+        squares = ops.reshape(inputs, (-1, height // 2, 2, width // 2, 2, channels))
+        squares = ops.transpose(squares, (0, 1, 3, 2, 4, 5))
+        return ops.reshape(squares, (-1, height // 2, width // 2, 4 * channels))
+
+    def compute_output_shape(self, input_shape):
+        batch, height, width, channels = input_shape
+        half = lambda side: None if side is None else side // 2  # noqa: E731
+        return (batch, half(height), half(width), 4 * channels)
+
+
+@keras.saving.register_keras_serializable(package="age_regression")
 class Blur(keras.layers.Layer):
     """A fixed low-pass filter, [1, 2, 1] / 4 down the columns and along the rows, the
     edges mirrored. Put before a convolution that halves the resolution, it makes that

@@ -177,6 +177,15 @@ class TrainConfig:
         ("average", "flatten"),
         absent=("average", None),
     )
+    stem: Optional[str] = _option(
+        None,
+        "the network's first layer: a 3x3 convolution at half the image's side, stage 1 "
+        "halving it again (conv); or each 2x2 square of pixels stacked as one pixel first, "
+        "the same convolution then at a quarter of the side and stage 1 keeping it "
+        "(space_to_depth: the same maps from stage 1 on, a faster step; even image sides)",
+        ("conv", "space_to_depth"),
+        absent=("conv", None),
+    )
     dropout: Optional[float] = _option(
         None,
         "the fraction of the head's hidden units that dropout zeroes in each training "
@@ -481,6 +490,7 @@ CPU_PRESET = dict(
     blur=False,
     activation="relu",
     pooling="average",
+    stem="conv",
     # Three networks trained at once and averaged: EXPERIMENTS.md, "Several networks in
     # one model".
     members=3,
@@ -564,6 +574,7 @@ COURSE_SETTINGS = dict(
     blur=None,
     activation=None,
     pooling=None,
+    stem=None,
     dropout=None,
     members=None,
     members_share=None,
@@ -809,6 +820,18 @@ def check_config(config):
         raise ValueError(
             "--squeeze-excite and --eca both gate a block's channels: give one of them"
         )
+    if config.stem == "space_to_depth":
+        odd = [
+            f"{flag_name(name)} {size}"
+            for name in ("image_size", "start_image_size")
+            for size in [getattr(config, name)]
+            if size and size % 2
+        ]
+        if odd:
+            raise ValueError(
+                f"--stem space_to_depth stacks 2x2 squares of pixels: it needs images of "
+                f"even sides, got {', '.join(odd)}"
+            )
 
 
 def _check_start_image_size(config):

@@ -42,7 +42,14 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from blocks import ACTIVATIONS, Blur, OrdinalThresholds, ResidualBlock, batch_norm
+from blocks import (
+    ACTIVATIONS,
+    Blur,
+    OrdinalThresholds,
+    ResidualBlock,
+    SpaceToDepth,
+    batch_norm,
+)
 
 HEADS = ("regression", "classification", "ordinal")
 # The most networks an AgeCNN may average (its `members`).
@@ -54,6 +61,11 @@ OUTPUT_ACTIVATIONS = ("relu", "linear")
 # What the head reads of the last stage's feature map: its mean over the positions, or every
 # position's channels, the map flattened (then the network takes one image size).
 POOLINGS = ("average", "flatten")
+# The stem: a 3 × 3 convolution at the stem's stride, stage 1 halving the resolution again
+# (conv); or each 2 × 2 square of pixels as one pixel (SpaceToDepth) before that
+# convolution, stage 1 keeping the resolution (space_to_depth): the same sizes from stage 1
+# on, without a feature map at half the image's side.
+STEMS = ("conv", "space_to_depth")
 # The gradient of the ReLU output below 0 while training (its output is max(0, z) always).
 RELU_GRADIENTS = ("zero", "straight_through")
 
@@ -272,6 +284,7 @@ class AgeCNN(keras.Model):
         squeeze_excite=0,
         pooled_shortcut=False,
         pooling="average",
+        stem="conv",
         eca=0,
         blur=False,
         activation="relu",
@@ -281,6 +294,7 @@ class AgeCNN(keras.Model):
         # How the readout maps the predicted ages after training (None: as they are).
         self.age_widening = _widening(age_widening)
         _check_choice("pooling", pooling, POOLINGS)
+        _check_choice("stem", stem, STEMS)
         _check_choice("activation", activation, tuple(ACTIVATIONS))
         _check_age_cnn_arguments(
             widths, blocks_per_stage, head, max_age, output_activation,
@@ -316,6 +330,8 @@ class AgeCNN(keras.Model):
         self.activation = activation
         # What the head reads of the last feature map (POOLINGS).
         self.pooling = pooling
+        # The stem's kind (STEMS).
+        self.stem = stem
         self.initial_age = initial_age
         self.gender_head = gender_head
         self.attribute_inputs = attribute_inputs
@@ -367,6 +383,7 @@ class AgeCNN(keras.Model):
                 blur=self.blur,
                 activation=self.activation,
                 pooling=self.pooling,
+                stem=self.stem,
                 first_part=shared,
                 name=f"member{member + 1}",
             )
@@ -433,7 +450,11 @@ class AgeCNN(keras.Model):
             # Plain convolutions only: depthwise ones are slow in TensorFlow on a CPU.
             # With blur, a stem that halves the resolution blurs the image first.
             blurs = self.blur and self.stem_stride > 1
-            return ([Blur(name="stem_blur")] if blurs else []) + [
+            squares = self.stem == "space_to_depth"
+            return (
+                ([Blur(name="stem_blur")] if blurs else [])
+                + ([SpaceToDepth(name="stem_squares")] if squares else [])
+            ) + [
                 layers.Conv2D(
                     self.widths[0],
                     3,
@@ -459,12 +480,14 @@ class AgeCNN(keras.Model):
                 # the chin's, which the mean over the positions mixes.
                 return [layers.Flatten(name="pool")]
             return [layers.GlobalAveragePooling2D(name="pool")]
-        # Each stage halves the resolution in its first block.
+        # Each stage halves the resolution in its first block, but stage 1 after a stem
+        # of squares (which halved it already, and gives stage 1 its channels).
+        halves = part > 1 or self.stem == "conv"
         return [
             ResidualBlock(
                 self.widths[part - 1],
-                strides=2 if block == 0 else 1,
-                projection=block == 0,
+                strides=2 if block == 0 and halves else 1,
+                projection=block == 0 and halves,
                 synchronized=self.synchronized_batch_norm,
                 fused_batch_norm=self.fused_batch_norm,
                 squeeze_excite=self.squeeze_excite,
@@ -604,6 +627,7 @@ class AgeCNN(keras.Model):
             squeeze_excite=self.squeeze_excite,
             pooled_shortcut=self.pooled_shortcut,
             pooling=self.pooling,
+            stem=self.stem,
             eca=self.eca,
             blur=self.blur,
             activation=self.activation,

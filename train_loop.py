@@ -115,6 +115,7 @@ def make_model(config, initial_age=None, synchronized=False):
         blur=config.blur,
         activation=config.activation,
         pooling=config.pooling,
+        stem=config.stem,
         dropout=config.dropout,
         members=config.members,
         members_share=config.members_share,
