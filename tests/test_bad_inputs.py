@@ -48,6 +48,7 @@ def _error_line(capsys):
         ("--activation", "tanh"),
         ("--dropout", "1"),
         ("--dropout", "-0.1"),
+        ("--stem", "patches"),
         ("--selective-backprop", "0"),
         ("--selective-backprop", "1.5"),
         ("--squeeze-excite", "-1"),
@@ -129,6 +130,7 @@ def test_the_course_network_refuses_width_blocks_and_members(
         ("--mutual", "0.5"),
         ("--activation", "silu"),
         ("--dropout", "0.1"),
+        ("--stem", "space_to_depth"),
     ):
         assert _train(tiny_data, tmp_path / "run", "--arch", "course_cnn", *flag) == 1
         assert flag[0] in _error_line(capsys)
@@ -160,6 +162,20 @@ def test_one_network_refuses_a_term_that_holds_it_to_the_others(
     assert _train(tiny_data, tmp_path / "run", "--members", "1", "--mutual", "1") == 1
     line = _error_line(capsys)
     assert "--mutual" in line and "--members 2 or more" in line
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "sizes, named",
+    [(("--image-size", "33"), "--image-size 33"),
+     (("--image-size", "48", "--start-image-size", "35"), "--start-image-size 35")],
+)  # fmt: skip
+def test_a_stem_of_squares_refuses_odd_image_sides(
+    sizes, named, tiny_data, tmp_path, capsys
+):
+    assert _train(tiny_data, tmp_path / "run", "--stem", "space_to_depth", *sizes) == 1
+    line = _error_line(capsys)
+    assert "--stem space_to_depth" in line and named in line
     assert not (tmp_path / "run").exists()
 
 

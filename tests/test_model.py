@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 from keras import ops
 
-from blocks import Blur, FusedBatchNormalization, ResidualBlock
+from blocks import Blur, FusedBatchNormalization, ResidualBlock, SpaceToDepth
 from losses import (
     balanced_mse,
     lds_age_weights,
@@ -231,6 +231,7 @@ def test_ordinal_targets_and_ages():
         ("age_cnn", {"members": 2, "eca": 3, "blur": True, **SMALL}),
         ("age_cnn", {"members": 2, "activation": "silu", **SMALL}),
         ("age_cnn", {"pooling": "flatten", "members": 2, **SMALL}),
+        ("age_cnn", {"stem": "space_to_depth", "members": 2, **SMALL}),
         (
             "age_cnn",
             {
@@ -676,6 +677,40 @@ def test_a_blurred_block_reads_its_input_blurred_where_it_halves_the_resolution(
     # The stem of a blurred network blurs the image before its strided convolution.
     model = build_model("age_cnn", **SMALL, blur=True)
     assert isinstance(model.body[0], Blur) and model.body[1].name == "stem_conv"
+
+
+def test_space_to_depth_stacks_each_2x2_square_as_one_pixel():
+    images = np.arange(2 * 4 * 6 * 3, dtype="float32").reshape(2, 4, 6, 3)
+    stacked = ops.convert_to_numpy(SpaceToDepth()(images))
+    assert stacked.shape == (2, 2, 3, 12)
+    # The square's rows, then its columns, then the channels: TensorFlow's op's order.
+    np.testing.assert_array_equal(stacked, tf.nn.space_to_depth(images, 2).numpy())
+    for row, column in ((0, 0), (1, 2)):
+        square = images[:, 2 * row : 2 * row + 2, 2 * column : 2 * column + 2]
+        np.testing.assert_array_equal(stacked[:, row, column], square.reshape(2, 12))
+    assert SpaceToDepth().compute_output_shape((None, 96, 96, 3)) == (None, 48, 48, 12)
+
+
+def test_a_stem_of_squares_gives_stage1_on_the_maps_of_the_convolution_stem():
+    squares = build_model("age_cnn", stem="space_to_depth", members=2, **SMALL)
+    plain = build_model("age_cnn", members=2, **SMALL)
+    shapes = [
+        dict((r.name, r.shape) for r in feature_map_table(m)) for m in (squares, plain)
+    ]
+    # SMALL: 32 px; the stem of squares reads 16 x 16 squares of 12 values at stride 2.
+    assert shapes[0]["member1/stem_squares"] == (16, 16, 12)
+    assert shapes[0]["member1/stem_conv"] == (8, 8, 8)
+    assert shapes[1]["member1/stem_conv"] == (16, 16, 8)
+    for name in ("member1/stage1_block1", "member1/stage2_block1", "age"):
+        assert shapes[0][name] == shapes[1][name]
+    # Stage 1 keeps the stem's resolution and channels: no projection on its shortcut.
+    stage1 = squares.member_networks[1].body[4]
+    assert stage1.name == "stage1_block1" and stage1.strides == 1
+    assert not stage1.projection
+    assert squares.get_config()["stem"] == "space_to_depth"
+    assert plain.get_config()["stem"] == "conv"
+    with pytest.raises(ValueError, match="stem"):
+        AgeCNN(**SMALL, stem="patches")
 
 
 def test_a_silu_network_has_silu_wherever_a_relu_network_has_relu():
