@@ -3,6 +3,7 @@ preset's model (or of settings over it), each op's self-time summed by kind of o
 
     python bench/bench_profile.py --limit 1024 --steps 10
     python bench/bench_profile.py --limit 1024 --steps 10 members=1 fused_batch_norm=false
+    python bench/bench_profile.py --limit 1024 --steps 10 --by-part stem=space_to_depth
 
 The step is `Trainer.train_step` as `train` runs it (bench_step's: uint8 batches held in
 memory, scaled and augmented inside the step), profiled over --steps steps after
@@ -20,10 +21,15 @@ kinds, by the op's type and the name scope it ran in:
 - the weight average;
 - the augmentation (and whatever else of the step runs outside the model's update);
 - the rest (the loss, the metrics).
+
+With --by-part, the first three kinds (the convolutions, forward and backward, and batch
+norm) and the ReLU are summed again by the part of the network they ran in, every member's
+together: the stem, each stage, and the head.
 """
 
 import glob
 import json
+import re
 import sys
 import tempfile
 from collections import Counter
@@ -78,6 +84,33 @@ def kind_of(op_type, name, model_name, optimizer_name):
     return "the rest"
 
 
+# The kinds of op that --by-part sums by the network's part, and the parts by their scope.
+PART_KINDS = KINDS[:4]
+PART_SCOPE = re.compile(r"^(stem|stage\d+)_")
+PARTS = ("the stem", "stage1", "stage2", "stage3", "stage4", "the rest of the network")
+
+
+def part_of(name):
+    """The part of the network (one of PARTS) an op of the given name ran in: the first
+    of its name scopes that names a stem layer or a stage's block."""
+    for scope in name.split("/"):
+        found = PART_SCOPE.match(scope)
+        if found:
+            return "the stem" if found.group(1) == "stem" else found.group(1)
+    return PARTS[-1]
+
+
+def time_by_part(rows, model_name, optimizer_name):
+    """Microseconds of self-time of the network's convolutions, batch norms and ReLUs
+    (PART_KINDS), by part (every part of PARTS present, 0 for none)."""
+    found = {part: 0.0 for part in PARTS}
+    for op_type, name, microseconds in rows:
+        if kind_of(op_type, name, model_name, optimizer_name) in PART_KINDS:
+            part = part_of(name)
+            found[part] = found.get(part, 0.0) + microseconds
+    return found
+
+
 def op_rows(tools_data):
     """The host ops of the profiler's "framework_op_stats" table: [(type, name,
     self-time in microseconds)], idle time left out."""
@@ -121,13 +154,13 @@ def profile(contender, steps, warmup):
     return op_rows(data.decode() if isinstance(data, bytes) else data)
 
 
-def print_table(found, steps):
-    """Each kind's milliseconds a step and its share of the step's work."""
+def print_table(found, steps, heading="kind of op"):
+    """Each kind's (or part's) milliseconds a step and its share of the work listed."""
     total = sum(found.values())
-    print("\n| kind of op | ms a step | share |\n|---|---:|---:|")
-    for kind in KINDS:
-        share = 100 * found[kind] / total if total else 0.0
-        print(f"| {kind} | {found[kind] / 1000 / steps:.1f} | {share:.0f} % |")
+    print(f"\n| {heading} | ms a step | share |\n|---|---:|---:|")
+    for kind, microseconds in found.items():
+        share = 100 * microseconds / total if total else 0.0
+        print(f"| {kind} | {microseconds / 1000 / steps:.1f} | {share:.0f} % |")
     print(f"| all | {total / 1000 / steps:.1f} | 100 % |")
 
 
@@ -135,6 +168,11 @@ def main(argv=None):
     parser = common.parser(__doc__, limit=1024)
     parser.add_argument("--steps", type=common.positive, default=10)
     parser.add_argument("--warmup", type=common.positive, default=5)
+    parser.add_argument(
+        "--by-part",
+        action="store_true",
+        help="also sum the network's convolutions, batch norms and ReLUs by its part",
+    )
     parser.add_argument(
         "settings", nargs="*", help="TrainConfig settings, name=value, over the preset"
     )
@@ -152,6 +190,13 @@ def main(argv=None):
         f"{config.batch_size}, {config.precision}, {arguments.steps} steps profiled"
     )
     print_table(found, arguments.steps)
+    if arguments.by_part:
+        parts = time_by_part(rows, trainer.model.name, optimizer.name)
+        print_table(
+            parts,
+            arguments.steps,
+            "part of the network (convolutions, batch norm, ReLU)",
+        )
 
 
 if __name__ == "__main__":
