@@ -79,8 +79,8 @@ def batch_norm(synchronized=False, fused=False, **options):
 class SpaceToDepth(keras.layers.Layer):
     """Each 2 × 2 square of pixels stacked as one pixel of four times the channels (the
     rows' and columns' halves, then the channels): half the height and width, nothing
-    lost. Before a strided convolution it makes a stem that reads 6 × 6 pixels at a
-    stride of 4 without a full-size feature map (the image's height and width even)."""
+    lost. Before a 3 × 3 convolution of stride 2 it makes a stem that reads 6 × 6 pixels
+    at a stride of 4, with no map at half the image's side (its height and width even)."""
 
     def call(self, inputs):
         _, height, width, channels = ops.shape(inputs)
