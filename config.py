@@ -490,6 +490,8 @@ CPU_PRESET = dict(
     blur=False,
     activation="relu",
     pooling="average",
+    # The stem of squares: a faster epoch, worse held-out faces: EXPERIMENTS.md, "A stem
+    # of squares".
     stem="conv",
     # Three networks trained at once and averaged: EXPERIMENTS.md, "Several networks in
     # one model".
