@@ -82,21 +82,12 @@ class Contender:
         return tape.gradient(loss, kernels)
 
     def run(self):
-        start = common.clocks()
-        for _ in range(self.steps):
-            gradients = self.step()
-        _ = [gradient.numpy() for gradient in gradients]  # wait for the last step
-        return common.since(start, self.steps * self.batch)
+        return common.timed_steps(self.step, self.steps, self.steps * self.batch)
 
 
 def main(argv=None):
     """Time both contenders in rotating rounds and print their medians and ratio."""
-    parser = common.parser(__doc__, rounds=3)
-    parser.add_argument("--steps", type=common.positive, default=20)
-    parser.add_argument("--batch", type=common.positive, default=64)
-    parser.add_argument(
-        "--precision", choices=("bfloat16", "float32"), default="bfloat16"
-    )
+    parser = common.step_parser(__doc__)
     parser.add_argument(
         "--jit-compile", action="store_true", help="compile each step with XLA"
     )
@@ -114,18 +105,7 @@ def main(argv=None):
         "separate": Contender(arguments, stacks, inputs),
         "grouped": Contender(arguments, [grouped_stack(stacks)], inputs),
     }
-
-    def milliseconds(timing):
-        return 1000 * timing.wall / arguments.steps
-
-    results = common.timed_rounds(
-        contenders, arguments.rounds, show=milliseconds, unit="ms a step"
-    )
-    for name in contenders:
-        value, low, high = common.median(
-            results, lambda found: milliseconds(found[name])
-        )
-        print(f"{name:<9} {value:.1f} ms a step ({low:.1f}-{high:.1f})")
+    results = common.step_medians(contenders, arguments.rounds, arguments.steps)
     ratio = common.median_ratio(results, "grouped", "separate")
     print(f"grouped against separate: {ratio:.2f}x the images a second")
 

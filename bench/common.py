@@ -298,6 +298,47 @@ def timed_rounds(contenders, rounds, label="round", show=rate, unit="img/s"):
     return results
 
 
+def step_parser(doc):
+    """The flags of a benchmark of ops in steps of their own: parser()'s with --rounds,
+    and --steps, --batch and --precision (bfloat16 or float32)."""
+    flags = parser(doc, rounds=3)
+    flags.add_argument("--steps", type=positive, default=20)
+    flags.add_argument("--batch", type=positive, default=64)
+    flags.add_argument(
+        "--precision", choices=("bfloat16", "float32"), default="bfloat16"
+    )
+    return flags
+
+
+def timed_steps(step, steps, images):
+    """The Timing of `steps` calls of `step` (a tf.function returning tensors), the
+    last waited for; `images` the images (or units) they did."""
+    start = clocks()
+    for _ in range(steps):
+        outputs = step()
+    _ = [output.numpy() for output in outputs]  # wait for the last step
+    return since(start, images)
+
+
+def step_medians(contenders, rounds, steps, digits=1):
+    """Time `contenders` (each a `run()` of `steps` steps) in rotating rounds, print
+    each round and each contender's median milliseconds a step (and range); returns the
+    rounds' results."""
+
+    def milliseconds(timing):
+        return 1000 * timing.wall / steps
+
+    results = timed_rounds(contenders, rounds, show=milliseconds, unit="ms a step")
+    width = max(len(name) for name in contenders) + 1
+    for name in contenders:
+        value, low, high = median(results, lambda found: milliseconds(found[name]))
+        print(
+            f"{name:<{width}}{value:.{digits}f} ms a step "
+            f"({low:.{digits}f}-{high:.{digits}f})"
+        )
+    return results
+
+
 def median(results, value):
     """(median, lowest, highest) of value(round's results) over the rounds."""
     values = [value(found) for found in results]
