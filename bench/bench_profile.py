@@ -22,9 +22,9 @@ kinds, by the op's type and the name scope it ran in:
 - the augmentation (and whatever else of the step runs outside the model's update);
 - the rest (the loss, the metrics).
 
-With --by-part, the first three kinds (the convolutions, forward and backward, and batch
-norm) and the ReLU are summed again by the part of the network they ran in, every member's
-together: the stem, each stage, and the head.
+With --by-part, the first four kinds (the convolutions forward and backward, batch norm,
+the ReLU) are summed again by the part of the network they ran in, every member's
+together: the stem, each stage, and the rest (the head).
 """
 
 import glob
