@@ -128,7 +128,7 @@ def main(argv=None):
     layers = member_layers(
         preset["image_size"], network["widths"], network["stem_stride"]
     )
-    dtype = tf.bfloat16 if arguments.precision == "bfloat16" else tf.float32
+    dtype = tf.as_dtype(arguments.precision)  # bfloat16 or float32
     print(f"{arguments.precision}, {len(layers)} convolutions, batch {arguments.batch}")
     tensors = layer_tensors(layers, arguments.batch, dtype, arguments.seed)
     contenders = {

@@ -69,7 +69,7 @@ class Contender:
     """A train step's convolutions, each member's apart or grouped, timed over --steps."""
 
     def __init__(self, arguments, stacks, inputs):
-        self.dtype = tf.bfloat16 if arguments.precision == "bfloat16" else tf.float32
+        self.dtype = tf.as_dtype(arguments.precision)  # bfloat16 or float32
         self.steps, self.batch, self.stacks = arguments.steps, arguments.batch, stacks
         self.inputs = tf.cast(inputs, self.dtype)
         self.step = tf.function(self._step, jit_compile=arguments.jit_compile)
