@@ -80,7 +80,8 @@ class SpaceToDepth(keras.layers.Layer):
     """Each 2 × 2 square of pixels stacked as one pixel of four times the channels (the
     rows' and columns' halves, then the channels): half the height and width, nothing
     lost. Before a 3 × 3 convolution of stride 2 it makes a stem that reads 6 × 6 pixels
-    at a stride of 4, with no map at half the image's side (its height and width even)."""
+    at a stride of 4, with no map at half the image's side (its height and width even).
+    """
 
     def call(self, inputs):
         _, height, width, channels = ops.shape(inputs)
@@ -122,7 +123,10 @@ class ResidualBlock(keras.layers.Layer):
     halves the resolution averages each 2×2 square before its 1×1 convolution, instead of
     reading one pixel of four (He et al., 2019, "Bag of Tricks": ResNet-D). With `blur`, a
     block that halves the resolution blurs its input first (Blur): both its strided
-    convolutions are anti-aliased."""
+    convolutions are anti-aliased. Not `normalized`, it has no batch norm: its
+    convolutions take biases instead, and the second starts at zero, so that the block
+    starts as the identity (Zhang et al., ICLR 2019: Fixup) as the zero gamma makes it
+    with batch norm."""
 
     def __init__(
         self,
@@ -136,6 +140,7 @@ class ResidualBlock(keras.layers.Layer):
         eca=0,
         blur=False,
         activation="relu",
+        normalized=True,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -160,19 +165,33 @@ class ResidualBlock(keras.layers.Layer):
         # With several replicas, batch norm takes its statistics over the global batch.
         self.synchronized = synchronized
         self.fused_batch_norm = fused_batch_norm
-        norm = lambda **options: batch_norm(  # noqa: E731
-            synchronized, fused_batch_norm, **options
+        self.normalized = normalized
+        norm = lambda **options: (  # noqa: E731
+            batch_norm(synchronized, fused_batch_norm, **options)
+            if normalized
+            else None
         )
         # Named sublayers give every variable a stable path (checkpoints are keyed by it).
         self.conv1 = layers.Conv2D(
-            filters, 3, strides=strides, padding="same", use_bias=False, name="conv1"
+            filters,
+            3,
+            strides=strides,
+            padding="same",
+            use_bias=not normalized,
+            name="conv1",
         )
         self.norm1 = norm(name="norm1")
+        # Zero gamma (without batch norm, a zero kernel) makes each block start as the
+        # identity, which steadies early training of residual networks (Goyal et al.,
+        # 2017).
         self.conv2 = layers.Conv2D(
-            filters, 3, padding="same", use_bias=False, name="conv2"
+            filters,
+            3,
+            padding="same",
+            use_bias=not normalized,
+            kernel_initializer="glorot_uniform" if normalized else "zeros",
+            name="conv2",
         )
-        # Zero gamma makes each block start as the identity, which steadies early
-        # training of residual networks (Goyal et al., 2017).
         self.norm2 = norm(gamma_initializer="zeros", name="norm2")
         # Pooled, the shortcut's convolution reads the averages at the new resolution.
         self.shortcut_pool = (
@@ -186,7 +205,7 @@ class ResidualBlock(keras.layers.Layer):
                 filters,
                 1,
                 strides=1 if self.shortcut_pool else strides,
-                use_bias=False,
+                use_bias=not normalized,
                 name="shortcut_conv",
             )
             self.shortcut_norm = norm(name="shortcut_norm")
@@ -208,11 +227,11 @@ class ResidualBlock(keras.layers.Layer):
         if self.shortcut_pool is not None:
             shortcut = self.shortcut_pool(shortcut)
         if self.projection:
-            shortcut = self.shortcut_norm(
-                self.shortcut_conv(shortcut), training=training
+            shortcut = self._norm(
+                self.shortcut_norm, self.shortcut_conv(shortcut), training
             )
-        features = self._activate(self.norm1(self.conv1(inputs), training=training))
-        features = self.norm2(self.conv2(features), training=training)
+        features = self._activate(self._norm(self.norm1, self.conv1(inputs), training))
+        features = self._norm(self.norm2, self.conv2(features), training)
         if self.squeeze_excite:
             # (batch, 1, 1, filters): one gate in (0, 1) a channel, from all of them.
             means = ops.mean(features, axis=(1, 2), keepdims=True)
@@ -223,6 +242,11 @@ class ResidualBlock(keras.layers.Layer):
             gates = ops.sigmoid(self.gate(means))
             features = features * ops.reshape(gates, (-1, 1, 1, self.filters))
         return self._activate(features + shortcut)
+
+    @staticmethod
+    def _norm(norm, features, training):
+        """`features` through the batch norm `norm`, or as they are for None."""
+        return features if norm is None else norm(features, training=training)
 
     def _activate(self, features):
         return ACTIVATIONS[self.activation](features)
@@ -251,6 +275,7 @@ class ResidualBlock(keras.layers.Layer):
             "eca": self.eca,
             "blur": self.blur,
             "activation": self.activation,
+            "normalized": self.normalized,
         }
 
 

@@ -186,6 +186,15 @@ class TrainConfig:
         ("conv", "space_to_depth"),
         absent=("conv", None),
     )
+    unnormalized_parts: Optional[int] = _option(
+        None,
+        "how many of the network's first parts (the stem, stage 1, ...) have no batch "
+        "norm: their convolutions take biases, and each residual block's second one "
+        "starts at zero (where the maps are largest, batch norm costs as much as the "
+        "convolutions); 0 for batch norm everywhere",
+        bounds=Bounds(0, 5),
+        absent=(0, None),
+    )
     dropout: Optional[float] = _option(
         None,
         "the fraction of the head's hidden units that dropout zeroes in each training "
@@ -493,6 +502,7 @@ CPU_PRESET = dict(
     # The stem of squares: 0.79 of the epoch's time, and on 66 epochs no better than this
     # stem on 53 in the same time: EXPERIMENTS.md, "A stem of squares".
     stem="conv",
+    unnormalized_parts=0,
     # Three networks trained at once and averaged: EXPERIMENTS.md, "Several networks in
     # one model".
     members=3,
@@ -577,6 +587,7 @@ COURSE_SETTINGS = dict(
     activation=None,
     pooling=None,
     stem=None,
+    unnormalized_parts=None,
     dropout=None,
     members=None,
     members_share=None,

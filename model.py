@@ -12,7 +12,7 @@ The sizes of `AgeCNN` (and the image size of both) are given by the caller: the 
 
 Inputs: float RGB images (batch, image_size, image_size, 3) in whatever range the data
 module produces; the models do not rescale (AgeCNN's batch norm after the stem makes it
-insensitive to the scale). With `attribute_inputs=True` the input is a dict
+insensitive to the scale, unless its stem has none: `unnormalized_parts`). With `attribute_inputs=True` the input is a dict
 {"image": images, "gender": (batch,) 0/1, "race": (batch,) 0..4}, -1 meaning unknown.
 
 Output contract:
@@ -288,6 +288,7 @@ class AgeCNN(keras.Model):
         eca=0,
         blur=False,
         activation="relu",
+        unnormalized_parts=0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -296,6 +297,11 @@ class AgeCNN(keras.Model):
         _check_choice("pooling", pooling, POOLINGS)
         _check_choice("stem", stem, STEMS)
         _check_choice("activation", activation, tuple(ACTIVATIONS))
+        if not 0 <= unnormalized_parts <= len(widths) + 1:
+            raise ValueError(
+                f"unnormalized_parts must be from 0 to {len(widths) + 1} (the stem and "
+                f"{len(widths)} stages), got {unnormalized_parts}"
+            )
         _check_age_cnn_arguments(
             widths, blocks_per_stage, head, max_age, output_activation,
             gender_head, attribute_inputs, distribution_head, members, members_share,
@@ -332,6 +338,10 @@ class AgeCNN(keras.Model):
         self.pooling = pooling
         # The stem's kind (STEMS).
         self.stem = stem
+        # How many of the first parts (the stem, stage 1, ...) have no batch norm: their
+        # convolutions take biases (see ResidualBlock), where the largest maps make batch
+        # norm cost as much as the convolutions.
+        self.unnormalized_parts = unnormalized_parts
         self.initial_age = initial_age
         self.gender_head = gender_head
         self.attribute_inputs = attribute_inputs
@@ -384,6 +394,7 @@ class AgeCNN(keras.Model):
                 activation=self.activation,
                 pooling=self.pooling,
                 stem=self.stem,
+                unnormalized_parts=self.unnormalized_parts,
                 first_part=shared,
                 name=f"member{member + 1}",
             )
@@ -451,23 +462,32 @@ class AgeCNN(keras.Model):
             # With blur, a stem that halves the resolution blurs the image first.
             blurs = self.blur and self.stem_stride > 1
             squares = self.stem == "space_to_depth"
+            normalized = self.unnormalized_parts == 0
             return (
                 ([Blur(name="stem_blur")] if blurs else [])
                 + ([SpaceToDepth(name="stem_squares")] if squares else [])
+                + [
+                    layers.Conv2D(
+                        self.widths[0],
+                        3,
+                        strides=self.stem_stride,
+                        padding="same",
+                        use_bias=not normalized,
+                        name="stem_conv",
+                    )
+                ]
+                + (
+                    [
+                        batch_norm(
+                            self.synchronized_batch_norm,
+                            self.fused_batch_norm,
+                            name="stem_norm",
+                        )
+                    ]
+                    if normalized
+                    else []
+                )
             ) + [
-                layers.Conv2D(
-                    self.widths[0],
-                    3,
-                    strides=self.stem_stride,
-                    padding="same",
-                    use_bias=False,
-                    name="stem_conv",
-                ),
-                batch_norm(
-                    self.synchronized_batch_norm,
-                    self.fused_batch_norm,
-                    name="stem_norm",
-                ),
                 (
                     layers.ReLU(name="stem_relu")
                     if self.activation == "relu"
@@ -495,6 +515,7 @@ class AgeCNN(keras.Model):
                 eca=self.eca,
                 blur=self.blur,
                 activation=self.activation,
+                normalized=part >= self.unnormalized_parts,
                 name=f"stage{part}_block{block + 1}",
             )
             for block in range(self.blocks_per_stage[part - 1])
@@ -631,6 +652,7 @@ class AgeCNN(keras.Model):
             eca=self.eca,
             blur=self.blur,
             activation=self.activation,
+            unnormalized_parts=self.unnormalized_parts,
         )
 
 

@@ -116,6 +116,7 @@ def make_model(config, initial_age=None, synchronized=False):
         activation=config.activation,
         pooling=config.pooling,
         stem=config.stem,
+        unnormalized_parts=config.unnormalized_parts,
         dropout=config.dropout,
         members=config.members,
         members_share=config.members_share,
