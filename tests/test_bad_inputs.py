@@ -49,6 +49,8 @@ def _error_line(capsys):
         ("--dropout", "1"),
         ("--dropout", "-0.1"),
         ("--stem", "patches"),
+        ("--unnormalized-parts", "6"),
+        ("--unnormalized-parts", "-1"),
         ("--selective-backprop", "0"),
         ("--selective-backprop", "1.5"),
         ("--squeeze-excite", "-1"),
@@ -131,6 +133,7 @@ def test_the_course_network_refuses_width_blocks_and_members(
         ("--activation", "silu"),
         ("--dropout", "0.1"),
         ("--stem", "space_to_depth"),
+        ("--unnormalized-parts", "2"),
     ):
         assert _train(tiny_data, tmp_path / "run", "--arch", "course_cnn", *flag) == 1
         assert flag[0] in _error_line(capsys)

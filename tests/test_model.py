@@ -232,6 +232,7 @@ def test_ordinal_targets_and_ages():
         ("age_cnn", {"members": 2, "activation": "silu", **SMALL}),
         ("age_cnn", {"pooling": "flatten", "members": 2, **SMALL}),
         ("age_cnn", {"stem": "space_to_depth", "members": 2, **SMALL}),
+        ("age_cnn", {"unnormalized_parts": 2, "members": 2, **SMALL}),
         (
             "age_cnn",
             {
@@ -711,6 +712,46 @@ def test_a_stem_of_squares_gives_stage1_on_the_maps_of_the_convolution_stem():
     assert plain.get_config()["stem"] == "conv"
     with pytest.raises(ValueError, match="stem"):
         AgeCNN(**SMALL, stem="patches")
+
+
+def test_a_block_without_batch_norm_takes_biases_and_starts_as_the_identity():
+    images = random_images(2, 8) - 0.5  # Some below 0, which the block's ReLU zeroes.
+    block = ResidualBlock(3, normalized=False)  # As many channels as the images.
+    block(images, training=True)
+    names = sorted(variable.path.split("/", 1)[1] for variable in block.weights)
+    assert names == ["conv1/bias", "conv1/kernel", "conv2/bias", "conv2/kernel"]
+    assert block.norm1 is None and block.norm2 is None
+    # The second convolution starts at zero: the block is relu(its input).
+    for training in (True, False):
+        np.testing.assert_allclose(
+            ops.convert_to_numpy(block(images, training=training)),
+            np.maximum(images, 0.0),
+        )
+    halving = ResidualBlock(4, strides=2, projection=True, normalized=False)
+    halving(images)
+    assert halving.shortcut_norm is None and halving.shortcut_conv.use_bias
+    assert ResidualBlock.from_config(block.get_config()).normalized is False
+
+
+def test_unnormalized_parts_take_batch_norm_from_the_first_parts():
+    def norms(model):
+        """The parts (stem, stage1, ...) of member 1 that hold a batch norm."""
+        parts = {
+            variable.path.split("/")[2].split("_")[0]
+            for variable in model.weights
+            if "norm" in variable.path.split("/")[-2] and "member1/" in variable.path
+        }
+        return sorted(parts)
+
+    for count, normalized in ((0, ["stage1", "stage2", "stem"]), (1, ["stage1", "stage2"]),
+                              (2, ["stage2"]), (3, [])):  # fmt: skip
+        model = build_model("age_cnn", unnormalized_parts=count, members=2, **SMALL)
+        assert norms(model) == normalized, count
+        assert model.get_config()["unnormalized_parts"] == count
+        stem = model.member_networks[0].body[0]
+        assert stem.name == "stem_conv" and stem.use_bias == (count > 0)
+    with pytest.raises(ValueError, match="unnormalized_parts must be from 0 to 3"):
+        AgeCNN(**SMALL, unnormalized_parts=4)
 
 
 def test_a_silu_network_has_silu_wherever_a_relu_network_has_relu():
