@@ -76,6 +76,38 @@ def batch_norm(synchronized=False, fused=False, **options):
 
 
 @keras.saving.register_keras_serializable(package="age_regression")
+class StandardizedConv2D(layers.Conv2D):
+    """A convolution whose kernel is standardized each time it is used: every output
+    channel's weights moved to mean 0 and scaled to a variance of 1 / fan-in, then times
+    a learned gain a channel (weight standardization, Qiao et al., 2019, as NF-ResNets use
+    it without batch norm: Brock et al., ICLR 2021). Its output has the scale of its input
+    whatever the kernel's scale, which batch norm gives a layer, at the cost of the
+    kernel's few values instead of the feature map's."""
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self.gain = self.add_weight(
+            name="gain", shape=(self.filters,), initializer="ones"
+        )
+
+    def convolution_op(self, inputs, kernel):
+        kernel = ops.cast(kernel, "float32")
+        fan_in = kernel.shape[0] * kernel.shape[1] * kernel.shape[2]
+        mean = ops.mean(kernel, axis=(0, 1, 2), keepdims=True)
+        variance = ops.var(kernel, axis=(0, 1, 2), keepdims=True)
+        kernel = (kernel - mean) * ops.rsqrt(variance * fan_in + 1e-4)
+        kernel = ops.cast(kernel * _float32(self.gain), inputs.dtype)
+        return super().convolution_op(inputs, kernel)
+
+    # Keras's convolution saves its kernel and bias alone: every variable, as a layer does.
+    def save_own_variables(self, store):
+        keras.layers.Layer.save_own_variables(self, store)
+
+    def load_own_variables(self, store):
+        keras.layers.Layer.load_own_variables(self, store)
+
+
+@keras.saving.register_keras_serializable(package="age_regression")
 class SpaceToDepth(keras.layers.Layer):
     """Each 2 × 2 square of pixels stacked as one pixel of four times the channels (the
     rows' and columns' halves, then the channels): half the height and width, nothing
@@ -126,7 +158,9 @@ class ResidualBlock(keras.layers.Layer):
     convolutions are anti-aliased. Not `normalized`, it has no batch norm: its
     convolutions take biases instead, and the second starts at zero, so that the block
     starts as the identity (Zhang et al., ICLR 2019: Fixup) as the zero gamma makes it
-    with batch norm."""
+    with batch norm; `standardized` too, its convolutions are StandardizedConv2D and the
+    second's output is scaled by a learned gain that starts at zero (SkipInit, De and
+    Smith, NeurIPS 2020)."""
 
     def __init__(
         self,
@@ -141,6 +175,7 @@ class ResidualBlock(keras.layers.Layer):
         blur=False,
         activation="relu",
         normalized=True,
+        standardized=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -166,13 +201,17 @@ class ResidualBlock(keras.layers.Layer):
         self.synchronized = synchronized
         self.fused_batch_norm = fused_batch_norm
         self.normalized = normalized
+        if standardized and normalized:
+            raise ValueError("standardized kernels are for a block without batch norm")
+        self.standardized = standardized
+        convolution = StandardizedConv2D if standardized else layers.Conv2D
         norm = lambda **options: (  # noqa: E731
             batch_norm(synchronized, fused_batch_norm, **options)
             if normalized
             else None
         )
         # Named sublayers give every variable a stable path (checkpoints are keyed by it).
-        self.conv1 = layers.Conv2D(
+        self.conv1 = convolution(
             filters,
             3,
             strides=strides,
@@ -184,12 +223,15 @@ class ResidualBlock(keras.layers.Layer):
         # Zero gamma (without batch norm, a zero kernel) makes each block start as the
         # identity, which steadies early training of residual networks (Goyal et al.,
         # 2017).
-        self.conv2 = layers.Conv2D(
+        # (A standardized kernel cannot start at zero: a gain after it does.)
+        self.conv2 = convolution(
             filters,
             3,
             padding="same",
             use_bias=not normalized,
-            kernel_initializer="glorot_uniform" if normalized else "zeros",
+            kernel_initializer=(
+                "zeros" if not normalized and not standardized else "glorot_uniform"
+            ),
             name="conv2",
         )
         self.norm2 = norm(gamma_initializer="zeros", name="norm2")
@@ -201,7 +243,7 @@ class ResidualBlock(keras.layers.Layer):
         )
         if projection:
             # A 1×1 convolution matches the shortcut to a new width or resolution.
-            self.shortcut_conv = layers.Conv2D(
+            self.shortcut_conv = convolution(
                 filters,
                 1,
                 strides=1 if self.shortcut_pool else strides,
@@ -218,6 +260,10 @@ class ResidualBlock(keras.layers.Layer):
             self.gate = layers.Conv1D(
                 1, eca, padding="same", use_bias=False, name="channel_gate"
             )
+        if standardized:
+            self.branch_gain = self.add_weight(
+                name="branch_gain", shape=(), initializer="zeros"
+            )
 
     def call(self, inputs, training=False):
         """Return relu(F(inputs) + shortcut(inputs)) (silu with activation "silu")."""
@@ -232,6 +278,8 @@ class ResidualBlock(keras.layers.Layer):
             )
         features = self._activate(self._norm(self.norm1, self.conv1(inputs), training))
         features = self._norm(self.norm2, self.conv2(features), training)
+        if self.standardized:
+            features = features * ops.cast(self.branch_gain, features.dtype)
         if self.squeeze_excite:
             # (batch, 1, 1, filters): one gate in (0, 1) a channel, from all of them.
             means = ops.mean(features, axis=(1, 2), keepdims=True)
@@ -276,6 +324,7 @@ class ResidualBlock(keras.layers.Layer):
             "blur": self.blur,
             "activation": self.activation,
             "normalized": self.normalized,
+            "standardized": self.standardized,
         }
 
 

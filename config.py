@@ -195,6 +195,14 @@ class TrainConfig:
         bounds=Bounds(0, 5),
         absent=(0, None),
     )
+    standardized_kernels: Optional[bool] = _option(
+        None,
+        "in the parts without batch norm (--unnormalized-parts), every convolution's "
+        "kernel standardized as it is used (weight standardization, as NF-ResNets use it, "
+        "Brock et al., 2021), and each residual block's second convolution scaled by a "
+        "gain that starts at zero",
+        absent=(False, None),
+    )
     dropout: Optional[float] = _option(
         None,
         "the fraction of the head's hidden units that dropout zeroes in each training "
@@ -503,6 +511,7 @@ CPU_PRESET = dict(
     # stem on 53 in the same time: EXPERIMENTS.md, "A stem of squares".
     stem="conv",
     unnormalized_parts=0,
+    standardized_kernels=False,
     # Three networks trained at once and averaged: EXPERIMENTS.md, "Several networks in
     # one model".
     members=3,
@@ -588,6 +597,7 @@ COURSE_SETTINGS = dict(
     pooling=None,
     stem=None,
     unnormalized_parts=None,
+    standardized_kernels=None,
     dropout=None,
     members=None,
     members_share=None,
@@ -832,6 +842,11 @@ def check_config(config):
     if config.squeeze_excite and config.eca:
         raise ValueError(
             "--squeeze-excite and --eca both gate a block's channels: give one of them"
+        )
+    if config.standardized_kernels and not config.unnormalized_parts:
+        raise ValueError(
+            "--standardized-kernels standardizes the kernels of the parts without batch "
+            "norm: it needs --unnormalized-parts 1 or more"
         )
     if config.stem == "space_to_depth":
         odd = [

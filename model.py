@@ -48,6 +48,7 @@ from blocks import (
     OrdinalThresholds,
     ResidualBlock,
     SpaceToDepth,
+    StandardizedConv2D,
     batch_norm,
 )
 
@@ -289,6 +290,7 @@ class AgeCNN(keras.Model):
         blur=False,
         activation="relu",
         unnormalized_parts=0,
+        standardized_kernels=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -301,6 +303,11 @@ class AgeCNN(keras.Model):
             raise ValueError(
                 f"unnormalized_parts must be from 0 to {len(widths) + 1} (the stem and "
                 f"{len(widths)} stages), got {unnormalized_parts}"
+            )
+        if standardized_kernels and not unnormalized_parts:
+            raise ValueError(
+                "standardized_kernels are for the parts without batch norm: it needs "
+                "unnormalized_parts 1 or more"
             )
         _check_age_cnn_arguments(
             widths, blocks_per_stage, head, max_age, output_activation,
@@ -342,6 +349,8 @@ class AgeCNN(keras.Model):
         # convolutions take biases (see ResidualBlock), where the largest maps make batch
         # norm cost as much as the convolutions.
         self.unnormalized_parts = unnormalized_parts
+        # Their convolutions' kernels standardized (blocks.StandardizedConv2D).
+        self.standardized_kernels = standardized_kernels
         self.initial_age = initial_age
         self.gender_head = gender_head
         self.attribute_inputs = attribute_inputs
@@ -395,6 +404,7 @@ class AgeCNN(keras.Model):
                 pooling=self.pooling,
                 stem=self.stem,
                 unnormalized_parts=self.unnormalized_parts,
+                standardized_kernels=self.standardized_kernels,
                 first_part=shared,
                 name=f"member{member + 1}",
             )
@@ -467,7 +477,11 @@ class AgeCNN(keras.Model):
                 ([Blur(name="stem_blur")] if blurs else [])
                 + ([SpaceToDepth(name="stem_squares")] if squares else [])
                 + [
-                    layers.Conv2D(
+                    (
+                        StandardizedConv2D
+                        if self.standardized_kernels
+                        else layers.Conv2D
+                    )(
                         self.widths[0],
                         3,
                         strides=self.stem_stride,
@@ -516,6 +530,8 @@ class AgeCNN(keras.Model):
                 blur=self.blur,
                 activation=self.activation,
                 normalized=part >= self.unnormalized_parts,
+                standardized=part < self.unnormalized_parts
+                and self.standardized_kernels,
                 name=f"stage{part}_block{block + 1}",
             )
             for block in range(self.blocks_per_stage[part - 1])
@@ -653,6 +669,7 @@ class AgeCNN(keras.Model):
             blur=self.blur,
             activation=self.activation,
             unnormalized_parts=self.unnormalized_parts,
+            standardized_kernels=self.standardized_kernels,
         )
 
 

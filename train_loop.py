@@ -117,6 +117,7 @@ def make_model(config, initial_age=None, synchronized=False):
         pooling=config.pooling,
         stem=config.stem,
         unnormalized_parts=config.unnormalized_parts,
+        standardized_kernels=config.standardized_kernels,
         dropout=config.dropout,
         members=config.members,
         members_share=config.members_share,
