@@ -134,6 +134,7 @@ def test_the_course_network_refuses_width_blocks_and_members(
         ("--dropout", "0.1"),
         ("--stem", "space_to_depth"),
         ("--unnormalized-parts", "2"),
+        ("--standardized-kernels",),
     ):
         assert _train(tiny_data, tmp_path / "run", "--arch", "course_cnn", *flag) == 1
         assert flag[0] in _error_line(capsys)
@@ -165,6 +166,15 @@ def test_one_network_refuses_a_term_that_holds_it_to_the_others(
     assert _train(tiny_data, tmp_path / "run", "--members", "1", "--mutual", "1") == 1
     line = _error_line(capsys)
     assert "--mutual" in line and "--members 2 or more" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_standardized_kernels_need_parts_without_batch_norm(
+    tiny_data, tmp_path, capsys
+):
+    assert _train(tiny_data, tmp_path / "run", "--standardized-kernels") == 1
+    line = _error_line(capsys)
+    assert "--standardized-kernels" in line and "--unnormalized-parts" in line
     assert not (tmp_path / "run").exists()
 
 

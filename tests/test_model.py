@@ -6,7 +6,13 @@ import pytest
 import tensorflow as tf
 from keras import ops
 
-from blocks import Blur, FusedBatchNormalization, ResidualBlock, SpaceToDepth
+from blocks import (
+    Blur,
+    FusedBatchNormalization,
+    ResidualBlock,
+    SpaceToDepth,
+    StandardizedConv2D,
+)
 from losses import (
     balanced_mse,
     lds_age_weights,
@@ -233,6 +239,11 @@ def test_ordinal_targets_and_ages():
         ("age_cnn", {"pooling": "flatten", "members": 2, **SMALL}),
         ("age_cnn", {"stem": "space_to_depth", "members": 2, **SMALL}),
         ("age_cnn", {"unnormalized_parts": 2, "members": 2, **SMALL}),
+        (
+            "age_cnn",
+            {"unnormalized_parts": 1, "standardized_kernels": True, "members": 2,
+             **SMALL},
+        ),  # fmt: skip
         (
             "age_cnn",
             {
@@ -752,6 +763,56 @@ def test_unnormalized_parts_take_batch_norm_from_the_first_parts():
         assert stem.name == "stem_conv" and stem.use_bias == (count > 0)
     with pytest.raises(ValueError, match="unnormalized_parts must be from 0 to 3"):
         AgeCNN(**SMALL, unnormalized_parts=4)
+
+
+def test_a_standardized_kernel_gives_the_same_output_at_any_scale_and_offset():
+    images = np.random.randn(2, 8, 8, 4).astype("float32")
+    convolution = StandardizedConv2D(5, 3, padding="same")
+    before = ops.convert_to_numpy(convolution(images))
+    # An input of variance 1 gives an output of variance about 1 (a mean of 25 samples).
+    assert 0.5 < before.std() < 1.5
+    kernel = ops.convert_to_numpy(convolution.kernel)
+    offsets = np.arange(5, dtype="float32")  # One for every output channel.
+    convolution.kernel.assign(7.0 * kernel + offsets)
+    # The same but for the small constant added to the variance.
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(convolution(images)), before, rtol=1e-3, atol=1e-3
+    )
+    scaled = ops.convert_to_numpy(convolution(images))
+    convolution.gain.assign(np.full(5, 2.0, "float32"))
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(convolution(images)) - scaled,
+        scaled - ops.convert_to_numpy(convolution.bias),
+        rtol=1e-4,
+        atol=1e-4,
+    )
+
+
+def test_a_standardized_block_starts_as_the_identity_and_its_gains_are_saved(tmp_path):
+    images = random_images(2, 8) - 0.5
+    block = ResidualBlock(3, normalized=False, standardized=True)
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(block(images, training=True)), np.maximum(images, 0.0)
+    )
+    assert isinstance(block.conv2, StandardizedConv2D)
+    assert np.abs(ops.convert_to_numpy(block.conv2.kernel)).max() > 0
+    with pytest.raises(ValueError, match="without batch norm"):
+        ResidualBlock(3, standardized=True)
+    model = build_model(
+        "age_cnn", unnormalized_parts=2, standardized_kernels=True, **SMALL
+    )
+    gains = [v for v in model.weights if v.path.endswith("gain")]
+    # The stem's and stage 1's three convolutions, and stage 1's block.
+    assert len(gains) == 5
+    for variable in gains:
+        variable.assign(np.asarray(np.random.rand(*variable.shape) + 0.5, "float32"))
+    images = random_images(3, model.image_size)
+    model.save(tmp_path / "model.keras")
+    loaded = keras.models.load_model(tmp_path / "model.keras")
+    np.testing.assert_allclose(loaded.predict(images, verbose=0),
+                               model.predict(images, verbose=0), rtol=1e-5)  # fmt: skip
+    with pytest.raises(ValueError, match="unnormalized_parts 1 or more"):
+        AgeCNN(**SMALL, standardized_kernels=True)
 
 
 def test_a_silu_network_has_silu_wherever_a_relu_network_has_relu():

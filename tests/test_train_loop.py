@@ -159,6 +159,7 @@ def test_a_run_of_an_older_version_goes_on_where_it_can(tiny_data, tmp_path):
         "start_fraction", "start_view", "selective_backprop", "rank_sim",
         "validate_trained_every", "pooling", "eca", "blur", "mutual",
         "activation", "dropout", "stem", "unnormalized_parts",
+        "standardized_kernels",
     ]  # fmt: skip
     _as_an_older_version_saved_it(tmp_path, newer)
     asking = tiny_config(tiny_data, tmp_path, epochs=1, ema=0.0, squeeze_excite=4)
