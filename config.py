@@ -190,8 +190,8 @@ class TrainConfig:
         None,
         "how many of the network's first parts (the stem, stage 1, ...) have no batch "
         "norm: their convolutions take biases, and each residual block's second one "
-        "starts at zero (where the maps are largest, batch norm costs as much as the "
-        "convolutions); 0 for batch norm everywhere",
+        "starts at zero (where the maps are largest, batch norm is a large share of the "
+        "step); 0 for batch norm everywhere",
         bounds=Bounds(0, 5),
         absent=(0, None),
     )
