@@ -347,7 +347,7 @@ class AgeCNN(keras.Model):
         self.stem = stem
         # How many of the first parts (the stem, stage 1, ...) have no batch norm: their
         # convolutions take biases (see ResidualBlock), where the largest maps make batch
-        # norm cost as much as the convolutions.
+        # norm a large share of the step.
         self.unnormalized_parts = unnormalized_parts
         # Their convolutions' kernels standardized (blocks.StandardizedConv2D).
         self.standardized_kernels = standardized_kernels
