@@ -12,8 +12,9 @@ The sizes of `AgeCNN` (and the image size of both) are given by the caller: the 
 
 Inputs: float RGB images (batch, image_size, image_size, 3) in whatever range the data
 module produces; the models do not rescale (AgeCNN's batch norm after the stem makes it
-insensitive to the scale, unless its stem has none: `unnormalized_parts`). With `attribute_inputs=True` the input is a dict
-{"image": images, "gender": (batch,) 0/1, "race": (batch,) 0..4}, -1 meaning unknown.
+insensitive to the scale, unless its stem has none: `unnormalized_parts`). With
+`attribute_inputs=True` the input is a dict {"image": images, "gender": (batch,) 0/1,
+"race": (batch,) 0..4}, -1 meaning unknown.
 
 Output contract:
 - `head="regression"` without `gender_head`: a (batch, 1) float32 tensor, the age, so
@@ -473,41 +474,35 @@ class AgeCNN(keras.Model):
             blurs = self.blur and self.stem_stride > 1
             squares = self.stem == "space_to_depth"
             normalized = self.unnormalized_parts == 0
-            return (
-                ([Blur(name="stem_blur")] if blurs else [])
-                + ([SpaceToDepth(name="stem_squares")] if squares else [])
-                + [
-                    (
-                        StandardizedConv2D
-                        if self.standardized_kernels
-                        else layers.Conv2D
-                    )(
-                        self.widths[0],
-                        3,
-                        strides=self.stem_stride,
-                        padding="same",
-                        use_bias=not normalized,
-                        name="stem_conv",
-                    )
-                ]
-                + (
-                    [
-                        batch_norm(
-                            self.synchronized_batch_norm,
-                            self.fused_batch_norm,
-                            name="stem_norm",
-                        )
-                    ]
-                    if normalized
-                    else []
+            convolution = (
+                StandardizedConv2D if self.standardized_kernels else layers.Conv2D
+            )
+            stem = [Blur(name="stem_blur")] if blurs else []
+            stem += [SpaceToDepth(name="stem_squares")] if squares else []
+            stem.append(
+                convolution(
+                    self.widths[0],
+                    3,
+                    strides=self.stem_stride,
+                    padding="same",
+                    use_bias=not normalized,
+                    name="stem_conv",
                 )
-            ) + [
-                (
-                    layers.ReLU(name="stem_relu")
-                    if self.activation == "relu"
-                    else layers.Activation(self.activation, name="stem_activation")
-                ),
-            ]
+            )
+            if normalized:
+                stem.append(
+                    batch_norm(
+                        self.synchronized_batch_norm,
+                        self.fused_batch_norm,
+                        name="stem_norm",
+                    )
+                )
+            stem.append(
+                layers.ReLU(name="stem_relu")
+                if self.activation == "relu"
+                else layers.Activation(self.activation, name="stem_activation")
+            )
+            return stem
         if part > len(self.widths):
             if self.pooling == "flatten":
                 # Every position's channels: the head can tell the eyes' corner from
