@@ -148,8 +148,9 @@ def make_optimizer(config, steps_per_epoch):
         optimizer = keras.optimizers.AdamW(
             learning_rate, weight_decay=config.weight_decay
         )
-        # Decay the kernels only: shrinking batch-norm scales and biases only hurts.
-        optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
+        # Decay the kernels only: shrinking scales (batch norm's, the standardized
+        # kernels' gains) and biases only hurts.
+        optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta", "gain"])
     if config.precision == "mixed_float16":
         # float16 gradients can underflow: the loss is scaled up, and the scale adapted.
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)

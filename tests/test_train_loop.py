@@ -129,6 +129,33 @@ def _saved_run(config, history=()):
     return model, optimizer
 
 
+def test_weight_decay_shrinks_the_kernels_only(tmp_path):
+    # With zero gradients, an AdamW step is its weight decay alone.
+    config = train_loop.resolve_config(
+        tiny_config(
+            "unused", tmp_path, warmup_epochs=0.0, unnormalized_parts=2,
+            standardized_kernels=True,
+        )
+    )  # fmt: skip
+    model = train_loop.make_model(config, initial_age=30.0)
+    optimizer = train_loop.make_optimizer(config, 3)
+    before = [np.array(variable) for variable in model.trainable_variables]
+    optimizer.apply(
+        [np.zeros_like(value) for value in before], model.trainable_variables
+    )
+    changed = {}
+    for variable, value in zip(model.trainable_variables, before):
+        if np.any(value):  # zero stays zero, decayed or not
+            name = variable.path.rsplit("/", 1)[-1]
+            changed.setdefault(name, set()).add(not np.allclose(variable, value))
+    assert changed == {
+        "kernel": {True},
+        "bias": {False},
+        "gamma": {False},
+        "gain": {False},
+    }
+
+
 def test_resume_refuses_other_settings(tiny_data, tmp_path):
     _saved_run(tiny_config(tiny_data, tmp_path, epochs=1))
     with pytest.raises(ValueError, match="--learning-rate 0.003 there, 0.5 here"):
