@@ -148,8 +148,8 @@ def make_optimizer(config, steps_per_epoch):
         optimizer = keras.optimizers.AdamW(
             learning_rate, weight_decay=config.weight_decay
         )
-        # Decay the kernels only: shrinking scales (batch norm's, the standardized
-        # kernels' gains) and biases only hurts.
+        # Decay the kernels only: not the biases, batch norm's scales and shifts, or the
+        # standardized kernels' gains that stand for those scales (as NF-ResNets do).
         optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta", "gain"])
     if config.precision == "mixed_float16":
         # float16 gradients can underflow: the loss is scaled up, and the scale adapted.
