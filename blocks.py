@@ -14,7 +14,7 @@ import numpy as np
 from keras import layers, ops
 
 # The activations a residual block (and the AgeCNN built of them) may take inside.
-ACTIVATIONS = {"relu": ops.relu, "silu": ops.silu}
+ACTIVATIONS = {"relu": ops.relu, "silu": ops.silu, "hard_silu": ops.hard_silu}
 
 
 @keras.saving.register_keras_serializable(package="age_regression")
@@ -194,7 +194,7 @@ class ResidualBlock(keras.layers.Layer):
         self.pooled_shortcut = pooled_shortcut
         self.eca = eca
         self.blur = blur
-        # relu, or silu (x sigmoid(x)): after the first convolution and after the sum.
+        # One of ACTIVATIONS: after the first convolution and after the sum.
         self.activation = activation
         self.blur_layer = Blur(name="blur") if blur and strides > 1 else None
         # With several replicas, batch norm takes its statistics over the global batch.
@@ -266,7 +266,7 @@ class ResidualBlock(keras.layers.Layer):
             )
 
     def call(self, inputs, training=False):
-        """Return relu(F(inputs) + shortcut(inputs)) (silu with activation "silu")."""
+        """Return relu(F(inputs) + shortcut(inputs)), or the block's other activation."""
         if self.blur_layer is not None:
             inputs = self.blur_layer(inputs)
         shortcut = inputs

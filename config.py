@@ -164,9 +164,10 @@ class TrainConfig:
     )
     activation: Optional[str] = _option(
         None,
-        "the activation inside the network (the output's ReLU aside): relu, or silu, "
-        "x times sigmoid(x), smooth and not zero below 0 (Elfwing et al., 2018)",
-        ("relu", "silu"),
+        "the activation inside the network (the output's ReLU aside): relu; silu, "
+        "x times sigmoid(x), smooth and not zero below 0 (Elfwing et al., 2018); or "
+        "hard_silu, x times relu6(x + 3) / 6, its piecewise version (Howard et al., 2019)",
+        ("relu", "silu", "hard_silu"),
         absent=("relu", None),
     )
     pooling: Optional[str] = _option(

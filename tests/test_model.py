@@ -815,24 +815,25 @@ def test_a_standardized_block_starts_as_the_identity_and_its_gains_are_saved(tmp
         AgeCNN(**SMALL, standardized_kernels=True)
 
 
-def test_a_silu_network_has_silu_wherever_a_relu_network_has_relu():
+@pytest.mark.parametrize("name", ["silu", "hard_silu"])
+def test_a_smooth_network_has_its_activation_wherever_a_relu_network_has_relu(name):
     images = random_images(2, 8)
-    smooth, plain = built_block_pair(images, activation="silu")
+    smooth, plain = built_block_pair(images, activation=name)
     plain.set_weights(smooth.get_weights())
     for block in (smooth, plain):  # the residual branch counts
         block.norm2.gamma.assign(tf.ones_like(block.norm2.gamma))
     shortcut = smooth.shortcut_norm(smooth.shortcut_conv(images))
-    for block, activate in ((smooth, ops.silu), (plain, ops.relu)):
+    for block, activate in ((smooth, getattr(ops, name)), (plain, ops.relu)):
         branch = block.norm2(block.conv2(activate(block.norm1(block.conv1(images)))))
         expected = activate(branch + shortcut)
         np.testing.assert_allclose(block(images), expected, atol=1e-5)
-    assert np.min(smooth(images)) < 0 <= np.min(plain(images))  # silu dips below 0
+    assert np.min(smooth(images)) < 0 <= np.min(plain(images))  # both dip below 0
     # The stem and the head's hidden layer too; the age output keeps its ReLU.
-    model = build_model("age_cnn", **SMALL, activation="silu")
+    model = build_model("age_cnn", **SMALL, activation=name)
     assert model.body[2].name == "stem_activation"
-    assert model.body[2].activation is keras.activations.silu
-    assert model.hidden.activation is keras.activations.silu
-    assert all(block.activation == "silu" for block in model.body[3:-1])
+    assert model.body[2].activation is keras.activations.get(name)
+    assert model.hidden.activation is keras.activations.get(name)
+    assert all(block.activation == name for block in model.body[3:-1])
     assert float(ops.min(model(images))) >= 0
     with pytest.raises(ValueError, match="activation"):
         build_model("age_cnn", **SMALL, activation="tanh")
