@@ -291,7 +291,11 @@ class TrainConfig:
         None, "epochs (a time budget fits them instead)", bounds=AT_LEAST_ONE
     )
     optimizer: Optional[str] = _option(
-        None, "adamw or rmsprop (the course's)", ("adamw", "rmsprop")
+        None,
+        "adamw; lion, the sign of a momentum (Chen et al., 2023: a learning rate 3 to "
+        "10 times smaller and a weight decay as many times larger than AdamW's); or "
+        "rmsprop (the course's)",
+        ("adamw", "lion", "rmsprop"),
     )
     learning_rate: Optional[float] = _option(
         None, "peak learning rate", bounds=Bounds(0, 10, low_included=False)

@@ -135,7 +135,7 @@ class TrainingDiverged(RuntimeError):
 
 
 def make_optimizer(config, steps_per_epoch):
-    """AdamW (or the course's RMSprop) with the learning-rate schedule of the config."""
+    """AdamW, Lion or the course's RMSprop, on the config's learning-rate schedule."""
     learning_rate = learning_rate_schedule(
         config.schedule,
         config.learning_rate,
@@ -145,7 +145,8 @@ def make_optimizer(config, steps_per_epoch):
     if config.optimizer == "rmsprop":
         optimizer = keras.optimizers.RMSprop(learning_rate)
     else:
-        optimizer = keras.optimizers.AdamW(
+        decoupled = {"adamw": keras.optimizers.AdamW, "lion": keras.optimizers.Lion}
+        optimizer = decoupled[config.optimizer](
             learning_rate, weight_decay=config.weight_decay
         )
         # Decay the kernels only: not the biases, batch norm's scales and shifts, or the

@@ -129,14 +129,16 @@ def _saved_run(config, history=()):
     return model, optimizer
 
 
-def test_weight_decay_shrinks_the_kernels_only(tmp_path):
-    # With zero gradients, an AdamW step is its weight decay alone.
+@pytest.mark.parametrize("optimizer", ["adamw", "lion"])
+def test_weight_decay_shrinks_the_kernels_only(tmp_path, optimizer):
+    # With zero gradients, an AdamW or Lion step is its weight decay alone.
     config = train_loop.resolve_config(
         tiny_config(
             "unused", tmp_path, warmup_epochs=0.0, unnormalized_parts=2,
-            standardized_kernels=True,
+            standardized_kernels=True, optimizer=optimizer,
         )
     )  # fmt: skip
+    assert type(train_loop.make_optimizer(config, 3)).__name__.lower() == optimizer
     model = train_loop.make_model(config, initial_age=30.0)
     optimizer = train_loop.make_optimizer(config, 3)
     before = [np.array(variable) for variable in model.trainable_variables]
@@ -154,6 +156,24 @@ def test_weight_decay_shrinks_the_kernels_only(tmp_path):
         "gamma": {False},
         "gain": {False},
     }
+
+
+def test_a_lion_checkpoint_restores_its_momentum(tmp_path):
+    config = train_loop.resolve_config(
+        tiny_config("unused", tmp_path, optimizer="lion")
+    )
+    model = train_loop.make_model(config, initial_age=30.0)
+    saved, restored = (train_loop.make_optimizer(config, 3) for _ in range(2))
+    for optimizer in (saved, restored):
+        optimizer.build(model.trainable_variables)
+    momenta = [v for v in saved.variables if "momentum" in v.path]
+    assert len(momenta) == len(model.trainable_variables)
+    for variable in momenta:
+        variable.assign(np.random.default_rng(0).normal(size=variable.shape))
+    runs.save_checkpoint(tmp_path, model, saved, config, [])
+    runs.restore_checkpoint(runs.read_checkpoint(tmp_path), model, restored)
+    for before, after in zip(saved.variables, restored.variables):
+        np.testing.assert_array_equal(before, after)
 
 
 def test_resume_refuses_other_settings(tiny_data, tmp_path):
