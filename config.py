@@ -307,7 +307,7 @@ class TrainConfig:
         None, "linear warm-up length in epochs", bounds=NOT_NEGATIVE
     )
     weight_decay: Optional[float] = _option(
-        None, "decoupled weight decay (AdamW)", bounds=Bounds(0, 1)
+        None, "decoupled weight decay (AdamW, Lion)", bounds=Bounds(0, 1)
     )
     loss: str = _option("l1", "regression loss", ("l1", "huber", "l2"))
     loss_weighting: Optional[str] = _option(
