@@ -129,18 +129,18 @@ def _saved_run(config, history=()):
     return model, optimizer
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "lion"])
-def test_weight_decay_shrinks_the_kernels_only(tmp_path, optimizer):
+@pytest.mark.parametrize("kind", ["adamw", "lion"])
+def test_weight_decay_shrinks_the_kernels_only(tmp_path, kind):
     # With zero gradients, an AdamW or Lion step is its weight decay alone.
     config = train_loop.resolve_config(
         tiny_config(
             "unused", tmp_path, warmup_epochs=0.0, unnormalized_parts=2,
-            standardized_kernels=True, optimizer=optimizer,
+            standardized_kernels=True, optimizer=kind,
         )
     )  # fmt: skip
-    assert type(train_loop.make_optimizer(config, 3)).__name__.lower() == optimizer
     model = train_loop.make_model(config, initial_age=30.0)
     optimizer = train_loop.make_optimizer(config, 3)
+    assert type(optimizer).__name__.lower() == kind
     before = [np.array(variable) for variable in model.trainable_variables]
     optimizer.apply(
         [np.zeros_like(value) for value in before], model.trainable_variables
