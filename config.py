@@ -16,6 +16,7 @@ from typing import NamedTuple, Optional
 import augmentation
 import devices
 import utk_data
+from blocks import ACTIVATIONS
 from schedules import SCHEDULES
 
 # The compute types of `--precision`: "auto" chooses one of the others for the machine.
@@ -167,7 +168,7 @@ class TrainConfig:
         "the activation inside the network (the output's ReLU aside): relu; silu, "
         "x times sigmoid(x), smooth and not zero below 0 (Elfwing et al., 2018); or "
         "hard_silu, x times relu6(x + 3) / 6, its piecewise version (Howard et al., 2019)",
-        ("relu", "silu", "hard_silu"),
+        tuple(ACTIVATIONS),
         absent=("relu", None),
     )
     pooling: Optional[str] = _option(
