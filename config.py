@@ -17,6 +17,7 @@ import augmentation
 import devices
 import utk_data
 from blocks import ACTIVATIONS
+from model import OUTPUT_ACTIVATIONS
 from schedules import SCHEDULES
 
 # The compute types of `--precision`: "auto" chooses one of the others for the machine.
@@ -232,7 +233,7 @@ class TrainConfig:
         "regression", "output head", ("regression", "classification", "ordinal")
     )
     output_activation: str = _option(
-        "relu", "activation of the regression output", ("relu", "linear")
+        "relu", "activation of the regression output", OUTPUT_ACTIVATIONS
     )
     relu_gradient: Optional[str] = _option(
         None,
