@@ -17,7 +17,7 @@ import augmentation
 import devices
 import utk_data
 from blocks import ACTIVATIONS
-from model import OUTPUT_ACTIVATIONS
+from model import HEADS, MEMBERS_SHARE, OUTPUT_ACTIVATIONS
 from schedules import SCHEDULES
 
 # The compute types of `--precision`: "auto" chooses one of the others for the machine.
@@ -226,12 +226,10 @@ class TrainConfig:
         "what several members share of the network, from its input: none, the stem, or "
         "the stem and the stages up to stage1, stage2 or stage3 (one pass over the "
         "largest feature maps instead of one a member; the rest of each is its own)",
-        ("none", "stem", "stage1", "stage2", "stage3"),
+        MEMBERS_SHARE,
         absent=("none", None),
     )
-    head: str = _option(
-        "regression", "output head", ("regression", "classification", "ordinal")
-    )
+    head: str = _option("regression", "output head", HEADS)
     output_activation: str = _option(
         "relu", "activation of the regression output", OUTPUT_ACTIVATIONS
     )
