@@ -17,6 +17,7 @@ import augmentation
 import devices
 import utk_data
 from blocks import ACTIVATIONS
+from losses import LOSSES
 from model import HEADS, MEMBERS_SHARE, OUTPUT_ACTIVATIONS
 from schedules import SCHEDULES
 
@@ -309,7 +310,7 @@ class TrainConfig:
     weight_decay: Optional[float] = _option(
         None, "decoupled weight decay (AdamW, Lion)", bounds=Bounds(0, 1)
     )
-    loss: str = _option("l1", "regression loss", ("l1", "huber", "l2"))
+    loss: str = _option("l1", "regression loss", LOSSES)
     loss_weighting: Optional[str] = _option(
         None,
         "weight each face's loss: none, or lds, by the inverse square root of how "

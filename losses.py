@@ -23,6 +23,8 @@ from keras import ops
 
 from model import HEADS, _check_choice, ages_from_outputs
 
+# The regression losses of --loss.
+LOSSES = ("l1", "huber", "l2")
 HUBER_DELTA = 5.0  # Years: errors below this are squared, larger ones count linearly.
 
 
@@ -225,7 +227,7 @@ def loss_terms(
     average = average or ops.mean
     head = getattr(head, "head", head)
     _check_choice("head", head, HEADS)
-    _check_choice("loss", loss, ("l1", "huber", "l2"))
+    _check_choice("loss", loss, LOSSES)
     if not isinstance(outputs, dict):
         outputs = {"age": outputs}
     if not isinstance(labels, dict):
